@@ -1,0 +1,45 @@
+//! The command line: clap-derive types and a dispatcher that calls one operation per command.
+//! Parsing validates names (through their `FromStr`), so operations only see valid input.
+
+mod branch;
+mod project;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::ops::{self, Ctx};
+
+/// Git-style branches for PostgreSQL, on ZFS clones and Docker.
+#[derive(Debug, Parser)]
+#[command(name = "velo", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create, list, inspect and delete projects.
+    #[command(visible_alias = "proj", subcommand)]
+    Project(project::ProjectCmd),
+    /// Create, reset, start, stop and delete branches.
+    #[command(visible_alias = "br", subcommand)]
+    Branch(branch::BranchCmd),
+    /// Pool usage and every project and branch.
+    #[command(visible_alias = "ls")]
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+impl Cli {
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        match self.command {
+            Command::Project(cmd) => cmd.run(ctx).await,
+            Command::Branch(cmd) => cmd.run(ctx).await,
+            Command::Status { json } => ops::status::status(ctx, json).await,
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! velo: Git-style branches for PostgreSQL on one Linux host.
+//!
+//! Data flows one way: [`cli`] parses and validates, [`ops`] orchestrates one use case per
+//! command, and the infrastructure layers [`zfs`], [`docker`], [`pg`] and [`state`] know nothing
+//! of each other. All output goes through [`ui::Shell`].
+
+pub mod cli;
+pub mod docker;
+pub mod names;
+pub mod ops;
+pub mod pg;
+pub mod state;
+pub mod ui;
+pub mod zfs;

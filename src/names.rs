@@ -1,0 +1,244 @@
+//! Validated names, and the one place that maps them onto ZFS, Docker and the file system.
+//!
+//! Every project name, branch name and label a user types is parsed here once into a newtype;
+//! nothing else in velo builds a dataset, snapshot or container name by hand. A name is
+//! `[a-z][a-z0-9-]*`, at most [`MAX_NAME_LEN`] characters, not ending in `-` and not reserved.
+//! Because names never contain `.`, `_` or `/`, those characters can separate the parts of a
+//! mapped name, which makes every mapping one-to-one (the original tool's `<project>-<branch>`
+//! mapped `a/b-c` and `a-b/c` to the same dataset).
+
+use std::fmt;
+use std::str::FromStr;
+
+/// The longest project name, branch name or label velo accepts.
+pub const MAX_NAME_LEN: usize = 40;
+
+/// Names that velo refuses because they would read as something else on the command line or in
+/// the state file: `all` and `none` are selector words, `head` is Git's name for "the current one".
+pub const RESERVED: &[&str] = &["all", "none", "head"];
+
+/// The branch every project starts with.
+pub const MAIN_BRANCH: &str = "main";
+
+/// Why a name was refused; the message says what a valid name looks like.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("{kind} name is empty")]
+    Empty { kind: &'static str },
+    #[error("{kind} name `{name}` is longer than {MAX_NAME_LEN} characters")]
+    TooLong { kind: &'static str, name: String },
+    #[error(
+        "{kind} name `{name}` is not allowed: use lowercase letters, digits and `-`, starting with a letter and not ending with `-`"
+    )]
+    BadChars { kind: &'static str, name: String },
+    #[error("{kind} name `{name}` is reserved; pick another name")]
+    Reserved { kind: &'static str, name: String },
+    #[error("`{0}` is not a branch: write it as <project>/<branch>, for example demo/dev")]
+    NotBranchRef(String),
+}
+
+fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
+    if name.is_empty() {
+        return Err(NameError::Empty { kind });
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(NameError::TooLong {
+            kind,
+            name: name.to_string(),
+        });
+    }
+    let bytes = name.as_bytes();
+    let ok_chars = bytes
+        .iter()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-');
+    if !ok_chars || !bytes[0].is_ascii_lowercase() || bytes[bytes.len() - 1] == b'-' {
+        return Err(NameError::BadChars {
+            kind,
+            name: name.to_string(),
+        });
+    }
+    if RESERVED.contains(&name) {
+        return Err(NameError::Reserved {
+            kind,
+            name: name.to_string(),
+        });
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $ty:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $ty(String);
+
+        impl TryFrom<String> for $ty {
+            type Error = NameError;
+            fn try_from(s: String) -> Result<Self, NameError> {
+                s.parse()
+            }
+        }
+
+        impl From<$ty> for String {
+            fn from(n: $ty) -> String {
+                n.0
+            }
+        }
+
+        impl $ty {
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = NameError;
+            fn from_str(s: &str) -> Result<Self, NameError> {
+                validate($kind, s)?;
+                Ok(Self(s.to_string()))
+            }
+        }
+
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A project: one PostgreSQL cluster and its branches.
+    ProjectName,
+    "project"
+);
+name_type!(
+    /// A branch within a project.
+    BranchName,
+    "branch"
+);
+
+impl BranchName {
+    pub fn main() -> Self {
+        Self(MAIN_BRANCH.to_string())
+    }
+
+    pub fn is_main(&self) -> bool {
+        self.0 == MAIN_BRANCH
+    }
+}
+
+/// `<project>/<branch>`, as users write it on the command line.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BranchRef {
+    pub project: ProjectName,
+    pub branch: BranchName,
+}
+
+impl BranchRef {
+    pub fn new(project: ProjectName, branch: BranchName) -> Self {
+        Self { project, branch }
+    }
+}
+
+impl FromStr for BranchRef {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        let Some((project, branch)) = s.split_once('/') else {
+            return Err(NameError::NotBranchRef(s.to_string()));
+        };
+        if branch.contains('/') {
+            return Err(NameError::NotBranchRef(s.to_string()));
+        }
+        Ok(Self {
+            project: project.parse()?,
+            branch: branch.parse()?,
+        })
+    }
+}
+
+impl fmt::Display for BranchRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.project, self.branch)
+    }
+}
+
+/// The dataset under which velo keeps everything in a pool: `<pool>/velo`.
+pub fn base_dataset(pool: &str) -> String {
+    format!("{pool}/velo")
+}
+
+/// The dataset that holds one project's branches: `<pool>/velo/<project>`.
+pub fn project_dataset(pool: &str, project: &ProjectName) -> String {
+    format!("{}/{project}", base_dataset(pool))
+}
+
+/// The dataset of one generation of a branch: `<pool>/velo/<project>/<branch>.<gen>`.
+///
+/// A branch gets a new generation each time it is reset or restored, so the new data can be
+/// prepared beside the old and the old kept intact until the new one serves.
+pub fn branch_dataset(pool: &str, branch: &BranchRef, generation: u32) -> String {
+    format!(
+        "{}/{}.{generation}",
+        project_dataset(pool, &branch.project),
+        branch.branch
+    )
+}
+
+/// A snapshot of a branch generation: `<dataset>@<id>`.
+pub fn snapshot_name(pool: &str, branch: &BranchRef, generation: u32, id: &str) -> String {
+    format!("{}@{id}", branch_dataset(pool, branch, generation))
+}
+
+/// The Docker container that serves a branch: `velo-<project>.<branch>`.
+pub fn container_name(branch: &BranchRef) -> String {
+    format!("velo-{}.{}", branch.project, branch.branch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(s: &str) -> BranchRef {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for n in [
+            "demo",
+            "a",
+            "dev-2",
+            "feature-x1",
+            &"a".repeat(MAX_NAME_LEN),
+        ] {
+            assert!(n.parse::<ProjectName>().is_ok(), "{n}");
+        }
+    }
+
+    #[test]
+    fn refuses_hostile_names() {
+        let long = "a".repeat(MAX_NAME_LEN + 1);
+        for n in [
+            "", "-rf", "a b", "a/b", "..", ".", "a.b", "a_b", "A", "ä", "x;rm", "$(x)", "a`b`",
+            "a\n", "1abc", "abc-", "all", "head", "none", &long,
+        ] {
+            assert!(n.parse::<BranchName>().is_err(), "accepted {n:?}");
+        }
+    }
+
+    #[test]
+    fn branch_ref_needs_exactly_one_slash() {
+        assert!("demo".parse::<BranchRef>().is_err());
+        assert!("demo/dev/x".parse::<BranchRef>().is_err());
+        assert_eq!(r("demo/dev").to_string(), "demo/dev");
+    }
+
+    #[test]
+    fn mapping_separates_what_the_original_tool_merged() {
+        let (a, b) = (r("a/b-c"), r("a-b/c"));
+        assert_ne!(branch_dataset("p", &a, 0), branch_dataset("p", &b, 0));
+        assert_ne!(container_name(&a), container_name(&b));
+    }
+}

@@ -1,0 +1,343 @@
+//! Use cases: one public function per command, orchestrating the infrastructure layers
+//! (`zfs`, `docker`, `pg`, `state`) and undoing their own steps when a later step fails.
+//!
+//! The pattern of every multi-step command:
+//! 1. a short state transaction validates the request, reserves names and ports and marks the
+//!    branch busy;
+//! 2. the slow steps run without the state lock, each recording how to undo itself in an
+//!    [`Undo`] list;
+//! 3. a final transaction records the result, or the undo list runs in reverse and the
+//!    reservation is removed.
+
+pub mod branch;
+pub mod project;
+pub mod status;
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use chrono::Utc;
+use rand::RngExt;
+
+use crate::docker::{self, ContainerSpec, ContainerStatus, Runtime};
+use crate::names::{self, BranchRef, ProjectName};
+use crate::pg::Endpoint;
+use crate::state::{Branch, Busy, Project, State, Store};
+use crate::ui::Shell;
+use crate::zfs::Zfs;
+
+/// Host ports velo hands out, on 127.0.0.1.
+pub const PORT_RANGE: std::ops::RangeInclusive<u16> = 54320..=54999;
+
+/// Where containers publish their port unless the user asks otherwise.
+pub const DEFAULT_HOST_IP: &str = "127.0.0.1";
+
+/// What an operation may touch.
+pub struct Ctx {
+    pub store: Store,
+    pub zfs: Zfs,
+    pub runtime: Runtime,
+    pub shell: Shell,
+}
+
+impl Ctx {
+    pub fn new(home: PathBuf, shell: Shell) -> Result<Self> {
+        Ok(Self {
+            store: Store::new(home),
+            zfs: Zfs::default(),
+            runtime: Runtime::connect()?,
+            shell,
+        })
+    }
+
+    /// The velo home as a string, for container labels.
+    pub fn home_label(&self) -> String {
+        self.store.dir().display().to_string()
+    }
+
+    /// How long to wait for PostgreSQL to answer (`VELO_READY_TIMEOUT`, e.g. "90s").
+    pub fn ready_timeout(&self, default: Duration) -> Duration {
+        std::env::var("VELO_READY_TIMEOUT")
+            .ok()
+            .and_then(|v| humantime::parse_duration(&v).ok())
+            .unwrap_or(default)
+    }
+}
+
+/// A new random password: 24 characters from a 62-letter alphabet, drawn uniformly
+/// (`random_range` rejects out-of-range draws, so there is no modulo bias).
+pub fn new_password() -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut rng = rand::rng();
+    (0..24)
+        .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+        .collect()
+}
+
+/// A new snapshot id: 12 hex digits (48 random bits), unique enough within one dataset.
+pub fn new_snapshot_id() -> String {
+    let n: u64 = rand::rng().random_range(0..(1u64 << 48));
+    format!("{n:012x}")
+}
+
+/// Picks a port no velo branch holds and nothing on the host is listening on right now.
+pub fn allocate_port(state: &State) -> Result<u16> {
+    let taken: std::collections::HashSet<u16> = state
+        .projects
+        .values()
+        .flat_map(|p| p.branches.values().map(|b| b.port))
+        .collect();
+    PORT_RANGE
+        .clone()
+        .find(|p| !taken.contains(p) && TcpListener::bind((DEFAULT_HOST_IP, *p)).is_ok())
+        .ok_or_else(|| {
+            anyhow!(
+                "no free port in {}-{}: delete branches you no longer need, or stop what holds those ports",
+                PORT_RANGE.start(),
+                PORT_RANGE.end()
+            )
+        })
+}
+
+pub fn get_project<'a>(state: &'a State, name: &ProjectName) -> Result<&'a Project> {
+    state
+        .projects
+        .get(name)
+        .ok_or_else(|| anyhow!("project `{name}` does not exist (see `velo project list`)"))
+}
+
+pub fn get_project_mut<'a>(state: &'a mut State, name: &ProjectName) -> Result<&'a mut Project> {
+    state
+        .projects
+        .get_mut(name)
+        .ok_or_else(|| anyhow!("project `{name}` does not exist (see `velo project list`)"))
+}
+
+pub fn get_branch<'a>(project: &'a Project, r: &BranchRef) -> Result<&'a Branch> {
+    project.branch(&r.branch).ok_or_else(|| {
+        anyhow!(
+            "branch `{r}` does not exist (see `velo branch list {}`)",
+            r.project
+        )
+    })
+}
+
+/// Marks a branch busy for `operation`, failing if another command holds it.
+pub fn claim(branch: &mut Branch, r: &BranchRef, operation: &str) -> Result<()> {
+    if let Some(busy) = &branch.busy {
+        if pid_alive(busy.pid) {
+            bail!(
+                "branch `{r}` is busy: `velo {}` (pid {}) is working on it since {}; wait for it to finish",
+                busy.operation,
+                busy.pid,
+                busy.since.format("%H:%M:%S")
+            );
+        }
+        bail!(
+            "branch `{r}` was left mid-way by an interrupted `velo {}` (pid {}, {}); check it with `velo branch get {r}` and delete and re-create it if it is broken",
+            busy.operation,
+            busy.pid,
+            busy.since.format("%Y-%m-%d %H:%M:%S UTC")
+        );
+    }
+    branch.busy = Some(busy_marker(operation));
+    Ok(())
+}
+
+pub fn busy_marker(operation: &str) -> Busy {
+    Busy {
+        operation: operation.to_string(),
+        pid: std::process::id(),
+        since: Utc::now(),
+    }
+}
+
+fn pid_alive(pid: u32) -> bool {
+    PathBuf::from(format!("/proc/{pid}")).exists()
+}
+
+/// Clears the busy marker of a branch that still exists.
+pub fn release(ctx: &Ctx, r: &BranchRef) -> Result<()> {
+    ctx.store.update(|s| {
+        if let Some(b) = s
+            .projects
+            .get_mut(&r.project)
+            .and_then(|p| p.branches.get_mut(&r.branch))
+        {
+            b.busy = None;
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+/// How to reach a branch's server from the host.
+pub fn endpoint(project: &Project, branch: &Branch) -> Endpoint {
+    Endpoint {
+        host: DEFAULT_HOST_IP.to_string(),
+        port: branch.port,
+        user: project.user.clone(),
+        password: project.password.clone(),
+        database: project.database.clone(),
+    }
+}
+
+/// The connection URL, without the password (shown only by `velo branch password`).
+pub fn url(project: &Project, branch: &Branch) -> String {
+    format!(
+        "postgresql://{}@{}:{}/{}",
+        project.user, DEFAULT_HOST_IP, branch.port, project.database
+    )
+}
+
+/// The container for a branch whose data lives at `mountpoint`.
+pub fn container_spec(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    mountpoint: &str,
+) -> ContainerSpec {
+    ContainerSpec {
+        name: names::container_name(r),
+        image: project.image.clone(),
+        labels: vec![
+            (docker::LABEL_MANAGED.into(), "true".into()),
+            (docker::LABEL_PROJECT.into(), r.project.to_string()),
+            (docker::LABEL_BRANCH.into(), r.branch.to_string()),
+            (docker::LABEL_HOME.into(), ctx.home_label()),
+        ],
+        env: vec![
+            ("POSTGRES_USER".into(), project.user.clone()),
+            ("POSTGRES_PASSWORD".into(), project.password.clone()),
+            ("POSTGRES_DB".into(), project.database.clone()),
+            ("PGDATA".into(), docker::PGDATA.into()),
+        ],
+        data_dir: data_dir(mountpoint),
+        host_ip: DEFAULT_HOST_IP.into(),
+        host_port: branch.port,
+        postgres_args: Vec::new(),
+    }
+}
+
+/// PGDATA lives in a subdirectory of the dataset, so a dataset that is not mounted leaves
+/// nothing for the container to mount (and initialise as an empty database).
+pub fn data_dir(mountpoint: &str) -> String {
+    format!("{mountpoint}/pgdata")
+}
+
+/// The mountpoint of a branch's current dataset; an error that says how to mount it if it is not.
+pub async fn mounted_at(ctx: &Ctx, dataset: &str) -> Result<String> {
+    ctx.zfs
+        .mountpoint(dataset)
+        .await
+        .with_context(|| format!("checking that {dataset} is mounted"))?
+        .ok_or_else(|| anyhow!("dataset {dataset} is not mounted: run `zfs mount {dataset}`"))
+}
+
+/// Starts a branch's container and waits until PostgreSQL answers.
+pub async fn start_and_wait(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    deadline: Duration,
+) -> Result<()> {
+    let name = names::container_name(r);
+    ctx.shell
+        .step("Start container", async {
+            ctx.runtime.start(&name, DEFAULT_HOST_IP, branch.port).await
+        })
+        .await?;
+    wait_ready(ctx, project, r, branch, deadline).await
+}
+
+/// Waits until a branch's PostgreSQL answers `SELECT 1`; on failure the error carries the
+/// container's last log lines.
+pub async fn wait_ready(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    deadline: Duration,
+) -> Result<()> {
+    let name = names::container_name(r);
+    let ready = ctx
+        .shell
+        .step("Ready", async {
+            endpoint(project, branch)
+                .wait_ready(ctx.ready_timeout(deadline), || async {
+                    match ctx.runtime.status(&name).await {
+                        Ok(ContainerStatus::Running) | Err(_) => Ok(()),
+                        Ok(other) => Err(format!("container {name} is not running: {other:?}")),
+                    }
+                })
+                .await
+        })
+        .await;
+    if let Err(e) = ready {
+        let logs = ctx.runtime.logs_tail(&name, 15).await;
+        return Err(anyhow::Error::new(e).context(format!(
+            "PostgreSQL for `{r}` did not become ready; its last log lines:\n{}",
+            logs.trim_end()
+        )));
+    }
+    Ok(())
+}
+
+/// One way to take back a step that succeeded.
+#[derive(Debug)]
+pub enum UndoStep {
+    DestroySnapshot(String),
+    DestroyDataset(String),
+    RemoveContainer(String),
+    /// Re-create and (if it was running) start a branch's previous container.
+    RestoreContainer {
+        spec: ContainerSpec,
+        start: bool,
+    },
+}
+
+/// The steps taken so far, undone in reverse order if the operation fails.
+#[derive(Debug, Default)]
+pub struct Undo(Vec<UndoStep>);
+
+impl Undo {
+    pub fn push(&mut self, step: UndoStep) {
+        self.0.push(step);
+    }
+
+    /// Undoes every recorded step, newest first. Undo failures are reported and the rest still
+    /// run; returns whether everything was undone.
+    pub async fn run(self, ctx: &Ctx) -> bool {
+        let mut clean = true;
+        for step in self.0.into_iter().rev() {
+            let result: Result<()> = match &step {
+                UndoStep::DestroySnapshot(s) => {
+                    ctx.zfs.destroy_snapshot(s).await.map_err(Into::into)
+                }
+                UndoStep::DestroyDataset(d) => ctx.zfs.destroy_dataset(d).await.map_err(Into::into),
+                UndoStep::RemoveContainer(c) => ctx.runtime.remove(c).await.map_err(Into::into),
+                UndoStep::RestoreContainer { spec, start } => {
+                    async {
+                        ctx.runtime.remove(&spec.name).await?;
+                        ctx.runtime.create(spec).await?;
+                        if *start {
+                            ctx.runtime
+                                .start(&spec.name, &spec.host_ip, spec.host_port)
+                                .await?;
+                        }
+                        Ok(())
+                    }
+                    .await
+                }
+            };
+            if let Err(e) = result {
+                clean = false;
+                ctx.shell.warn(&format!("could not undo {step:?}: {e:#}"));
+            }
+        }
+        clean
+    }
+}

@@ -1,0 +1,312 @@
+//! Projects: create (with its main branch), list, get, delete.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{PermissionsExt, chown};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use chrono::Utc;
+use serde_json::json;
+
+use super::{
+    Ctx, Undo, UndoStep, allocate_port, busy_marker, container_spec, get_project, mounted_at,
+    release, start_and_wait, url,
+};
+use crate::names::{self, BranchName, BranchRef, ProjectName};
+use crate::state::{Branch, Project, RunState};
+use crate::zfs::BASE_PROPERTIES;
+
+/// The image used when neither `--image` nor `--pg-version` says otherwise.
+pub const DEFAULT_PG_VERSION: &str = "17";
+
+pub struct CreateProject {
+    pub name: ProjectName,
+    pub pool: Option<String>,
+    pub pg_version: Option<String>,
+    pub image: Option<String>,
+}
+
+/// The official image for a PostgreSQL major version.
+pub fn image_for(pg_version: &str) -> String {
+    format!("postgres:{pg_version}-alpine")
+}
+
+/// The pool to use: the one asked for, else the only imported pool.
+async fn choose_pool(ctx: &Ctx, asked: Option<String>) -> Result<String> {
+    let pools = ctx.zfs.pools().await.context("listing ZFS pools")?;
+    match asked {
+        Some(p) if pools.contains(&p) => Ok(p),
+        Some(p) => bail!(
+            "ZFS pool `{p}` is not imported (pools here: {}); import it or pass another --pool",
+            list_or_none(&pools)
+        ),
+        None => match pools.as_slice() {
+            [only] => Ok(only.clone()),
+            [] => bail!(
+                "no ZFS pool is imported: create one (`zpool create tank /dev/…`) or import it"
+            ),
+            many => bail!(
+                "several ZFS pools are imported ({}): choose one with --pool",
+                many.join(", ")
+            ),
+        },
+    }
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
+    if let (Some(_), Some(_)) = (&req.image, &req.pg_version) {
+        bail!("give either --image or --pg-version, not both (the image decides the version)");
+    }
+    if let Some(v) = &req.pg_version
+        && (v.is_empty() || !v.chars().all(|c| c.is_ascii_digit()))
+    {
+        bail!("--pg-version must be a major version number such as 17, not `{v}`");
+    }
+    let image = req
+        .image
+        .clone()
+        .unwrap_or_else(|| image_for(req.pg_version.as_deref().unwrap_or(DEFAULT_PG_VERSION)));
+    let name = req.name.clone();
+    let main_ref = BranchRef::new(name.clone(), BranchName::main());
+
+    let pool = choose_pool(ctx, req.pool).await?;
+    ctx.shell
+        .step("Check image", ctx.runtime.require_image(&image))
+        .await?;
+    let pg_user = ctx.runtime.postgres_user(&image).await?;
+
+    let (project, main) = ctx.store.update(|s| {
+        if s.projects.contains_key(&name) {
+            bail!("project `{name}` already exists (see `velo project get {name}`)");
+        }
+        let port = allocate_port(s)?;
+        let main = Branch {
+            parent: None,
+            port,
+            generation: 0,
+            origin: None,
+            retired: Vec::new(),
+            desired: RunState::Running,
+            created_at: Utc::now(),
+            busy: Some(busy_marker("project create")),
+        };
+        let project = Project {
+            pool: pool.clone(),
+            image: image.clone(),
+            pg_version: None,
+            user: "postgres".into(),
+            password: super::new_password(),
+            database: "postgres".into(),
+            created_at: Utc::now(),
+            branches: BTreeMap::from([(BranchName::main(), main.clone())]),
+        };
+        s.projects.insert(name.clone(), project.clone());
+        Ok((project, main))
+    })?;
+
+    let mut undo = Undo::default();
+    let result: Result<()> = async {
+        let base = names::base_dataset(&pool);
+        let compression = ctx.zfs.best_compression(&pool).await;
+        let mut props = BASE_PROPERTIES.to_vec();
+        props.push(("compression", compression));
+        let project_ds = names::project_dataset(&pool, &name);
+        let main_ds = main.dataset(&pool, &main_ref);
+        ctx.shell
+            .step("Create dataset", async {
+                ctx.zfs.ensure(&base, &props).await?;
+                ctx.zfs.create(&project_ds, &[]).await?;
+                undo.push(UndoStep::DestroyDataset(project_ds.clone()));
+                ctx.zfs.create(&main_ds, &[]).await?;
+                Ok::<_, anyhow::Error>(())
+            })
+            .await?;
+        let mountpoint = mounted_at(ctx, &main_ds).await?;
+        let pgdata = super::data_dir(&mountpoint);
+        std::fs::create_dir(&pgdata)
+            .and_then(|()| chown(&pgdata, Some(pg_user.uid), Some(pg_user.gid)))
+            .and_then(|()| {
+                std::fs::set_permissions(&pgdata, std::fs::Permissions::from_mode(0o700))
+            })
+            .with_context(|| {
+                format!(
+                    "preparing {pgdata} for the image's postgres user (uid {})",
+                    pg_user.uid
+                )
+            })?;
+        let spec = container_spec(ctx, &project, &main_ref, &main, &mountpoint);
+        ctx.shell
+            .step("Create container", ctx.runtime.create(&spec))
+            .await?;
+        undo.push(UndoStep::RemoveContainer(spec.name.clone()));
+        start_and_wait(ctx, &project, &main_ref, &main, Duration::from_secs(120)).await
+    }
+    .await;
+
+    if let Err(e) = result {
+        undo.run(ctx).await;
+        ctx.store.update(|s| {
+            s.projects.remove(&name);
+            Ok::<_, anyhow::Error>(())
+        })?;
+        return Err(e.context(format!(
+            "creating project `{name}` (nothing was left behind)"
+        )));
+    }
+
+    let version = super::endpoint(&project, &main).server_version().await.ok();
+    ctx.store.update(|s| {
+        let p = super::get_project_mut(s, &name)?;
+        p.pg_version = version;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    release(ctx, &main_ref)?;
+    ctx.shell.note(&format!(
+        "Project `{name}` is ready; its main branch is `{main_ref}`."
+    ));
+    ctx.shell.out(&url(&project, &main));
+    ctx.shell.note(&format!(
+        "The password is shown by `velo branch password {main_ref}`."
+    ));
+    Ok(())
+}
+
+/// A project as list/get show it (never the password).
+fn project_json(name: &ProjectName, p: &Project) -> serde_json::Value {
+    json!({
+        "name": name.as_str(),
+        "pool": p.pool,
+        "image": p.image,
+        "pg_version": p.pg_version,
+        "branches": p.branches.keys().map(BranchName::as_str).collect::<Vec<_>>(),
+        "created_at": p.created_at,
+    })
+}
+
+pub async fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
+    let state = ctx.store.read()?;
+    if as_json {
+        let all: Vec<_> = state
+            .projects
+            .iter()
+            .map(|(n, p)| project_json(n, p))
+            .collect();
+        ctx.shell.json(&json!(all));
+        return Ok(());
+    }
+    if state.projects.is_empty() {
+        ctx.shell
+            .note("No projects yet: create one with `velo project create <name>`.");
+        return Ok(());
+    }
+    let rows = state
+        .projects
+        .iter()
+        .map(|(n, p)| {
+            vec![
+                n.to_string(),
+                p.branches.len().to_string(),
+                p.pool.clone(),
+                p.image.clone(),
+                p.created_at.format("%Y-%m-%d %H:%M").to_string(),
+            ]
+        })
+        .collect();
+    ctx.shell.table(
+        &["PROJECT", "BRANCHES", "POOL", "IMAGE", "CREATED (UTC)"],
+        rows,
+    );
+    Ok(())
+}
+
+pub async fn get(ctx: &Ctx, name: &ProjectName, as_json: bool) -> Result<()> {
+    let state = ctx.store.read()?;
+    let p = get_project(&state, name)?;
+    if as_json {
+        ctx.shell.json(&project_json(name, p));
+        return Ok(());
+    }
+    let main = p
+        .branch(&BranchName::main())
+        .ok_or_else(|| anyhow!("project `{name}` has no main branch in state"))?;
+    let rows = vec![
+        vec!["project".into(), name.to_string()],
+        vec!["pool".into(), p.pool.clone()],
+        vec!["dataset".into(), names::project_dataset(&p.pool, name)],
+        vec!["image".into(), p.image.clone()],
+        vec![
+            "postgres".into(),
+            p.pg_version.clone().unwrap_or_else(|| "?".into()),
+        ],
+        vec!["main URL".into(), url(p, main)],
+        vec![
+            "branches".into(),
+            p.branches
+                .keys()
+                .map(|b| b.to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+        ],
+        vec![
+            "created (UTC)".into(),
+            p.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        ],
+    ];
+    ctx.shell.table(&["FIELD", "VALUE"], rows);
+    Ok(())
+}
+
+pub async fn delete(ctx: &Ctx, name: &ProjectName, force: bool) -> Result<()> {
+    let project = ctx.store.update(|s| {
+        let p = super::get_project_mut(s, name)?;
+        let others: Vec<String> = p
+            .branches
+            .keys()
+            .filter(|b| !b.is_main())
+            .map(|b| format!("{name}/{b}"))
+            .collect();
+        if !others.is_empty() && !force {
+            bail!(
+                "project `{name}` still has branches: {}; delete them first, or pass --force to delete them too",
+                others.join(", ")
+            );
+        }
+        for (bname, b) in p.branches.iter_mut() {
+            if !force {
+                super::claim(b, &BranchRef::new(name.clone(), bname.clone()), "project delete")?;
+            } else {
+                b.busy = Some(busy_marker("project delete"));
+            }
+        }
+        Ok(p.clone())
+    })?;
+
+    ctx.shell
+        .step("Remove containers", async {
+            for b in project.branches.keys() {
+                let r = BranchRef::new(name.clone(), b.clone());
+                ctx.runtime.remove(&names::container_name(&r)).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+    let dataset = names::project_dataset(&project.pool, name);
+    ctx.shell
+        .step("Destroy datasets", ctx.zfs.destroy_dataset(&dataset))
+        .await
+        .with_context(|| format!("destroying {dataset}; fix the cause and run `velo project delete {name} --force` again"))?;
+    ctx.store.update(|s| {
+        s.projects.remove(name);
+        Ok::<_, anyhow::Error>(())
+    })?;
+    ctx.shell.note(&format!("Project `{name}` deleted."));
+    Ok(())
+}

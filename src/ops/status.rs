@@ -1,0 +1,59 @@
+//! `velo status`: pool usage and every project and branch at a glance.
+
+use std::collections::BTreeSet;
+
+use anyhow::Result;
+use serde_json::json;
+
+use super::Ctx;
+use super::branch::{branch_json, observe};
+use crate::ui::human_bytes;
+
+pub async fn status(ctx: &Ctx, as_json: bool) -> Result<()> {
+    let state = ctx.store.read()?;
+    let pools: BTreeSet<&str> = state.projects.values().map(|p| p.pool.as_str()).collect();
+    let mut pool_rows = Vec::new();
+    let mut pool_json = Vec::new();
+    for pool in pools {
+        let space = ctx.zfs.pool_space(pool).await?;
+        let health = ctx.zfs.pool_health(pool).await?;
+        pool_json.push(json!({
+            "pool": pool, "health": health,
+            "used_bytes": space.used, "available_bytes": space.available,
+        }));
+        pool_rows.push(vec![
+            pool.to_string(),
+            health,
+            human_bytes(space.used),
+            human_bytes(space.available),
+        ]);
+    }
+    let mut rows = Vec::new();
+    let mut branch_rows = Vec::new();
+    for (name, p) in &state.projects {
+        for (r, live, used) in observe(ctx, name, p).await? {
+            let b = p.branch(&r.branch).expect("observed from the project");
+            branch_rows.push(branch_json(p, &r, b, Some(&live), used));
+            rows.push(vec![
+                r.to_string(),
+                live,
+                b.port.to_string(),
+                used.map(human_bytes).unwrap_or_else(|| "?".into()),
+            ]);
+        }
+    }
+    if as_json {
+        ctx.shell
+            .json(&json!({ "pools": pool_json, "branches": branch_rows }));
+        return Ok(());
+    }
+    if rows.is_empty() {
+        ctx.shell
+            .note("No projects yet: create one with `velo project create <name>`.");
+        return Ok(());
+    }
+    ctx.shell
+        .table(&["POOL", "HEALTH", "USED", "AVAILABLE"], pool_rows);
+    ctx.shell.table(&["BRANCH", "STATUS", "PORT", "USED"], rows);
+    Ok(())
+}

@@ -1,0 +1,140 @@
+//! Talking to PostgreSQL itself, with tokio-postgres: readiness, CHECKPOINT, version.
+//!
+//! "Ready" means a real connection that answers `SELECT 1`, never a pid file or an open port.
+//! Credentials travel in a [`tokio_postgres::Config`], never in a process argument.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, Config, NoTls};
+
+/// How to reach one server.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum PgError {
+    #[error("PostgreSQL on {host}:{port} was not ready after {waited:?}: {last}")]
+    NotReady {
+        host: String,
+        port: u16,
+        waited: Duration,
+        last: String,
+    },
+    #[error("PostgreSQL on {host}:{port}: {action}")]
+    Query {
+        host: String,
+        port: u16,
+        action: &'static str,
+        source: tokio_postgres::Error,
+    },
+}
+
+impl Endpoint {
+    fn config(&self, connect_timeout: Duration) -> Config {
+        let mut c = Config::new();
+        c.host(&self.host)
+            .port(self.port)
+            .user(&self.user)
+            .password(&self.password)
+            .dbname(&self.database)
+            .application_name("velo")
+            .connect_timeout(connect_timeout);
+        c
+    }
+
+    async fn connect(&self, timeout: Duration) -> Result<Client, tokio_postgres::Error> {
+        let (client, connection) = self.config(timeout).connect(NoTls).await?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(client)
+    }
+
+    fn query_err(&self, action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
+        let (host, port) = (self.host.clone(), self.port);
+        move |source| PgError::Query {
+            host,
+            port,
+            action,
+            source,
+        }
+    }
+
+    /// Polls until a connection answers `SELECT 1` and the server is out of recovery, or the
+    /// deadline passes. `alive` is asked between attempts so a container that died is reported
+    /// at once instead of after the whole deadline.
+    pub async fn wait_ready<F, Fut>(&self, deadline: Duration, mut alive: F) -> Result<(), PgError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<(), String>>,
+    {
+        let start = Instant::now();
+        let mut pause = Duration::from_millis(10);
+        let mut last = String::from("no attempt made");
+        let mut attempts = 0u32;
+        while start.elapsed() < deadline {
+            attempts += 1;
+            match self.probe().await {
+                Ok(true) => return Ok(()),
+                Ok(false) => last = "still in recovery".into(),
+                Err(e) => last = e.to_string(),
+            }
+            if attempts.is_multiple_of(5)
+                && let Err(why) = alive().await
+            {
+                last = why;
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause + Duration::from_millis(10)).min(Duration::from_millis(100));
+        }
+        Err(PgError::NotReady {
+            host: self.host.clone(),
+            port: self.port,
+            waited: start.elapsed(),
+            last,
+        })
+    }
+
+    /// One readiness attempt: `Ok(true)` when `SELECT 1` answers and recovery is over.
+    async fn probe(&self) -> Result<bool, tokio_postgres::Error> {
+        let client = self.connect(Duration::from_secs(1)).await?;
+        let row = client
+            .query_one("SELECT 1, pg_is_in_recovery()", &[])
+            .await?;
+        let one: i32 = row.get(0);
+        let in_recovery: bool = row.get(1);
+        Ok(one == 1 && !in_recovery)
+    }
+
+    /// Writes all dirty buffers so a snapshot taken next needs little WAL replay.
+    pub async fn checkpoint(&self) -> Result<(), PgError> {
+        let client = self
+            .connect(Duration::from_secs(5))
+            .await
+            .map_err(self.query_err("connecting for CHECKPOINT"))?;
+        client
+            .batch_execute("CHECKPOINT")
+            .await
+            .map_err(self.query_err("CHECKPOINT"))
+    }
+
+    /// `SHOW server_version`.
+    pub async fn server_version(&self) -> Result<String, PgError> {
+        let client = self
+            .connect(Duration::from_secs(5))
+            .await
+            .map_err(self.query_err("connecting"))?;
+        let row = client
+            .query_one("SHOW server_version", &[])
+            .await
+            .map_err(self.query_err("SHOW server_version"))?;
+        Ok(row.get(0))
+    }
+}

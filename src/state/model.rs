@@ -1,0 +1,124 @@
+//! The on-disk model of `state.json`: what velo has made and where.
+//!
+//! Plain serde types with a schema version. Field names are part of velo's contract (other tools
+//! read the file), so they only ever grow; a breaking change bumps [`SCHEMA_VERSION`].
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::names::{self, BranchName, BranchRef, ProjectName};
+
+/// The schema this build reads and writes.
+pub const SCHEMA_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct State {
+    pub version: u32,
+    #[serde(default)]
+    pub projects: BTreeMap<ProjectName, Project>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            version: SCHEMA_VERSION,
+            projects: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Project {
+    pub pool: String,
+    pub image: String,
+    /// The server's version as PostgreSQL reported it once main was first ready.
+    pub pg_version: Option<String>,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+    pub created_at: DateTime<Utc>,
+    pub branches: BTreeMap<BranchName, Branch>,
+}
+
+impl Project {
+    pub fn branch(&self, name: &BranchName) -> Option<&Branch> {
+        self.branches.get(name)
+    }
+
+    /// Branches whose parent is `name`, in name order.
+    pub fn children_of(&self, name: &BranchName) -> Vec<BranchName> {
+        self.branches
+            .iter()
+            .filter(|(_, b)| b.parent.as_ref() == Some(name))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+}
+
+/// The run state the user asked for; the container is brought to it by start/stop.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum RunState {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Branch {
+    /// `None` only for main.
+    pub parent: Option<BranchName>,
+    /// The host port on 127.0.0.1, kept for the branch's whole life.
+    pub port: u16,
+    /// The generation whose dataset currently serves the branch.
+    pub generation: u32,
+    /// Where the current generation was cloned from (`None` for main's first generation).
+    pub origin: Option<Origin>,
+    /// Older generations kept alive because another branch was cloned from one of their snapshots.
+    #[serde(default)]
+    pub retired: Vec<Generation>,
+    pub desired: RunState,
+    pub created_at: DateTime<Utc>,
+    /// Set while a velo command is changing this branch; other commands leave it alone.
+    #[serde(default)]
+    pub busy: Option<Busy>,
+}
+
+impl Branch {
+    pub fn dataset(&self, pool: &str, me: &BranchRef) -> String {
+        names::branch_dataset(pool, me, self.generation)
+    }
+}
+
+/// A snapshot on a branch generation that a clone was made from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Origin {
+    pub branch: BranchName,
+    pub generation: u32,
+    pub snapshot: String,
+    /// True when velo made the snapshot just for this clone: it is destroyed with the clone.
+    pub owned: bool,
+}
+
+impl Origin {
+    pub fn zfs_name(&self, pool: &str, project: &ProjectName) -> String {
+        let on = BranchRef::new(project.clone(), self.branch.clone());
+        names::snapshot_name(pool, &on, self.generation, &self.snapshot)
+    }
+}
+
+/// A retired generation of a branch and the origin it was cloned from.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Generation {
+    pub generation: u32,
+    pub origin: Option<Origin>,
+}
+
+/// A marker that a command is working on a branch: which command, and which process.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Busy {
+    pub operation: String,
+    pub pid: u32,
+    pub since: DateTime<Utc>,
+}

@@ -1,0 +1,118 @@
+//! All of velo's output goes through [`Shell`]: step progress and notes on stderr, results
+//! (tables, JSON, URLs) on stdout, so `velo … --json | jq` and scripts see only data.
+
+use std::future::Future;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use comfy_table::{Table, presets};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+#[derive(Debug, Clone)]
+pub struct Shell {
+    interactive: bool,
+}
+
+impl Default for Shell {
+    fn default() -> Self {
+        Self {
+            interactive: std::io::stderr().is_terminal(),
+        }
+    }
+}
+
+/// Formats a step's time the way the original tool's transcript did ("0.1s").
+pub fn secs(d: Duration) -> String {
+    format!("{:.1}s", d.as_secs_f64())
+}
+
+impl Shell {
+    /// Runs one named step, showing a spinner while it runs (on a terminal) and then
+    /// `▸ <label> <time>`, or `✗ <label> <time>` if it failed.
+    pub async fn step<T, E, F>(&self, label: &str, work: F) -> Result<T, E>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let bar = self.interactive.then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("static template"),
+            );
+            bar.set_message(label.to_string());
+            bar.enable_steady_tick(Duration::from_millis(80));
+            bar
+        });
+        let start = Instant::now();
+        let result = work.await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let mark = if result.is_ok() { "▸" } else { "✗" };
+        self.note(&format!("{mark} {label} {}", secs(start.elapsed())));
+        result
+    }
+
+    /// A line of progress or explanation, on stderr.
+    pub fn note(&self, text: &str) {
+        let _ = writeln!(std::io::stderr(), "{text}");
+    }
+
+    pub fn warn(&self, text: &str) {
+        self.note(&format!("warning: {text}"));
+    }
+
+    /// A result, on stdout.
+    pub fn out(&self, text: &str) {
+        let _ = writeln!(std::io::stdout(), "{text}");
+    }
+
+    /// A table of results, on stdout.
+    pub fn table(&self, headers: &[&str], rows: Vec<Vec<String>>) {
+        let mut table = Table::new();
+        table.load_style(presets::UTF8_HORIZONTAL_ONLY);
+        table.set_header(headers.to_vec());
+        for row in rows {
+            table.add_row(row);
+        }
+        self.out(&table.to_string());
+    }
+
+    /// Pretty JSON, on stdout.
+    pub fn json(&self, value: &serde_json::Value) {
+        self.out(&serde_json::to_string_pretty(value).expect("JSON values serialize"));
+    }
+}
+
+/// Bytes as a short human figure (KiB, MiB, GiB).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_sizes() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(19_456), "19.0 KiB");
+        assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+
+    #[test]
+    fn step_times() {
+        assert_eq!(secs(Duration::from_millis(149)), "0.1s");
+        assert_eq!(secs(Duration::from_millis(1250)), "1.2s");
+    }
+}
