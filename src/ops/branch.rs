@@ -26,9 +26,6 @@ const STOP_TIMEOUT_SECS: i32 = 30;
 
 pub async fn create(ctx: &Ctx, r: &BranchRef, parent: Option<BranchName>) -> Result<()> {
     let parent_name = parent.unwrap_or_else(BranchName::main);
-    if parent_name == r.branch {
-        bail!("a branch cannot be its own parent");
-    }
     let parent_ref = BranchRef::new(r.project.clone(), parent_name.clone());
     let snap = super::new_snapshot_id();
 
@@ -37,6 +34,9 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, parent: Option<BranchName>) -> Res
         if p.branch(&r.branch).is_some() {
             bail!("branch `{r}` already exists (see `velo branch get {r}`)");
         }
+        if parent_name == r.branch {
+            bail!("a branch cannot be its own parent");
+        }
         let parent = get_branch(p, &parent_ref)?.clone();
         if let Some(busy) = &parent.busy {
             bail!(
@@ -44,7 +44,7 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, parent: Option<BranchName>) -> Res
                 busy.operation
             );
         }
-        let port = allocate_port(s)?;
+        let port = allocate_port(s, &[])?;
         let branch = Branch {
             parent: Some(parent_name.clone()),
             port,
@@ -76,25 +76,32 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, parent: Option<BranchName>) -> Res
             .await?;
         undo.push(UndoStep::DestroyDataset(dataset.clone()));
         let mountpoint = mounted_at(ctx, &dataset).await?;
-        let spec = container_spec(ctx, &project, r, &branch, &mountpoint);
-        ctx.shell
-            .step("Create container", ctx.runtime.create(&spec))
-            .await?;
-        undo.push(UndoStep::RemoveContainer(spec.name.clone()));
-        start_and_wait(ctx, &project, r, &branch, BRANCH_READY).await
+        super::launch_new(
+            ctx,
+            &project,
+            r,
+            &branch,
+            &mountpoint,
+            BRANCH_READY,
+            &mut undo,
+        )
+        .await
     }
     .await;
 
-    if let Err(e) = result {
-        undo.run(ctx).await;
-        ctx.store.update(|s| {
-            if let Some(p) = s.projects.get_mut(&r.project) {
-                p.branches.remove(&r.branch);
-            }
-            Ok::<_, anyhow::Error>(())
-        })?;
-        return Err(e.context(format!("creating branch `{r}` (nothing was left behind)")));
-    }
+    let branch = match result {
+        Ok(branch) => branch,
+        Err(e) => {
+            undo.run(ctx).await;
+            ctx.store.update(|s| {
+                if let Some(p) = s.projects.get_mut(&r.project) {
+                    p.branches.remove(&r.branch);
+                }
+                Ok::<_, anyhow::Error>(())
+            })?;
+            return Err(e.context(format!("creating branch `{r}` (nothing was left behind)")));
+        }
+    };
     release(ctx, r)?;
     ctx.shell.note(&format!("Branch `{r}` is ready."));
     ctx.shell.out(&url(&project, &branch));

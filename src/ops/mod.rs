@@ -21,7 +21,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use chrono::Utc;
 use rand::RngExt;
 
-use crate::docker::{self, ContainerSpec, ContainerStatus, Runtime};
+use crate::docker::{self, ContainerSpec, ContainerStatus, DockerError, Runtime};
 use crate::names::{self, BranchRef, ProjectName};
 use crate::pg::Endpoint;
 use crate::state::{Branch, Busy, Project, State, Store};
@@ -82,21 +82,26 @@ pub fn new_snapshot_id() -> String {
     format!("{n:012x}")
 }
 
-/// Picks a port no velo branch holds and nothing on the host is listening on right now.
-pub fn allocate_port(state: &State) -> Result<u16> {
+/// Picks a port no velo branch holds and nothing on the host is listening on right now,
+/// scanning from a random point so that velo homes (users) on one host rarely race for one.
+/// A port can still be taken between this check and the container's start; callers creating a
+/// new branch retry with another port when Docker reports the conflict.
+pub fn allocate_port(state: &State, avoid: &[u16]) -> Result<u16> {
     let taken: std::collections::HashSet<u16> = state
         .projects
         .values()
         .flat_map(|p| p.branches.values().map(|b| b.port))
+        .chain(avoid.iter().copied())
         .collect();
-    PORT_RANGE
-        .clone()
+    let (lo, hi) = (*PORT_RANGE.start(), *PORT_RANGE.end());
+    let span = hi - lo + 1;
+    let offset = rand::rng().random_range(0..span);
+    (0..span)
+        .map(|i| lo + (offset + i) % span)
         .find(|p| !taken.contains(p) && TcpListener::bind((DEFAULT_HOST_IP, *p)).is_ok())
         .ok_or_else(|| {
             anyhow!(
-                "no free port in {}-{}: delete branches you no longer need, or stop what holds those ports",
-                PORT_RANGE.start(),
-                PORT_RANGE.end()
+                "no free port in {lo}-{hi}: delete branches you no longer need, or stop what holds those ports"
             )
         })
 }
@@ -251,6 +256,61 @@ pub async fn start_and_wait(
         })
         .await?;
     wait_ready(ctx, project, r, branch, deadline).await
+}
+
+/// Creates and starts the container of a branch that is new (nobody relies on its port yet)
+/// and waits until it is ready. If another program took the reserved port in the meantime, it
+/// moves the branch to a fresh port and tries again. Returns the branch as it now is.
+pub async fn launch_new(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    mountpoint: &str,
+    deadline: Duration,
+    undo: &mut Undo,
+) -> Result<Branch> {
+    const ATTEMPTS: usize = 5;
+    let mut branch = branch.clone();
+    let mut tried = Vec::new();
+    undo.push(UndoStep::RemoveContainer(names::container_name(r)));
+    loop {
+        let spec = container_spec(ctx, project, r, &branch, mountpoint);
+        ctx.shell
+            .step("Create container", ctx.runtime.create(&spec))
+            .await?;
+        let started = ctx
+            .shell
+            .step("Start container", async {
+                ctx.runtime
+                    .start(&spec.name, &spec.host_ip, spec.host_port)
+                    .await
+            })
+            .await;
+        match started {
+            Ok(()) => break,
+            Err(DockerError::PortInUse { port, .. }) if tried.len() < ATTEMPTS => {
+                ctx.runtime.remove(&spec.name).await?;
+                tried.push(port);
+                branch.port = ctx.store.update(|s| {
+                    let port = allocate_port(s, &tried)?;
+                    let b = get_project_mut(s, &r.project)?
+                        .branches
+                        .get_mut(&r.branch)
+                        .ok_or_else(|| anyhow!("branch `{r}` vanished from state"))?;
+                    b.port = port;
+                    Ok::<_, anyhow::Error>(port)
+                })?;
+                ctx.shell.note(&format!(
+                    "port {port} was taken meanwhile; using {}",
+                    branch.port
+                ));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    wait_ready(ctx, project, r, &branch, deadline).await?;
+    Ok(branch)
 }
 
 /// Waits until a branch's PostgreSQL answers `SELECT 1`; on failure the error carries the

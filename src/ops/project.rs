@@ -9,8 +9,7 @@ use chrono::Utc;
 use serde_json::json;
 
 use super::{
-    Ctx, Undo, UndoStep, allocate_port, busy_marker, container_spec, get_project, mounted_at,
-    release, start_and_wait, url,
+    Ctx, Undo, UndoStep, allocate_port, busy_marker, get_project, mounted_at, release, url,
 };
 use crate::names::{self, BranchName, BranchRef, ProjectName};
 use crate::state::{Branch, Project, RunState};
@@ -87,7 +86,7 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
         if s.projects.contains_key(&name) {
             bail!("project `{name}` already exists (see `velo project get {name}`)");
         }
-        let port = allocate_port(s)?;
+        let port = allocate_port(s, &[])?;
         let main = Branch {
             parent: None,
             port,
@@ -113,7 +112,7 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
     })?;
 
     let mut undo = Undo::default();
-    let result: Result<()> = async {
+    let result: Result<Branch> = async {
         let base = names::base_dataset(&pool);
         let compression = ctx.zfs.best_compression(&pool).await;
         let mut props = BASE_PROPERTIES.to_vec();
@@ -142,26 +141,32 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
                     pg_user.uid
                 )
             })?;
-        let spec = container_spec(ctx, &project, &main_ref, &main, &mountpoint);
-        ctx.shell
-            .step("Create container", ctx.runtime.create(&spec))
-            .await?;
-        undo.push(UndoStep::RemoveContainer(spec.name.clone()));
-        start_and_wait(ctx, &project, &main_ref, &main, Duration::from_secs(120)).await
+        super::launch_new(
+            ctx,
+            &project,
+            &main_ref,
+            &main,
+            &mountpoint,
+            Duration::from_secs(120),
+            &mut undo,
+        )
+        .await
     }
     .await;
 
-    if let Err(e) = result {
-        undo.run(ctx).await;
-        ctx.store.update(|s| {
-            s.projects.remove(&name);
-            Ok::<_, anyhow::Error>(())
-        })?;
-        return Err(e.context(format!(
-            "creating project `{name}` (nothing was left behind)"
-        )));
-    }
-
+    let main = match result {
+        Ok(main) => main,
+        Err(e) => {
+            undo.run(ctx).await;
+            ctx.store.update(|s| {
+                s.projects.remove(&name);
+                Ok::<_, anyhow::Error>(())
+            })?;
+            return Err(e.context(format!(
+                "creating project `{name}` (nothing was left behind)"
+            )));
+        }
+    };
     let version = super::endpoint(&project, &main).server_version().await.ok();
     ctx.store.update(|s| {
         let p = super::get_project_mut(s, &name)?;

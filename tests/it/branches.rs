@@ -1,0 +1,211 @@
+//! Projects and branches end to end on real ZFS, Docker and PostgreSQL.
+
+use crate::util::Sandbox;
+
+/// The original tool's README walk-through, word for word.
+#[test]
+fn readme_walkthrough() {
+    let sb = Sandbox::new();
+    let demo = sb.create_project("demo");
+    let main = format!("{demo}/main");
+    let dev = format!("{demo}/dev");
+    sb.sql(
+        &main,
+        "CREATE TABLE users (id serial PRIMARY KEY, name text); \
+         INSERT INTO users (name) VALUES ('Alice'), ('Bob'), ('Charlie')",
+    );
+    let url = sb.ok(&["branch", "create", &dev]);
+    assert!(url.starts_with("postgresql://postgres@127.0.0.1:"), "{url}");
+    assert!(
+        !url.contains(
+            &sb.json(&["branch", "password", &dev])["password"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        )
+    );
+
+    sb.sql(
+        &dev,
+        "INSERT INTO users (name) VALUES ('Dave'), ('Eve'); DELETE FROM users WHERE name = 'Bob'",
+    );
+    assert_eq!(sb.users(&main), "Alice,Bob,Charlie");
+    assert_eq!(sb.users(&dev), "Alice,Charlie,Dave,Eve");
+
+    let port = sb.port(&dev);
+    sb.ok(&["branch", "reset", &dev]);
+    assert_eq!(sb.users(&dev), "Alice,Bob,Charlie");
+    assert_eq!(sb.port(&dev), port, "reset keeps the port");
+
+    // Reset leaves exactly one generation and one base snapshot behind.
+    let tree = sb.zfs_tree(&demo);
+    assert_eq!(
+        tree.iter().filter(|n| n.contains("/dev.")).count(),
+        1,
+        "{tree:?}"
+    );
+    assert_eq!(
+        tree.iter().filter(|n| n.contains('@')).count(),
+        1,
+        "{tree:?}"
+    );
+}
+
+#[test]
+fn isolation_both_ways_and_data_survives_restarts() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("iso");
+    let (main, dev) = (format!("{p}/main"), format!("{p}/dev"));
+    sb.sql(
+        &main,
+        "CREATE TABLE users (id serial, name text); INSERT INTO users (name) VALUES ('a')",
+    );
+    sb.ok(&["branch", "create", &dev]);
+    sb.sql(&main, "INSERT INTO users (name) VALUES ('main-only')");
+    sb.sql(&dev, "INSERT INTO users (name) VALUES ('dev-only')");
+    assert_eq!(sb.users(&main), "a,main-only");
+    assert_eq!(sb.users(&dev), "a,dev-only");
+
+    let port = sb.port(&dev);
+    sb.ok(&["branch", "stop", &dev]);
+    assert_eq!(sb.json(&["branch", "get", &dev])["container"], "stopped");
+    sb.ok(&["branch", "start", &dev]);
+    assert_eq!(sb.users(&dev), "a,dev-only");
+    sb.ok(&["branch", "restart", &dev]);
+    assert_eq!(sb.users(&dev), "a,dev-only");
+    assert_eq!(sb.port(&dev), port, "stop/start/restart keep the port");
+
+    // A branch made from a stopped parent needs no checkpoint and still has its data.
+    sb.ok(&["branch", "stop", &dev]);
+    sb.ok(&[
+        "branch",
+        "create",
+        &format!("{p}/from-stopped"),
+        "--parent",
+        &dev,
+    ]);
+    assert_eq!(sb.users(&format!("{p}/from-stopped")), "a,dev-only");
+}
+
+#[test]
+fn branch_of_a_branch_reset_and_delete_rules() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("tree");
+    let (main, dev, feat) = (format!("{p}/main"), format!("{p}/dev"), format!("{p}/feat"));
+    sb.sql(
+        &main,
+        "CREATE TABLE users (id serial, name text); INSERT INTO users (name) VALUES ('m')",
+    );
+    sb.ok(&["branch", "create", &dev]);
+    sb.sql(&dev, "INSERT INTO users (name) VALUES ('d')");
+    sb.ok(&["br", "create", &feat, "--parent", &dev]);
+    assert_eq!(sb.users(&feat), "m,d");
+    assert_eq!(sb.json(&["branch", "get", &feat])["parent"], "dev");
+
+    // Resetting dev keeps feat working: feat's origin lives on dev's old generation.
+    sb.ok(&["branch", "reset", &dev]);
+    assert_eq!(sb.users(&dev), "m");
+    assert_eq!(sb.users(&feat), "m,d");
+    sb.ok(&["branch", "reset", &feat]);
+    assert_eq!(sb.users(&feat), "m");
+
+    // Deleting a branch with children needs --force, and the error names them.
+    let err = sb.fails(&["branch", "delete", &dev]);
+    assert!(err.contains(&feat) && err.contains("--force"), "{err}");
+    let err = sb.fails(&["branch", "delete", &main]);
+    assert!(err.contains("project delete"), "{err}");
+    let err = sb.fails(&["project", "delete", &p]);
+    assert!(err.contains("--force"), "{err}");
+
+    sb.ok(&["branch", "rm", &dev, "--force"]);
+    let state = sb.state();
+    let branches = state["projects"][&p]["branches"].as_object().unwrap();
+    assert_eq!(branches.keys().collect::<Vec<_>>(), vec!["main"]);
+    // Everything of dev and feat is gone: only main's dataset, no snapshot, one container.
+    let tree = sb.zfs_tree(&p);
+    assert_eq!(
+        tree,
+        vec![
+            format!("{}/velo/{p}", sb.rig.pool),
+            format!("{}/velo/{p}/main.0", sb.rig.pool)
+        ]
+    );
+    assert_eq!(sb.containers(&p), vec![format!("velo-{p}.main")]);
+
+    sb.ok(&["project", "delete", &p]);
+    assert!(sb.zfs_tree(&p).is_empty());
+    assert!(sb.containers(&p).is_empty());
+}
+
+#[test]
+fn a_fresh_branch_is_copy_on_write() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("cow");
+    sb.sql(
+        &format!("{p}/main"),
+        "CREATE TABLE filler AS SELECT g, md5(g::text) AS h FROM generate_series(1, 200000) g",
+    );
+    sb.ok(&["branch", "create", &format!("{p}/dev")]);
+    let main_used = sb.zfs_used(&format!("{}/velo/{p}/main.0", sb.rig.pool));
+    let dev_used = sb.zfs_used(&format!("{}/velo/{p}/dev.0", sb.rig.pool));
+    assert!(
+        dev_used * 20 < main_used,
+        "branch uses {dev_used} bytes, parent {main_used}: not a small fraction"
+    );
+    assert_eq!(
+        sb.json(&["branch", "get", &format!("{p}/dev")])["used_bytes"],
+        dev_used
+    );
+}
+
+#[test]
+fn listing_status_and_password() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("list");
+    sb.ok(&["branch", "create", &format!("{p}/dev")]);
+
+    let projects = sb.json(&["project", "list"]);
+    assert_eq!(projects[0]["name"], p.as_str());
+    assert_eq!(projects[0]["branches"], serde_json::json!(["dev", "main"]));
+    assert!(sb.ok(&["proj", "ls"]).contains(&p));
+    assert!(
+        sb.ok(&["project", "get", &p])
+            .contains(&format!("{}/velo/{p}", sb.rig.pool))
+    );
+
+    let branches = sb.json(&["branch", "list", &p]);
+    assert_eq!(branches.as_array().unwrap().len(), 2);
+    assert!(
+        branches
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|b| b["container"] == "running")
+    );
+
+    let status = sb.json(&["status"]);
+    assert_eq!(status["pools"][0]["pool"], sb.rig.pool.as_str());
+    assert_eq!(status["pools"][0]["health"], "ONLINE");
+    assert_eq!(status["branches"].as_array().unwrap().len(), 2);
+    let table = sb.ok(&["ls"]);
+    assert!(
+        table.contains(&format!("{p}/dev")) && table.contains("running"),
+        "{table}"
+    );
+
+    // The password appears only in `branch password`.
+    let creds = sb.json(&["branch", "pass", &format!("{p}/dev")]);
+    let password = creds["password"].as_str().unwrap();
+    assert!(password.len() >= 20 && password.chars().all(|c| c.is_ascii_alphanumeric()));
+    assert!(creds["url"].as_str().unwrap().contains(password));
+    for args in [
+        vec!["status"],
+        vec!["branch", "list"],
+        vec!["project", "get", &p],
+    ] {
+        assert!(
+            !sb.ok(&args).contains(password),
+            "{args:?} shows the password"
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! velo's integration tests: one binary, the real `velo` against real ZFS, Docker and
+//! PostgreSQL (prepared by `scripts/rig-up.sh`; run them with `scripts/test.sh`).
+
+mod branches;
+mod failures;
+mod util;

@@ -1,0 +1,246 @@
+//! The test rig as tests see it: run the real `velo` binary in a private VELO_HOME, query
+//! branches with `psql`, and look at ZFS and Docker directly to check what velo claims.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+/// The pool and image `scripts/rig-up.sh` prepared. Missing variables are a hard failure:
+/// these tests must run against the real rig (use `scripts/test.sh`).
+pub struct Rig {
+    pub pool: String,
+    pub image: String,
+}
+
+impl Rig {
+    pub fn get() -> Rig {
+        let var = |name: &str| {
+            std::env::var(name).unwrap_or_else(|_| {
+                panic!("{name} is not set: run the integration tests through scripts/test.sh, which sets up ZFS, Docker and the image")
+            })
+        };
+        Rig {
+            pool: var("VELO_TEST_POOL"),
+            image: var("VELO_TEST_IMAGE"),
+        }
+    }
+}
+
+/// One test's private velo: its own home, its own project names, cleaned up on drop.
+pub struct Sandbox {
+    pub rig: Rig,
+    home: tempfile::TempDir,
+    prefix: String,
+    extra_env: Vec<(String, String)>,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        let n: u32 = rand::random();
+        Sandbox {
+            rig: Rig::get(),
+            home: tempfile::tempdir().expect("temp dir"),
+            prefix: format!("t{n:08x}"),
+            extra_env: Vec::new(),
+        }
+    }
+
+    /// A project name unique to this test run.
+    pub fn project(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.prefix)
+    }
+
+    /// Runs velo with an extra environment variable for the following commands.
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.extra_env.push((key.into(), value.into()));
+    }
+
+    pub fn clear_env(&mut self) {
+        self.extra_env.clear();
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_velo"));
+        cmd.args(args).env("VELO_HOME", self.home.path());
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        cmd.output().expect("velo runs")
+    }
+
+    /// Runs velo and expects success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "velo {args:?} failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs velo and expects failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            !out.status.success(),
+            "velo {args:?} succeeded but should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&self.ok(&all)).expect("velo printed JSON")
+    }
+
+    /// Creates a project on the rig's pool and image.
+    pub fn create_project(&self, suffix: &str) -> String {
+        let name = self.project(suffix);
+        self.ok(&[
+            "project",
+            "create",
+            &name,
+            "--pool",
+            &self.rig.pool,
+            "--image",
+            &self.rig.image,
+        ]);
+        name
+    }
+
+    /// Runs SQL on a branch through psql and returns the unaligned, tuples-only output.
+    pub fn sql(&self, branch: &str, sql: &str) -> String {
+        let creds = self.json(&["branch", "password", branch]);
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
+            .env("PGHOST", creds["host"].as_str().unwrap())
+            .env("PGPORT", creds["port"].to_string())
+            .env("PGUSER", creds["user"].as_str().unwrap())
+            .env("PGPASSWORD", creds["password"].as_str().unwrap())
+            .env("PGDATABASE", creds["database"].as_str().unwrap())
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "psql on {branch} failed for {sql:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// The names in the users table of a branch, in id order, comma-separated.
+    pub fn users(&self, branch: &str) -> String {
+        self.sql(
+            branch,
+            "SELECT string_agg(name, ',' ORDER BY id) FROM users",
+        )
+    }
+
+    pub fn port(&self, branch: &str) -> u64 {
+        self.json(&["branch", "get", branch])["port"]
+            .as_u64()
+            .unwrap()
+    }
+
+    /// Every dataset and snapshot ZFS has for a project.
+    pub fn zfs_tree(&self, project: &str) -> Vec<String> {
+        let root = format!("{}/velo/{project}", self.rig.pool);
+        let out = Command::new("zfs")
+            .args([
+                "list",
+                "-H",
+                "-o",
+                "name",
+                "-t",
+                "filesystem,snapshot",
+                "-r",
+                &root,
+            ])
+            .output()
+            .expect("zfs runs");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// `used` of a dataset in bytes.
+    pub fn zfs_used(&self, dataset: &str) -> u64 {
+        let out = Command::new("zfs")
+            .args(["get", "-H", "-p", "-o", "value", "used", dataset])
+            .output()
+            .expect("zfs runs");
+        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
+    }
+
+    /// Names of the Docker containers (any state) labelled with a project.
+    pub fn containers(&self, project: &str) -> Vec<String> {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "-a",
+                "--format",
+                "{{.Names}}",
+                "--filter",
+                &format!("label=dev.velo.project={project}"),
+            ])
+            .output()
+            .expect("docker runs");
+        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect();
+        names.sort();
+        names
+    }
+
+    pub fn state(&self) -> Value {
+        let path = self.home.path().join("state.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_json::from_str(&text).unwrap(),
+            Err(_) => Value::Null,
+        }
+    }
+
+    /// A script that runs the real `zfs` but fails `zfs <verb> …` — to inject failures.
+    pub fn failing_zfs(&self, verb: &str) -> PathBuf {
+        let path = self.home.path().join(format!("zfs-failing-{verb}"));
+        let real = which("zfs");
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nif [ \"$1\" = {verb} ]; then echo \"cannot {verb}: injected failure\" >&2; exit 1; fi\nexec {real} \"$@\"\n"
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.extra_env.clear();
+        if let Value::Object(state) = self.state()
+            && let Some(Value::Object(projects)) = state.get("projects")
+        {
+            for name in projects.keys() {
+                let _ = self.run(&["project", "delete", name, "--force"]);
+            }
+        }
+    }
+}
+
+fn which(program: &str) -> String {
+    let out = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .expect("sh runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
