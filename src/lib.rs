@@ -4,6 +4,7 @@
 //! command, and the infrastructure layers [`zfs`], [`docker`], [`pg`] and [`state`] know nothing
 //! of each other. All output goes through [`ui::Shell`].
 
+pub mod archive;
 pub mod cli;
 pub mod docker;
 pub mod names;

@@ -119,6 +119,12 @@ name_type!(
     "branch"
 );
 
+name_type!(
+    /// A snapshot's label, validated like a name so it is safe wherever it is shown or typed.
+    Label,
+    "label"
+);
+
 impl BranchName {
     pub fn main() -> Self {
         Self(MAIN_BRANCH.to_string())

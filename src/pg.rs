@@ -125,6 +125,62 @@ impl Endpoint {
             .map_err(self.query_err("CHECKPOINT"))
     }
 
+    /// `ALTER SYSTEM RESET` each setting and reload, keeping every other line of
+    /// `postgresql.auto.conf`.
+    pub async fn alter_system_reset(&self, settings: &[&str]) -> Result<(), PgError> {
+        let client = self
+            .connect(Duration::from_secs(5))
+            .await
+            .map_err(self.query_err("connecting"))?;
+        // One statement per call: a multi-statement batch is an implicit transaction, and
+        // ALTER SYSTEM refuses to run inside one.
+        for setting in settings {
+            client
+                .batch_execute(&format!("ALTER SYSTEM RESET {setting}"))
+                .await
+                .map_err(self.query_err("ALTER SYSTEM RESET"))?;
+        }
+        client
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .map_err(self.query_err("pg_reload_conf()"))
+    }
+
+    /// Commits a transaction (so the WAL holds a commit record stamped now), switches to a new
+    /// WAL segment, and waits (up to `deadline`) until the archiver has archived it. Recovery to
+    /// a target time stops only at a commit record after the target, so without the commit the
+    /// moments since the last real transaction could not be recovered to.
+    pub async fn flush_wal_archive(&self, deadline: Duration) -> Result<bool, PgError> {
+        let client = self
+            .connect(Duration::from_secs(5))
+            .await
+            .map_err(self.query_err("connecting"))?;
+        client
+            .batch_execute("SELECT pg_current_xact_id()")
+            .await
+            .map_err(self.query_err("committing a marker transaction"))?;
+        let row = client
+            .query_one("SELECT pg_walfile_name(pg_switch_wal())", &[])
+            .await
+            .map_err(self.query_err("pg_switch_wal()"))?;
+        let wanted: String = row.get(0);
+        let start = Instant::now();
+        while start.elapsed() < deadline {
+            let row = client
+                .query_one(
+                    "SELECT coalesce(last_archived_wal, '') >= $1 FROM pg_stat_archiver",
+                    &[&wanted],
+                )
+                .await
+                .map_err(self.query_err("reading pg_stat_archiver"))?;
+            if row.get::<_, bool>(0) {
+                return Ok(true);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(false)
+    }
+
     /// `SHOW server_version`.
     pub async fn server_version(&self) -> Result<String, PgError> {
         let client = self

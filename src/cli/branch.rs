@@ -8,13 +8,21 @@ use crate::ops::{self, Ctx};
 
 #[derive(Debug, Subcommand)]
 pub enum BranchCmd {
-    /// Create a branch from its parent's current state (a ZFS clone: instant, whatever the size).
+    /// Create a branch: from its parent's current state, from a snapshot, or from a moment in
+    /// its parent's history (a ZFS clone: instant, whatever the size).
     Create {
         /// The new branch, as <project>/<branch>.
         branch: BranchRef,
-        /// The branch to copy (default: <project>/main).
+        /// The branch to copy, or to recover with --pitr (default: <project>/main).
         #[arg(long, value_name = "PROJECT/BRANCH")]
         parent: Option<BranchRef>,
+        /// Start from this snapshot (id, unique id prefix or label) instead.
+        #[arg(long, value_name = "SNAPSHOT", conflicts_with_all = ["parent", "pitr"])]
+        from_snapshot: Option<String>,
+        /// Recover the parent as it was at this time: RFC 3339 ("2025-10-07T14:30:00Z") or a
+        /// time ago ("2 hours ago", "-90m", "30m"). UTC inside.
+        #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
+        pitr: Option<String>,
     },
     /// List branches, of one project or of all.
     #[command(visible_alias = "ls")]
@@ -39,6 +47,12 @@ pub enum BranchCmd {
     },
     /// Throw away a branch's changes: back to its parent's current state (same port and password).
     Reset { branch: BranchRef },
+    /// Rewind a branch in place to one of its snapshots (same port and password).
+    Restore {
+        branch: BranchRef,
+        /// Snapshot id, unique id prefix or label.
+        snapshot: String,
+    },
     /// Start a branch's PostgreSQL.
     Start { branch: BranchRef },
     /// Stop a branch's PostgreSQL (its data stays).
@@ -58,7 +72,12 @@ impl BranchCmd {
     pub async fn run(self, ctx: &Ctx) -> Result<()> {
         use ops::branch;
         match self {
-            BranchCmd::Create { branch, parent } => {
+            BranchCmd::Create {
+                branch,
+                parent,
+                from_snapshot,
+                pitr,
+            } => {
                 if let Some(p) = &parent
                     && p.project != branch.project
                 {
@@ -66,7 +85,19 @@ impl BranchCmd {
                         "--parent `{p}` is in another project than `{branch}`; branches are made within one project"
                     );
                 }
-                branch::create(ctx, &branch, parent.map(|p| p.branch)).await
+                let parent = parent.map(|p| p.branch);
+                let source = match (from_snapshot, pitr) {
+                    (Some(key), _) => branch::Source::Snapshot(key),
+                    (None, Some(time)) => branch::Source::Pitr {
+                        target: ops::wal::parse_target(&time, chrono::Utc::now())?,
+                        parent,
+                    },
+                    (None, None) => branch::Source::Parent(parent),
+                };
+                branch::create(ctx, &branch, source).await
+            }
+            BranchCmd::Restore { branch, snapshot } => {
+                branch::restore(ctx, &branch, &snapshot).await
             }
             BranchCmd::List { project, json } => branch::list(ctx, project.as_ref(), json).await,
             BranchCmd::Get { branch, json } => branch::get(ctx, &branch, json).await,

@@ -3,6 +3,8 @@
 
 mod branch;
 mod project;
+mod snapshot;
+mod wal;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -25,6 +27,12 @@ pub enum Command {
     /// Create, reset, start, stop and delete branches.
     #[command(visible_alias = "br", subcommand)]
     Branch(branch::BranchCmd),
+    /// Take, list, delete and clean up snapshots.
+    #[command(visible_alias = "snap", subcommand)]
+    Snapshot(snapshot::SnapshotCmd),
+    /// WAL archives: what is kept, and retention.
+    #[command(subcommand)]
+    Wal(wal::WalCmd),
     /// Pool usage and every project and branch.
     #[command(visible_alias = "ls")]
     Status {
@@ -39,6 +47,8 @@ impl Cli {
         match self.command {
             Command::Project(cmd) => cmd.run(ctx).await,
             Command::Branch(cmd) => cmd.run(ctx).await,
+            Command::Snapshot(cmd) => cmd.run(ctx).await,
+            Command::Wal(cmd) => cmd.run(ctx).await,
             Command::Status { json } => ops::status::status(ctx, json).await,
         }
     }

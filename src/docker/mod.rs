@@ -64,13 +64,21 @@ pub struct ContainerSpec {
     pub image: String,
     pub labels: Vec<(String, String)>,
     pub env: Vec<(String, String)>,
-    /// Host directory mounted at [`PGDATA`]; the mount fails if it does not exist, so an
+    /// Host directories to mount. Bind mounts fail if the source does not exist, so an
     /// unmounted dataset can never be initialised as an empty database.
-    pub data_dir: String,
+    pub mounts: Vec<BindMount>,
     pub host_ip: String,
     pub host_port: u16,
     /// Arguments after `postgres` (`-c name=value` pairs).
     pub postgres_args: Vec<String>,
+}
+
+/// A host directory mounted into a container.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: String,
+    pub target: String,
+    pub read_only: bool,
 }
 
 /// What Docker says about a container.
@@ -98,9 +106,12 @@ pub struct PostgresUser {
     pub gid: u32,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Runtime {
-    docker: Docker,
+    /// The client, connected and version-negotiated on first use, so commands that never touch
+    /// Docker work without it, and older daemons (API 1.41 on Debian 12's docker.io) are spoken
+    /// to in their own version.
+    docker: tokio::sync::OnceCell<Docker>,
 }
 
 fn is_status(e: &BollardError, code: u16) -> bool {
@@ -115,18 +126,37 @@ fn api(action: impl Into<String>) -> impl FnOnce(BollardError) -> DockerError {
     }
 }
 
+impl Default for Runtime {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Runtime {
-    /// Connects lazily (bollard opens the socket on first use); honours `DOCKER_HOST`.
-    pub fn connect() -> Result<Self, DockerError> {
-        let docker = Docker::connect_with_local_defaults()
-            .map_err(|source| DockerError::Unreachable { source })?;
-        Ok(Self { docker })
+    /// A runtime that connects on first use; honours `DOCKER_HOST`.
+    pub fn new() -> Self {
+        Self {
+            docker: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    async fn client(&self) -> Result<&Docker, DockerError> {
+        self.docker
+            .get_or_try_init(|| async {
+                Docker::connect_with_local_defaults()
+                    .map_err(|source| DockerError::Unreachable { source })?
+                    .negotiate_version()
+                    .await
+                    .map_err(|source| DockerError::Unreachable { source })
+            })
+            .await
     }
 
     /// The daemon's version, which also proves it answers.
     pub async fn version(&self) -> Result<String, DockerError> {
         let v = self
-            .docker
+            .client()
+            .await?
             .version()
             .await
             .map_err(|source| DockerError::Unreachable { source })?;
@@ -135,7 +165,7 @@ impl Runtime {
 
     /// Fails with [`DockerError::ImageMissing`] unless the image is on this host.
     pub async fn require_image(&self, image: &str) -> Result<(), DockerError> {
-        match self.docker.inspect_image(image).await {
+        match self.client().await?.inspect_image(image).await {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, 404) => Err(DockerError::ImageMissing {
                 image: image.to_string(),
@@ -154,7 +184,8 @@ impl Runtime {
             ..Default::default()
         };
         let created = self
-            .docker
+            .client()
+            .await?
             .create_container(None, body)
             .await
             .map_err(api(format!("creating a probe container from {image}")))?;
@@ -162,13 +193,18 @@ impl Runtime {
             .path("/etc/passwd")
             .build();
         let tar: Result<Vec<u8>, _> = self
-            .docker
+            .client()
+            .await?
             .download_from_container(&created.id, Some(opts))
             .map_ok(|b| b.to_vec())
             .try_concat()
             .await;
         let rm = RemoveContainerOptionsBuilder::new().force(true).build();
-        let _ = self.docker.remove_container(&created.id, Some(rm)).await;
+        let _ = self
+            .client()
+            .await?
+            .remove_container(&created.id, Some(rm))
+            .await;
         let tar = tar.map_err(api(format!("reading /etc/passwd of {image}")))?;
         let passwd = first_file_in_tar(&tar).unwrap_or_default();
         parse_passwd_user(&passwd, "postgres").ok_or_else(|| DockerError::NoPostgresUser {
@@ -179,12 +215,18 @@ impl Runtime {
     pub async fn create(&self, spec: &ContainerSpec) -> Result<(), DockerError> {
         let port_key = "5432/tcp".to_string();
         let host_config = HostConfig {
-            mounts: Some(vec![Mount {
-                target: Some(PGDATA.to_string()),
-                source: Some(spec.data_dir.clone()),
-                typ: Some(MountType::BIND),
-                ..Default::default()
-            }]),
+            mounts: Some(
+                spec.mounts
+                    .iter()
+                    .map(|m| Mount {
+                        target: Some(m.target.clone()),
+                        source: Some(m.source.clone()),
+                        typ: Some(MountType::BIND),
+                        read_only: Some(m.read_only),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
             port_bindings: Some(HashMap::from([(
                 port_key.clone(),
                 Some(vec![PortBinding {
@@ -209,7 +251,12 @@ impl Runtime {
         let opts = CreateContainerOptionsBuilder::new()
             .name(&spec.name)
             .build();
-        match self.docker.create_container(Some(opts), body).await {
+        match self
+            .client()
+            .await?
+            .create_container(Some(opts), body)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) if is_status(&e, 404) => Err(DockerError::ImageMissing {
                 image: spec.image.clone(),
@@ -219,7 +266,7 @@ impl Runtime {
     }
 
     pub async fn start(&self, name: &str, host_ip: &str, port: u16) -> Result<(), DockerError> {
-        match self.docker.start_container(name, None).await {
+        match self.client().await?.start_container(name, None).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 304) => Ok(()),
             Err(e) if is_status(&e, 404) => Err(DockerError::NoSuchContainer {
@@ -241,7 +288,7 @@ impl Runtime {
             .signal("SIGINT")
             .t(timeout_secs)
             .build();
-        match self.docker.stop_container(name, Some(opts)).await {
+        match self.client().await?.stop_container(name, Some(opts)).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
             Err(e) => Err(api(format!("stopping container {name}"))(e)),
@@ -251,7 +298,12 @@ impl Runtime {
     /// Removes a container, stopping it first if needed. Missing is success.
     pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
         let opts = RemoveContainerOptionsBuilder::new().force(true).build();
-        match self.docker.remove_container(name, Some(opts)).await {
+        match self
+            .client()
+            .await?
+            .remove_container(name, Some(opts))
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
             Err(e) => Err(api(format!("removing container {name}"))(e)),
@@ -259,7 +311,7 @@ impl Runtime {
     }
 
     pub async fn status(&self, name: &str) -> Result<ContainerStatus, DockerError> {
-        let inspect = match self.docker.inspect_container(name, None).await {
+        let inspect = match self.client().await?.inspect_container(name, None).await {
             Ok(i) => i,
             Err(e) if is_status(&e, 404) => return Ok(ContainerStatus::Missing),
             Err(e) => return Err(api(format!("inspecting container {name}"))(e)),
@@ -283,8 +335,10 @@ impl Runtime {
             .stderr(true)
             .tail(&lines.to_string())
             .build();
-        let chunks: Vec<_> = self
-            .docker
+        let Ok(client) = self.client().await else {
+            return String::new();
+        };
+        let chunks: Vec<_> = client
             .logs(name, Some(opts))
             .try_collect()
             .await
@@ -300,7 +354,8 @@ impl Runtime {
             .filters(&filters)
             .build();
         let list = self
-            .docker
+            .client()
+            .await?
             .list_containers(Some(opts))
             .await
             .map_err(api("listing containers"))?;

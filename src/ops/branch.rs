@@ -1,19 +1,22 @@
-//! Branches: create, reset, delete, start/stop/restart, list/get, password.
+//! Branches: create (from a parent, a snapshot or a moment), reset, restore, delete,
+//! start/stop/restart, list/get, password.
 //!
-//! A branch's data is one ZFS clone, its *generation*. Reset clones a new generation beside the
-//! old one and swaps the container over only when the clone exists, so until the new server is
-//! ready the old data is intact, and any failure puts the old container back on it.
+//! A branch's data is one ZFS clone, its *generation*. Reset and restore clone a new generation
+//! beside the old one and swap the container over only when the clone exists, so until the new
+//! server is ready the old data is intact, and any failure puts the old container back on it.
 
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{
-    Ctx, Undo, UndoStep, allocate_port, claim, container_spec, endpoint, get_branch, get_project,
-    get_project_mut, mounted_at, release, start_and_wait, url, wait_ready,
+    Ctx, Undo, UndoStep, allocate_port, claim, container_spec, create_archive, endpoint,
+    get_branch, get_project, get_project_mut, mounted_at, release, start_and_wait, url, wait_ready,
 };
+use crate::archive::{self, conf_quote};
 use crate::docker::ContainerStatus;
 use crate::names::{self, BranchName, BranchRef};
 use crate::state::{Branch, Generation, Origin, Project, RunState, State};
@@ -21,76 +24,120 @@ use crate::state::{Branch, Generation, Origin, Project, RunState, State};
 /// How long a branch (which needs no initdb) may take to answer.
 const BRANCH_READY: Duration = Duration::from_secs(60);
 
+/// How long a point-in-time recovery may take to replay WAL and promote.
+const PITR_READY: Duration = Duration::from_secs(600);
+
 /// How long PostgreSQL gets for a fast shutdown before Docker kills it.
 const STOP_TIMEOUT_SECS: i32 = 30;
 
-pub async fn create(ctx: &Ctx, r: &BranchRef, parent: Option<BranchName>) -> Result<()> {
-    let parent_name = parent.unwrap_or_else(BranchName::main);
-    let parent_ref = BranchRef::new(r.project.clone(), parent_name.clone());
-    let snap = super::new_snapshot_id();
+/// Where a new branch's data comes from.
+pub enum Source {
+    /// The current state of a branch (default: main).
+    Parent(Option<BranchName>),
+    /// A snapshot, by id, id prefix or label.
+    Snapshot(String),
+    /// A moment in a branch's history (default: main), replayed from its WAL archive.
+    Pitr {
+        target: DateTime<Utc>,
+        parent: Option<BranchName>,
+    },
+}
 
-    let (project, parent, branch) = ctx.store.update(|s| {
+pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
+    if let Source::Pitr { parent, .. } = &source {
+        let name = parent.clone().unwrap_or_else(BranchName::main);
+        super::wal::flush_archive(ctx, &BranchRef::new(r.project.clone(), name)).await?;
+    }
+    let snap = super::new_snapshot_id();
+    let (project, parent_ref, parent, origin, recovery) = ctx.store.update(|s| {
         let p = get_project(s, &r.project)?;
         if p.branch(&r.branch).is_some() {
             bail!("branch `{r}` already exists (see `velo branch get {r}`)");
         }
+        let (origin, parent_name, recovery) = match &source {
+            Source::Parent(parent) => {
+                let name = parent.clone().unwrap_or_else(BranchName::main);
+                let parent = get_branch(p, &BranchRef::new(r.project.clone(), name.clone()))?;
+                let origin = Origin {
+                    branch: name,
+                    generation: parent.generation,
+                    snapshot: snap.clone(),
+                    owned: true,
+                    created_at: Utc::now(),
+                    wal_from: None,
+                };
+                (origin.clone(), origin.branch, None)
+            }
+            Source::Snapshot(key) => {
+                let snapshot = super::snapshot::resolve(p, &r.project, key)?;
+                (snapshot.as_origin(), snapshot.branch.clone(), None)
+            }
+            Source::Pitr { target, parent } => {
+                let name = parent.clone().unwrap_or_else(BranchName::main);
+                let source_ref = BranchRef::new(r.project.clone(), name.clone());
+                let source = get_branch(p, &source_ref)?;
+                let origin = super::wal::pitr_base(ctx, p, &source_ref, *target)?;
+                let recovery = Recovery {
+                    restore_command: archive::restore_command(&name, source.generation),
+                    target: *target,
+                };
+                (origin, name, Some(recovery))
+            }
+        };
         if parent_name == r.branch {
             bail!("a branch cannot be its own parent");
         }
+        let parent_ref = BranchRef::new(r.project.clone(), parent_name.clone());
         let parent = get_branch(p, &parent_ref)?.clone();
         if let Some(busy) = &parent.busy {
             bail!(
-                "parent `{parent_ref}` is busy with `velo {}`; try again when it is done",
+                "`{parent_ref}` is busy with `velo {}`; try again when it is done",
                 busy.operation
             );
         }
         let port = allocate_port(s, &[])?;
         let branch = Branch {
-            parent: Some(parent_name.clone()),
+            parent: Some(parent_name),
             port,
             generation: 0,
-            origin: Some(Origin {
-                branch: parent_name.clone(),
-                generation: parent.generation,
-                snapshot: snap.clone(),
-                owned: true,
-            }),
+            origin: Some(origin.clone()),
             retired: Vec::new(),
             desired: RunState::Running,
             created_at: Utc::now(),
             busy: Some(super::busy_marker("branch create")),
         };
         let p = get_project_mut(s, &r.project)?;
-        p.branches.insert(r.branch.clone(), branch.clone());
-        Ok((p.clone(), parent, branch))
+        p.branches.insert(r.branch.clone(), branch);
+        Ok((p.clone(), parent_ref, parent, origin, recovery))
     })?;
+    let branch = project.branch(&r.branch).expect("inserted above").clone();
 
     let mut undo = Undo::default();
     let result = async {
-        let origin = branch.origin.as_ref().expect("set above");
-        let snapshot = origin.zfs_name(&project.pool, &r.project);
-        snapshot_parent(ctx, &project, &parent_ref, &parent, &snapshot, &mut undo).await?;
-        let dataset = branch.dataset(&project.pool, r);
-        ctx.shell
-            .step("Clone", ctx.zfs.clone_snapshot(&snapshot, &dataset))
-            .await?;
-        undo.push(UndoStep::DestroyDataset(dataset.clone()));
-        let mountpoint = mounted_at(ctx, &dataset).await?;
-        super::launch_new(
-            ctx,
-            &project,
-            r,
-            &branch,
-            &mountpoint,
-            BRANCH_READY,
-            &mut undo,
-        )
-        .await
+        let origin = if origin.owned {
+            take_snapshot(ctx, &project, &parent_ref, &parent, &snap, &mut undo).await?
+        } else {
+            origin
+        };
+        let mountpoint = new_generation(ctx, &project, r, &branch, &origin, &mut undo).await?;
+        let deadline = match &recovery {
+            Some(recovery) => {
+                recovery.write(Path::new(&super::data_dir(&mountpoint)))?;
+                PITR_READY
+            }
+            None => BRANCH_READY,
+        };
+        let launched =
+            super::launch_new(ctx, &project, r, &branch, &mountpoint, deadline, &mut undo).await?;
+        if recovery.is_some() {
+            Recovery::clear(&endpoint(&project, &launched)).await?;
+        }
+        Ok::<_, anyhow::Error>((launched, origin))
     }
     .await;
 
-    let branch = match result {
-        Ok(branch) => branch,
+    let (branch, origin) = match result {
+        Ok(done) => done,
         Err(e) => {
             undo.run(ctx).await;
             ctx.store.update(|s| {
@@ -102,37 +149,131 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, parent: Option<BranchName>) -> Res
             return Err(e.context(format!("creating branch `{r}` (nothing was left behind)")));
         }
     };
-    release(ctx, r)?;
+    ctx.store.update(|s| {
+        let b = get_project_mut(s, &r.project)?
+            .branches
+            .get_mut(&r.branch)
+            .ok_or_else(|| anyhow!("branch `{r}` vanished from state"))?;
+        b.origin = Some(origin);
+        b.busy = None;
+        Ok::<_, anyhow::Error>(())
+    })?;
     ctx.shell.note(&format!("Branch `{r}` is ready."));
     ctx.shell.out(&url(&project, &branch));
     Ok(())
 }
 
-/// CHECKPOINT (if the parent runs) and snapshot the parent's current generation.
-async fn snapshot_parent(
+/// Recovery settings for a point-in-time branch.
+struct Recovery {
+    restore_command: String,
+    target: DateTime<Utc>,
+}
+
+impl Recovery {
+    /// The settings velo adds to `postgresql.auto.conf` and takes out again after promotion.
+    const SETTINGS: [&str; 3] = [
+        "restore_command",
+        "recovery_target_time",
+        "recovery_target_action",
+    ];
+
+    /// Writes `recovery.signal` and appends the recovery settings to `postgresql.auto.conf`,
+    /// keeping whatever the user set there (later lines win in PostgreSQL's config files).
+    fn write(&self, pgdata: &Path) -> Result<()> {
+        let meta =
+            std::fs::metadata(pgdata).with_context(|| format!("reading {}", pgdata.display()))?;
+        let owner = (
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            std::os::unix::fs::MetadataExt::gid(&meta),
+        );
+        let auto = pgdata.join("postgresql.auto.conf");
+        let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+        if !text.is_empty() && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "# velo: point-in-time recovery (removed once recovery has finished)\nrestore_command = {}\nrecovery_target_time = {}\nrecovery_target_action = 'promote'\n",
+            conf_quote(&self.restore_command),
+            conf_quote(&self.target.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()),
+        ));
+        let signal = pgdata.join("recovery.signal");
+        std::fs::write(&auto, text)
+            .and_then(|()| std::fs::write(&signal, ""))
+            .and_then(|()| std::os::unix::fs::chown(&auto, Some(owner.0), Some(owner.1)))
+            .and_then(|()| std::os::unix::fs::chown(&signal, Some(owner.0), Some(owner.1)))
+            .with_context(|| format!("writing recovery settings into {}", pgdata.display()))
+    }
+
+    /// Removes the recovery settings from `postgresql.auto.conf` once the branch is promoted.
+    async fn clear(endpoint: &crate::pg::Endpoint) -> Result<()> {
+        endpoint
+            .alter_system_reset(&Self::SETTINGS)
+            .await
+            .context("removing the recovery settings after promotion")
+    }
+}
+
+/// CHECKPOINT (if the branch runs), note its oldest WAL segment, and snapshot its current
+/// generation as `id`. Returns the snapshot as an origin owned by whoever asked for it.
+pub async fn take_snapshot(
     ctx: &Ctx,
     project: &Project,
-    parent_ref: &BranchRef,
-    parent: &Branch,
-    snapshot: &str,
+    r: &BranchRef,
+    b: &Branch,
+    id: &str,
     undo: &mut Undo,
-) -> Result<()> {
-    let running = ctx
-        .runtime
-        .status(&names::container_name(parent_ref))
-        .await?
-        == ContainerStatus::Running;
+) -> Result<Origin> {
+    let running = ctx.runtime.status(&names::container_name(r)).await? == ContainerStatus::Running;
     if running {
         ctx.shell
-            .step("Checkpoint", endpoint(project, parent).checkpoint())
+            .step("Checkpoint", endpoint(project, b).checkpoint())
             .await
-            .with_context(|| format!("checkpointing `{parent_ref}` before its snapshot"))?;
+            .with_context(|| format!("checkpointing `{r}` before its snapshot"))?;
     }
+    let dataset = b.dataset(&project.pool, r);
+    let wal_from = match ctx.zfs.mountpoint(&dataset).await? {
+        Some(mp) => archive::oldest_segment_in(Path::new(&super::data_dir(&mp))),
+        None => None,
+    };
+    let snapshot = names::snapshot_name(&project.pool, r, b.generation, id);
+    let created_at = Utc::now();
     ctx.shell
-        .step("Snapshot", ctx.zfs.snapshot(snapshot))
+        .step("Snapshot", ctx.zfs.snapshot(&snapshot))
         .await?;
-    undo.push(UndoStep::DestroySnapshot(snapshot.to_string()));
-    Ok(())
+    undo.push(UndoStep::DestroySnapshot(snapshot));
+    Ok(Origin {
+        branch: r.branch.clone(),
+        generation: b.generation,
+        snapshot: id.to_string(),
+        owned: true,
+        created_at,
+        wal_from,
+    })
+}
+
+/// Clones `origin` into the branch's generation `b.generation` and creates its WAL archive.
+/// Returns the new dataset's mountpoint.
+async fn new_generation(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    b: &Branch,
+    origin: &Origin,
+    undo: &mut Undo,
+) -> Result<String> {
+    let snapshot = origin.zfs_name(&project.pool, &r.project);
+    let dataset = b.dataset(&project.pool, r);
+    ctx.shell
+        .step("Clone", ctx.zfs.clone_snapshot(&snapshot, &dataset))
+        .await?;
+    undo.push(UndoStep::DestroyDataset(dataset.clone()));
+    create_archive(ctx, project, r, b.generation)?;
+    undo.push(UndoStep::RemoveDir(ctx.archives().generation_dir(
+        &r.project,
+        &r.branch,
+        b.generation,
+    )));
+    mounted_at(ctx, &dataset).await
 }
 
 /// Brings a branch back to its parent's current state, on the same port with the same password.
@@ -140,114 +281,103 @@ pub async fn reset(ctx: &Ctx, r: &BranchRef) -> Result<()> {
     if r.branch.is_main() {
         bail!("`{r}` is the project's main branch and has no parent to reset to");
     }
-    let snap = super::new_snapshot_id();
-    let (project, parent_ref, parent, old) = ctx.store.update(|s| {
-        let p = get_project(s, &r.project)?;
-        let old = get_branch(p, r)?.clone();
-        let parent_name = old
-            .parent
+    let (project, old) = claim_branch(ctx, r, "branch reset")?;
+    let parent_ref = BranchRef::new(
+        r.project.clone(),
+        old.parent
             .clone()
-            .ok_or_else(|| anyhow!("`{r}` has no parent to reset to"))?;
-        let parent_ref = BranchRef::new(r.project.clone(), parent_name);
-        let parent = get_branch(p, &parent_ref)?.clone();
+            .ok_or_else(|| anyhow!("`{r}` has no parent to reset to"))?,
+    );
+    let result = async {
+        let parent = get_branch(&project, &parent_ref)?;
         if let Some(busy) = &parent.busy {
             bail!(
                 "parent `{parent_ref}` is busy with `velo {}`; try again when it is done",
                 busy.operation
             );
         }
-        let p = get_project_mut(s, &r.project)?;
-        let b = p.branches.get_mut(&r.branch).expect("checked above");
-        claim(b, r, "branch reset")?;
-        Ok((p.clone(), parent_ref, parent, old))
-    })?;
-
-    let new = Branch {
-        generation: next_generation(&old),
-        origin: Some(Origin {
-            branch: parent_ref.branch.clone(),
-            generation: parent.generation,
-            snapshot: snap,
-            owned: true,
-        }),
-        ..old.clone()
-    };
-    let mut undo = Undo::default();
-    let result = async {
-        let snapshot = new
-            .origin
-            .as_ref()
-            .expect("set above")
-            .zfs_name(&project.pool, &r.project);
-        snapshot_parent(ctx, &project, &parent_ref, &parent, &snapshot, &mut undo).await?;
-        let dataset = new.dataset(&project.pool, r);
-        ctx.shell
-            .step("Clone", ctx.zfs.clone_snapshot(&snapshot, &dataset))
-            .await?;
-        undo.push(UndoStep::DestroyDataset(dataset.clone()));
-        swap_generation(ctx, &project, r, &old, &new, &mut undo).await
+        let mut undo = Undo::default();
+        let snap = super::new_snapshot_id();
+        let origin = take_snapshot(ctx, &project, &parent_ref, parent, &snap, &mut undo).await;
+        Ok((origin, undo))
     }
     .await;
-
-    finish_swap(ctx, r, &old, &new, result, undo).await?;
+    let (origin, undo) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            release(ctx, r)?;
+            return Err(e);
+        }
+    };
+    replace_generation(ctx, &project, r, &old, origin, undo).await?;
     ctx.shell
         .note(&format!("Branch `{r}` now matches `{parent_ref}`."));
     Ok(())
 }
 
-/// The next generation number: above every generation the branch has or keeps.
-fn next_generation(b: &Branch) -> u32 {
-    b.retired
-        .iter()
-        .map(|g| g.generation)
-        .chain([b.generation])
-        .max()
-        .unwrap_or(0)
-        + 1
+/// Rewinds a branch in place to one of its snapshots, on the same port with the same password.
+/// Snapshots taken after that one stay (their generation is kept).
+pub async fn restore(ctx: &Ctx, r: &BranchRef, key: &str) -> Result<()> {
+    let (project, old) = claim_branch(ctx, r, "branch restore")?;
+    let origin = super::snapshot::resolve(&project, &r.project, key).and_then(|s| {
+        if s.branch != r.branch {
+            bail!(
+                "snapshot `{key}` belongs to `{}/{}`, not `{r}`; to copy it into a new branch use `velo branch create … --from-snapshot {key}`",
+                r.project,
+                s.branch
+            );
+        }
+        Ok(s.as_origin())
+    });
+    let origin = match origin {
+        Ok(o) => o,
+        Err(e) => {
+            release(ctx, r)?;
+            return Err(e);
+        }
+    };
+    let label = origin.snapshot.clone();
+    replace_generation(ctx, &project, r, &old, Ok(origin), Undo::default()).await?;
+    ctx.shell
+        .note(&format!("Branch `{r}` is back at snapshot {label}."));
+    Ok(())
 }
 
-/// Moves a branch's container from the old generation's data to the new one and waits for it.
-async fn swap_generation(
+/// Marks a branch busy for a command and returns the project and the branch as they were.
+fn claim_branch(ctx: &Ctx, r: &BranchRef, operation: &str) -> Result<(Project, Branch)> {
+    ctx.store.update(|s| {
+        let p = get_project_mut(s, &r.project)?;
+        let b = p.branches.get_mut(&r.branch).ok_or_else(|| {
+            anyhow!(
+                "branch `{r}` does not exist (see `velo branch list {}`)",
+                r.project
+            )
+        })?;
+        claim(b, r, operation)?;
+        let b = b.clone();
+        Ok((p.clone(), b))
+    })
+}
+
+/// Serves a branch from a new generation cloned from `origin`, retiring the old one. On failure
+/// everything is undone and the branch is as it was.
+async fn replace_generation(
     ctx: &Ctx,
     project: &Project,
     r: &BranchRef,
     old: &Branch,
-    new: &Branch,
-    undo: &mut Undo,
+    origin: Result<Origin>,
+    mut undo: Undo,
 ) -> Result<()> {
-    let name = names::container_name(r);
-    let was_running = ctx.runtime.status(&name).await? == ContainerStatus::Running;
-    let old_mount = mounted_at(ctx, &old.dataset(&project.pool, r)).await?;
-    let new_mount = mounted_at(ctx, &new.dataset(&project.pool, r)).await?;
-    undo.push(UndoStep::RestoreContainer {
-        spec: container_spec(ctx, project, r, old, &old_mount),
-        start: was_running,
-    });
-    ctx.shell
-        .step("Stop", async {
-            ctx.runtime.stop(&name, STOP_TIMEOUT_SECS).await?;
-            ctx.runtime.remove(&name).await
-        })
-        .await?;
-    let spec = container_spec(ctx, project, r, new, &new_mount);
-    ctx.shell
-        .step("Create container", ctx.runtime.create(&spec))
-        .await?;
-    if new.desired == RunState::Running {
-        start_and_wait(ctx, project, r, new, BRANCH_READY).await?;
+    let mut new = old.clone();
+    let result = async {
+        let origin = origin?;
+        new.generation = next_generation(old);
+        new.origin = Some(origin.clone());
+        let mountpoint = new_generation(ctx, project, r, &new, &origin, &mut undo).await?;
+        swap_container(ctx, project, r, old, &new, &mountpoint, &mut undo).await
     }
-    Ok(())
-}
-
-/// Records a finished swap (and retires the old generation), or undoes a failed one.
-async fn finish_swap(
-    ctx: &Ctx,
-    r: &BranchRef,
-    old: &Branch,
-    new: &Branch,
-    result: Result<()>,
-    undo: Undo,
-) -> Result<()> {
+    .await;
     if let Err(e) = result {
         let clean = undo.run(ctx).await;
         release(ctx, r)?;
@@ -259,8 +389,7 @@ async fn finish_swap(
         return Err(e.context(format!("changing branch `{r}` ({how})")));
     }
     ctx.store.update(|s| {
-        let p = get_project_mut(s, &r.project)?;
-        let b = p
+        let b = get_project_mut(s, &r.project)?
             .branches
             .get_mut(&r.branch)
             .ok_or_else(|| anyhow!("branch `{r}` vanished from state"))?;
@@ -276,55 +405,178 @@ async fn finish_swap(
     collect_retired(ctx, r).await
 }
 
-/// Destroys the retired generations of a branch that nothing depends on any more, with the
-/// snapshots velo made for them.
+/// The next generation number: above every generation the branch has or keeps.
+fn next_generation(b: &Branch) -> u32 {
+    b.retired
+        .iter()
+        .map(|g| g.generation)
+        .chain([b.generation])
+        .max()
+        .unwrap_or(0)
+        + 1
+}
+
+/// Moves a branch's container from the old generation's data to the new one and waits for it.
+async fn swap_container(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    old: &Branch,
+    new: &Branch,
+    new_mount: &str,
+    undo: &mut Undo,
+) -> Result<()> {
+    let name = names::container_name(r);
+    let was_running = ctx.runtime.status(&name).await? == ContainerStatus::Running;
+    let old_mount = mounted_at(ctx, &old.dataset(&project.pool, r)).await?;
+    undo.push(UndoStep::RestoreContainer {
+        spec: container_spec(ctx, project, r, old, &old_mount),
+        start: was_running,
+    });
+    ctx.shell
+        .step("Stop", async {
+            ctx.runtime.stop(&name, STOP_TIMEOUT_SECS).await?;
+            ctx.runtime.remove(&name).await
+        })
+        .await?;
+    let spec = container_spec(ctx, project, r, new, new_mount);
+    ctx.shell
+        .step("Create container", ctx.runtime.create(&spec))
+        .await?;
+    if new.desired == RunState::Running {
+        start_and_wait(ctx, project, r, new, BRANCH_READY).await?;
+    }
+    Ok(())
+}
+
+/// Destroys the retired generations of a branch that nothing depends on any more, with their
+/// WAL archives and the snapshots velo made for them. Newest first, re-reading the state each
+/// time, because destroying one generation can free the older one it was cloned from.
 pub async fn collect_retired(ctx: &Ctx, r: &BranchRef) -> Result<()> {
-    let state = ctx.store.read()?;
-    let Some(project) = state.projects.get(&r.project) else {
-        return Ok(());
-    };
-    let Some(branch) = project.branch(&r.branch) else {
-        return Ok(());
-    };
-    for g in &branch.retired {
-        if generation_in_use(&state, r, g.generation) {
-            continue;
-        }
+    loop {
+        let state = ctx.store.read()?;
+        let Some(project) = state.projects.get(&r.project) else {
+            return Ok(());
+        };
+        let Some(branch) = project.branch(&r.branch) else {
+            return Ok(());
+        };
+        let mut retired = branch.retired.clone();
+        retired.sort_by_key(|g| std::cmp::Reverse(g.generation));
+        let Some(g) = retired
+            .into_iter()
+            .find(|g| !generation_in_use(&state, r, g.generation))
+        else {
+            return Ok(());
+        };
         let dataset = names::branch_dataset(&project.pool, r, g.generation);
         ctx.shell
             .step("Destroy old data", ctx.zfs.destroy_dataset(&dataset))
             .await?;
-        if let Some(origin) = g.origin.as_ref().filter(|o| o.owned) {
-            ctx.zfs
-                .destroy_snapshot(&origin.zfs_name(&project.pool, &r.project))
-                .await?;
-        }
-        let generation = g.generation;
+        remove_dir(
+            &ctx.archives()
+                .generation_dir(&r.project, &r.branch, g.generation),
+        )?;
         ctx.store.update(|s| {
             if let Some(b) = s
                 .projects
                 .get_mut(&r.project)
                 .and_then(|p| p.branches.get_mut(&r.branch))
             {
-                b.retired.retain(|x| x.generation != generation);
+                b.retired.retain(|x| x.generation != g.generation);
             }
             Ok::<_, anyhow::Error>(())
         })?;
+        // Only now that the generation is forgotten can its origin find no other user.
+        if let Some(origin) = g.origin.as_ref().filter(|o| o.owned) {
+            release_origin(ctx, project, &r.project, origin).await?;
+        }
     }
-    Ok(())
 }
 
-/// Whether any branch (or retired generation) was cloned from a snapshot of `r`'s generation.
-fn generation_in_use(state: &State, r: &BranchRef, generation: u32) -> bool {
+/// Whether anything still needs a generation of `r`: a clone made from one of its snapshots, or
+/// a user's snapshot on it.
+pub fn generation_in_use(state: &State, r: &BranchRef, generation: u32) -> bool {
     let Some(p) = state.projects.get(&r.project) else {
         return false;
     };
-    p.branches.values().any(|b| {
+    let cloned_from = p.branches.values().any(|b| {
         b.origin
             .iter()
             .chain(b.retired.iter().filter_map(|g| g.origin.as_ref()))
             .any(|o| o.branch == r.branch && o.generation == generation)
-    })
+    });
+    let snapshotted = p
+        .snapshots
+        .iter()
+        .any(|s| s.branch == r.branch && s.generation == generation);
+    cloned_from || snapshotted
+}
+
+/// Every origin (current or retired) in the project that was cloned from this snapshot.
+fn origin_users(p: &Project, origin: &Origin) -> Vec<BranchName> {
+    p.branches
+        .iter()
+        .filter(|(_, b)| {
+            b.origin
+                .iter()
+                .chain(b.retired.iter().filter_map(|g| g.origin.as_ref()))
+                .any(|o| {
+                    o.branch == origin.branch
+                        && o.generation == origin.generation
+                        && o.snapshot == origin.snapshot
+                })
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+/// Lets go of a snapshot velo made for a clone that is gone: destroys it, unless another branch
+/// was cloned from it too (a PITR branch can start from another branch's base snapshot), in
+/// which case that branch becomes its owner.
+async fn release_origin(
+    ctx: &Ctx,
+    project: &Project,
+    name: &names::ProjectName,
+    origin: &Origin,
+) -> Result<()> {
+    let heir = ctx.store.update(|s| {
+        let Some(p) = s.projects.get_mut(name) else {
+            return Ok::<_, anyhow::Error>(None);
+        };
+        let Some(heir) = origin_users(p, origin).into_iter().next() else {
+            return Ok(None);
+        };
+        let b = p.branches.get_mut(&heir).expect("listed above");
+        for o in b
+            .origin
+            .iter_mut()
+            .chain(b.retired.iter_mut().filter_map(|g| g.origin.as_mut()))
+        {
+            if o.branch == origin.branch
+                && o.generation == origin.generation
+                && o.snapshot == origin.snapshot
+            {
+                o.owned = true;
+            }
+        }
+        Ok(Some(heir))
+    })?;
+    if heir.is_none() {
+        ctx.zfs
+            .destroy_snapshot(&origin.zfs_name(&project.pool, name))
+            .await?;
+    }
+    Ok(())
+}
+
+fn remove_dir(dir: &Path) -> Result<()> {
+    match std::fs::remove_dir_all(dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", dir.display()))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Deletes a branch (and with `force`, every branch below it).
@@ -352,7 +604,11 @@ pub async fn delete(ctx: &Ctx, r: &BranchRef, force: bool) -> Result<()> {
         let p = get_project_mut(s, &r.project)?;
         for name in &doomed {
             let b = p.branches.get_mut(name).expect("from the subtree");
-            claim(b, &BranchRef::new(r.project.clone(), name.clone()), "branch delete")?;
+            claim(
+                b,
+                &BranchRef::new(r.project.clone(), name.clone()),
+                "branch delete",
+            )?;
         }
         Ok((p.clone(), doomed))
     })?;
@@ -397,32 +653,41 @@ async fn delete_one(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> 
         )
         .await?;
     let mut origins = Vec::new();
-    let generations = b
+    let mut generations: Vec<_> = b
         .retired
         .iter()
         .map(|g| (g.generation, g.origin.clone()))
-        .chain([(b.generation, b.origin.clone())]);
+        .chain([(b.generation, b.origin.clone())])
+        .collect();
+    // Newest first: a restore clones a generation from a snapshot of an older one.
+    generations.sort_by_key(|(generation, _)| std::cmp::Reverse(*generation));
     for (generation, origin) in generations {
         ctx.zfs
             .destroy_dataset(&names::branch_dataset(pool, r, generation))
             .await?;
         origins.extend(origin.filter(|o| o.owned));
     }
-    for origin in origins {
-        ctx.zfs
-            .destroy_snapshot(&origin.zfs_name(pool, &r.project))
-            .await?;
-    }
+    let user_snapshots: Vec<String> = project
+        .snapshots
+        .iter()
+        .filter(|s| s.branch == r.branch)
+        .map(|s| s.id.clone())
+        .collect();
     ctx.store.update(|s| {
         if let Some(p) = s.projects.get_mut(&r.project) {
             p.branches.remove(&r.branch);
+            p.snapshots.retain(|x| !user_snapshots.contains(&x.id));
         }
         Ok::<_, anyhow::Error>(())
-    })
+    })?;
+    for origin in origins {
+        release_origin(ctx, project, &r.project, &origin).await?;
+    }
+    remove_dir(&ctx.archives().branch_dir(&r.project, &r.branch))
 }
 
 pub async fn start(ctx: &Ctx, r: &BranchRef) -> Result<()> {
-    let (project, b) = claim_for(ctx, r, "branch start")?;
+    let (project, b) = claim_branch(ctx, r, "branch start")?;
     let result = ensure_running(ctx, &project, r, &b).await;
     finish_run_change(ctx, r, RunState::Running, result)?;
     ctx.shell.note(&format!("Branch `{r}` is running."));
@@ -431,7 +696,7 @@ pub async fn start(ctx: &Ctx, r: &BranchRef) -> Result<()> {
 }
 
 pub async fn stop(ctx: &Ctx, r: &BranchRef) -> Result<()> {
-    let (_, _) = claim_for(ctx, r, "branch stop")?;
+    let (_, _) = claim_branch(ctx, r, "branch stop")?;
     let result = ctx
         .shell
         .step(
@@ -447,7 +712,7 @@ pub async fn stop(ctx: &Ctx, r: &BranchRef) -> Result<()> {
 }
 
 pub async fn restart(ctx: &Ctx, r: &BranchRef) -> Result<()> {
-    let (project, b) = claim_for(ctx, r, "branch restart")?;
+    let (project, b) = claim_branch(ctx, r, "branch restart")?;
     let result = async {
         ctx.shell
             .step(
@@ -463,21 +728,6 @@ pub async fn restart(ctx: &Ctx, r: &BranchRef) -> Result<()> {
     ctx.shell.note(&format!("Branch `{r}` is running."));
     ctx.shell.out(&url(&project, &b));
     Ok(())
-}
-
-fn claim_for(ctx: &Ctx, r: &BranchRef, operation: &str) -> Result<(Project, Branch)> {
-    ctx.store.update(|s| {
-        let p = get_project_mut(s, &r.project)?;
-        let b = p.branches.get_mut(&r.branch).ok_or_else(|| {
-            anyhow!(
-                "branch `{r}` does not exist (see `velo branch list {}`)",
-                r.project
-            )
-        })?;
-        claim(b, r, operation)?;
-        let b = b.clone();
-        Ok((p.clone(), b))
-    })
 }
 
 fn finish_run_change(

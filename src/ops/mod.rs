@@ -11,7 +11,9 @@
 
 pub mod branch;
 pub mod project;
+pub mod snapshot;
 pub mod status;
+pub mod wal;
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -21,7 +23,8 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use chrono::Utc;
 use rand::RngExt;
 
-use crate::docker::{self, ContainerSpec, ContainerStatus, DockerError, Runtime};
+use crate::archive::{self, Archives};
+use crate::docker::{self, BindMount, ContainerSpec, ContainerStatus, DockerError, Runtime};
 use crate::names::{self, BranchRef, ProjectName};
 use crate::pg::Endpoint;
 use crate::state::{Branch, Busy, Project, State, Store};
@@ -47,9 +50,13 @@ impl Ctx {
         Ok(Self {
             store: Store::new(home),
             zfs: Zfs::default(),
-            runtime: Runtime::connect()?,
+            runtime: Runtime::new(),
             shell,
         })
+    }
+
+    pub fn archives(&self) -> Archives {
+        Archives::new(self.store.dir())
     }
 
     /// The velo home as a string, for container labels.
@@ -196,7 +203,8 @@ pub fn url(project: &Project, branch: &Branch) -> String {
     )
 }
 
-/// The container for a branch whose data lives at `mountpoint`.
+/// The container for a branch whose data lives at `mountpoint`: PGDATA from the dataset, the
+/// generation's own WAL archive (read-write) and the project's archives (read-only, for PITR).
 pub fn container_spec(
     ctx: &Ctx,
     project: &Project,
@@ -204,6 +212,12 @@ pub fn container_spec(
     branch: &Branch,
     mountpoint: &str,
 ) -> ContainerSpec {
+    let archives = ctx.archives();
+    let bind = |source: PathBuf, target: &str, read_only| BindMount {
+        source: source.display().to_string(),
+        target: target.to_string(),
+        read_only,
+    };
     ContainerSpec {
         name: names::container_name(r),
         image: project.image.clone(),
@@ -219,11 +233,49 @@ pub fn container_spec(
             ("POSTGRES_DB".into(), project.database.clone()),
             ("PGDATA".into(), docker::PGDATA.into()),
         ],
-        data_dir: data_dir(mountpoint),
+        mounts: vec![
+            bind(PathBuf::from(data_dir(mountpoint)), docker::PGDATA, false),
+            bind(
+                archives.generation_dir(&r.project, &r.branch, branch.generation),
+                archive::OWN_ARCHIVE_IN_CONTAINER,
+                false,
+            ),
+            bind(
+                archives.project_dir(&r.project),
+                archive::PROJECT_ARCHIVES_IN_CONTAINER,
+                true,
+            ),
+        ],
         host_ip: DEFAULT_HOST_IP.into(),
         host_port: branch.port,
-        postgres_args: Vec::new(),
+        postgres_args: postgres_args(),
     }
+}
+
+/// Server settings every branch runs with: WAL archiving into its own archive.
+fn postgres_args() -> Vec<String> {
+    [
+        "wal_level=replica".to_string(),
+        "archive_mode=on".to_string(),
+        format!("archive_command={}", archive::archive_command()),
+    ]
+    .into_iter()
+    .flat_map(|setting| ["-c".to_string(), setting])
+    .collect()
+}
+
+/// Creates the WAL archive directory of a branch generation, owned by the image's postgres user.
+pub fn create_archive(ctx: &Ctx, project: &Project, r: &BranchRef, generation: u32) -> Result<()> {
+    ctx.archives()
+        .create(
+            &r.project,
+            &r.branch,
+            generation,
+            project.pg_uid,
+            project.pg_gid,
+        )
+        .map(drop)
+        .with_context(|| format!("creating the WAL archive of `{r}`"))
 }
 
 /// PGDATA lives in a subdirectory of the dataset, so a dataset that is not mounted leaves
@@ -352,6 +404,7 @@ pub enum UndoStep {
     DestroySnapshot(String),
     DestroyDataset(String),
     RemoveContainer(String),
+    RemoveDir(PathBuf),
     /// Re-create and (if it was running) start a branch's previous container.
     RestoreContainer {
         spec: ContainerSpec,
@@ -379,6 +432,10 @@ impl Undo {
                 }
                 UndoStep::DestroyDataset(d) => ctx.zfs.destroy_dataset(d).await.map_err(Into::into),
                 UndoStep::RemoveContainer(c) => ctx.runtime.remove(c).await.map_err(Into::into),
+                UndoStep::RemoveDir(d) => match std::fs::remove_dir_all(d) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+                    _ => Ok(()),
+                },
                 UndoStep::RestoreContainer { spec, start } => {
                     async {
                         ctx.runtime.remove(&spec.name).await?;

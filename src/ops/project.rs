@@ -104,8 +104,11 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
             user: "postgres".into(),
             password: super::new_password(),
             database: "postgres".into(),
+            pg_uid: pg_user.uid,
+            pg_gid: pg_user.gid,
             created_at: Utc::now(),
             branches: BTreeMap::from([(BranchName::main(), main.clone())]),
+            snapshots: Vec::new(),
         };
         s.projects.insert(name.clone(), project.clone());
         Ok((project, main))
@@ -129,6 +132,8 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
             })
             .await?;
         let mountpoint = mounted_at(ctx, &main_ds).await?;
+        super::create_archive(ctx, &project, &main_ref, main.generation)?;
+        undo.push(UndoStep::RemoveDir(ctx.archives().project_dir(&name)));
         let pgdata = super::data_dir(&mountpoint);
         std::fs::create_dir(&pgdata)
             .and_then(|()| chown(&pgdata, Some(pg_user.uid), Some(pg_user.gid)))
@@ -308,6 +313,13 @@ pub async fn delete(ctx: &Ctx, name: &ProjectName, force: bool) -> Result<()> {
         .step("Destroy datasets", ctx.zfs.destroy_dataset(&dataset))
         .await
         .with_context(|| format!("destroying {dataset}; fix the cause and run `velo project delete {name} --force` again"))?;
+    let wal = ctx.archives().project_dir(name);
+    match std::fs::remove_dir_all(&wal) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", wal.display()));
+        }
+        _ => {}
+    }
     ctx.store.update(|s| {
         s.projects.remove(name);
         Ok::<_, anyhow::Error>(())

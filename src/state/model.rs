@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::names::{self, BranchName, BranchRef, ProjectName};
+use crate::names::{self, BranchName, BranchRef, Label, ProjectName};
 
 /// The schema this build reads and writes.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -38,8 +38,14 @@ pub struct Project {
     pub user: String,
     pub password: String,
     pub database: String,
+    /// The uid and gid the image runs PostgreSQL as (asked from the image at create).
+    pub pg_uid: u32,
+    pub pg_gid: u32,
     pub created_at: DateTime<Utc>,
     pub branches: BTreeMap<BranchName, Branch>,
+    /// Snapshots users took (`velo snapshot create`), oldest first.
+    #[serde(default)]
+    pub snapshots: Vec<Snapshot>,
 }
 
 impl Project {
@@ -99,12 +105,46 @@ pub struct Origin {
     pub snapshot: String,
     /// True when velo made the snapshot just for this clone: it is destroyed with the clone.
     pub owned: bool,
+    pub created_at: DateTime<Utc>,
+    /// The oldest WAL segment in pg_wal when the snapshot was taken: PITR from this snapshot
+    /// needs archived WAL from this segment on.
+    pub wal_from: Option<String>,
 }
 
 impl Origin {
     pub fn zfs_name(&self, pool: &str, project: &ProjectName) -> String {
         let on = BranchRef::new(project.clone(), self.branch.clone());
         names::snapshot_name(pool, &on, self.generation, &self.snapshot)
+    }
+}
+
+/// A snapshot a user took of a branch generation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Snapshot {
+    pub id: String,
+    pub label: Option<Label>,
+    pub branch: BranchName,
+    pub generation: u32,
+    pub created_at: DateTime<Utc>,
+    pub wal_from: Option<String>,
+}
+
+impl Snapshot {
+    pub fn zfs_name(&self, pool: &str, project: &ProjectName) -> String {
+        let on = BranchRef::new(project.clone(), self.branch.clone());
+        names::snapshot_name(pool, &on, self.generation, &self.id)
+    }
+
+    /// The snapshot as an origin for a clone that does not own it.
+    pub fn as_origin(&self) -> Origin {
+        Origin {
+            branch: self.branch.clone(),
+            generation: self.generation,
+            snapshot: self.id.clone(),
+            owned: false,
+            created_at: self.created_at,
+            wal_from: self.wal_from.clone(),
+        }
     }
 }
 

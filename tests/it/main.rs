@@ -3,4 +3,5 @@
 
 mod branches;
 mod failures;
+mod history;
 mod util;

@@ -1,0 +1,406 @@
+//! Labelled snapshots: create, list, delete, and retention cleanup for cron.
+//!
+//! A snapshot is application-consistent: CHECKPOINT on a running branch, then `zfs snapshot`.
+//! ZFS and the state change together: a snapshot leaves the state only once ZFS destroyed it.
+
+use anyhow::{Result, anyhow, bail};
+use chrono::{DateTime, Duration as ChronoDuration, Utc};
+use serde_json::json;
+
+use super::branch::{collect_retired, take_snapshot};
+use super::{Ctx, Undo, get_branch, get_project, get_project_mut, release};
+use crate::names::{BranchName, BranchRef, Label, ProjectName};
+use crate::state::{Project, Snapshot, State};
+use crate::ui::human_bytes;
+
+/// The shortest id prefix accepted, so a short label is never mistaken for an id.
+const MIN_PREFIX: usize = 4;
+
+/// Finds a snapshot of a project by label, full id or unique id prefix.
+pub fn resolve<'a>(p: &'a Project, project: &ProjectName, key: &str) -> Result<&'a Snapshot> {
+    let matches: Vec<&Snapshot> = p
+        .snapshots
+        .iter()
+        .filter(|s| {
+            s.id == key
+                || s.label.as_ref().is_some_and(|l| l.as_str() == key)
+                || (key.len() >= MIN_PREFIX && s.id.starts_with(key))
+        })
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(one),
+        [] => {
+            if p.branches
+                .values()
+                .any(|b| b.origin.as_ref().is_some_and(|o| o.snapshot == key))
+            {
+                bail!(
+                    "`{key}` is a branch's base snapshot, which velo manages itself; take a snapshot with `velo snapshot create`"
+                );
+            }
+            bail!("project `{project}` has no snapshot `{key}` (see `velo snapshot list`)")
+        }
+        many => bail!(
+            "`{key}` matches several snapshots of `{project}`: {}; give more of the id",
+            many.iter()
+                .map(|s| format!("{} ({}/{})", s.id, project, s.branch))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Finds a snapshot in any project (for commands that name no project).
+fn resolve_anywhere(state: &State, key: &str) -> Result<(ProjectName, Snapshot)> {
+    let mut found = Vec::new();
+    let mut errors = Vec::new();
+    for (name, p) in &state.projects {
+        match resolve(p, name, key) {
+            Ok(s) => found.push((name.clone(), s.clone())),
+            Err(e) if e.to_string().contains("matches several") => errors.push(e),
+            Err(_) => {}
+        }
+    }
+    if let Some(e) = errors.into_iter().next() {
+        return Err(e);
+    }
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => bail!("no snapshot `{key}` (see `velo snapshot list`)"),
+        _ => bail!(
+            "`{key}` matches snapshots in several projects ({}); give the id",
+            found
+                .iter()
+                .map(|(p, s)| format!("{} in {p}", s.id))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+pub async fn create(ctx: &Ctx, r: &BranchRef, label: Option<Label>) -> Result<()> {
+    let id = super::new_snapshot_id();
+    let (project, branch) = ctx.store.update(|s| {
+        let p = get_project_mut(s, &r.project)?;
+        if let Some(l) = &label
+            && let Some(other) = p.snapshots.iter().find(|x| x.label.as_ref() == Some(l))
+        {
+            bail!(
+                "project `{}` already has a snapshot labelled `{l}` ({}, of {}/{}); pick another label or delete that one",
+                r.project, other.id, r.project, other.branch
+            );
+        }
+        let b = p.branches.get_mut(&r.branch).ok_or_else(|| {
+            anyhow!("branch `{r}` does not exist (see `velo branch list {}`)", r.project)
+        })?;
+        super::claim(b, r, "snapshot create")?;
+        let b = b.clone();
+        Ok((p.clone(), b))
+    })?;
+    let mut undo = Undo::default();
+    let taken = take_snapshot(ctx, &project, r, &branch, &id, &mut undo).await;
+    let recorded = match taken {
+        Ok(origin) => ctx.store.update(|s| {
+            let p = get_project_mut(s, &r.project)?;
+            p.snapshots.push(Snapshot {
+                id: id.clone(),
+                label: label.clone(),
+                branch: r.branch.clone(),
+                generation: origin.generation,
+                created_at: origin.created_at,
+                wal_from: origin.wal_from,
+            });
+            if let Some(b) = p.branches.get_mut(&r.branch) {
+                b.busy = None;
+            }
+            Ok::<_, anyhow::Error>(())
+        }),
+        Err(e) => Err(e),
+    };
+    if let Err(e) = recorded {
+        undo.run(ctx).await;
+        release(ctx, r)?;
+        return Err(e.context(format!("snapshotting `{r}` (nothing was left behind)")));
+    }
+    let shown = label
+        .map(|l| format!("{id} ({l})"))
+        .unwrap_or_else(|| id.clone());
+    ctx.shell.note(&format!("Snapshot {shown} of `{r}` taken."));
+    ctx.shell.out(&id);
+    Ok(())
+}
+
+/// Branches cloned from a snapshot (which therefore cannot be destroyed).
+fn dependents(p: &Project, s: &Snapshot) -> Vec<BranchName> {
+    p.branches
+        .iter()
+        .filter(|(_, b)| {
+            b.origin
+                .iter()
+                .chain(b.retired.iter().filter_map(|g| g.origin.as_ref()))
+                .any(|o| o.snapshot == s.id && o.branch == s.branch && o.generation == s.generation)
+        })
+        .map(|(n, _)| n.clone())
+        .collect()
+}
+
+pub async fn list(ctx: &Ctx, scope: Option<&str>, as_json: bool) -> Result<()> {
+    let state = ctx.store.read()?;
+    let (projects, only): (Vec<&ProjectName>, Option<BranchRef>) = match scope {
+        None => (state.projects.keys().collect(), None),
+        Some(s) if s.contains('/') => {
+            let r: BranchRef = s.parse()?;
+            get_branch(get_project(&state, &r.project)?, &r)?;
+            let key = state
+                .projects
+                .keys()
+                .find(|k| **k == r.project)
+                .expect("checked");
+            (vec![key], Some(r))
+        }
+        Some(s) => {
+            let name: ProjectName = s.parse()?;
+            get_project(&state, &name)?;
+            (
+                vec![
+                    state
+                        .projects
+                        .keys()
+                        .find(|k| **k == name)
+                        .expect("checked"),
+                ],
+                None,
+            )
+        }
+    };
+    let mut rows = Vec::new();
+    let mut json_rows = Vec::new();
+    for name in projects {
+        let p = &state.projects[name];
+        let sizes = ctx
+            .zfs
+            .get_tree(&crate::names::project_dataset(&p.pool, name), &["used"])
+            .await?;
+        for s in &p.snapshots {
+            if only.as_ref().is_some_and(|r| r.branch != s.branch) {
+                continue;
+            }
+            let used: Option<u64> = sizes
+                .get(&s.zfs_name(&p.pool, name))
+                .and_then(|m| m.get("used").cloned().flatten())
+                .and_then(|v| v.parse().ok());
+            json_rows.push(json!({
+                "id": s.id,
+                "label": s.label.as_ref().map(Label::as_str),
+                "project": name.as_str(),
+                "branch": s.branch.as_str(),
+                "generation": s.generation,
+                "created_at": s.created_at,
+                "used_bytes": used,
+                "dependents": dependents(p, s).iter().map(BranchName::as_str).collect::<Vec<_>>(),
+            }));
+            rows.push(vec![
+                s.id.clone(),
+                s.label.as_ref().map(|l| l.to_string()).unwrap_or_default(),
+                format!("{name}/{}", s.branch),
+                s.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+                used.map(human_bytes).unwrap_or_else(|| "?".into()),
+            ]);
+        }
+    }
+    if as_json {
+        ctx.shell.json(&json!(json_rows));
+    } else if rows.is_empty() {
+        ctx.shell
+            .note("No snapshots: take one with `velo snapshot create <project>/<branch>`.");
+    } else {
+        ctx.shell
+            .table(&["ID", "LABEL", "BRANCH", "TAKEN (UTC)", "SIZE"], rows);
+    }
+    Ok(())
+}
+
+pub async fn delete(ctx: &Ctx, key: &str) -> Result<()> {
+    let state = ctx.store.read()?;
+    let (project_name, snapshot) = resolve_anywhere(&state, key)?;
+    destroy(ctx, &project_name, &snapshot).await?;
+    ctx.shell
+        .note(&format!("Snapshot {} deleted.", snapshot.id));
+    Ok(())
+}
+
+/// Destroys one snapshot in ZFS, then forgets it; refuses if a branch was cloned from it.
+async fn destroy(ctx: &Ctx, project_name: &ProjectName, snapshot: &Snapshot) -> Result<()> {
+    let project = ctx.store.update(|s| {
+        let p = get_project(s, project_name)?;
+        let deps = dependents(p, snapshot);
+        if deps.contains(&snapshot.branch) {
+            bail!(
+                "snapshot {} is in use: `{project_name}/{}` was restored from it and runs on it; restore or reset that branch to another point first",
+                snapshot.id,
+                snapshot.branch
+            );
+        }
+        if !deps.is_empty() {
+            bail!(
+                "snapshot {} has branches cloned from it: {}; delete those branches first",
+                snapshot.id,
+                deps.iter()
+                    .map(|b| format!("{project_name}/{b}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+        Ok(p.clone())
+    })?;
+    ctx.zfs
+        .destroy_snapshot(&snapshot.zfs_name(&project.pool, project_name))
+        .await?;
+    ctx.store.update(|s| {
+        if let Some(p) = s.projects.get_mut(project_name) {
+            p.snapshots.retain(|x| x.id != snapshot.id);
+        }
+        Ok::<_, anyhow::Error>(())
+    })?;
+    collect_retired(
+        ctx,
+        &BranchRef::new(project_name.clone(), snapshot.branch.clone()),
+    )
+    .await
+}
+
+/// What `cleanup` applies to.
+pub enum Scope {
+    Branch(BranchRef),
+    All,
+}
+
+/// Deletes snapshots older than `days` (never a branch's base snapshot, never one a branch was
+/// cloned from). With `dry_run`, lists exactly what would go.
+pub async fn cleanup(ctx: &Ctx, scope: Scope, days: u32, dry_run: bool) -> Result<()> {
+    let cutoff: DateTime<Utc> = Utc::now() - ChronoDuration::days(i64::from(days));
+    let state = ctx.store.read()?;
+    if let Scope::Branch(r) = &scope {
+        get_branch(get_project(&state, &r.project)?, r)?;
+    }
+    let mut doomed = Vec::new();
+    let mut kept = Vec::new();
+    for (name, p) in &state.projects {
+        for s in &p.snapshots {
+            let in_scope = match &scope {
+                Scope::All => true,
+                Scope::Branch(r) => r.project == *name && r.branch == s.branch,
+            };
+            if !in_scope || s.created_at >= cutoff {
+                continue;
+            }
+            let deps = dependents(p, s);
+            if deps.is_empty() {
+                doomed.push((name.clone(), s.clone()));
+            } else {
+                kept.push((name.clone(), s.clone(), deps));
+            }
+        }
+    }
+    for (name, s, deps) in &kept {
+        ctx.shell.note(&format!(
+            "keeping {} ({name}/{}): branches were cloned from it: {}",
+            s.id,
+            s.branch,
+            deps.iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    if dry_run {
+        for (name, s) in &doomed {
+            ctx.shell.out(&format!(
+                "would delete {} {name}/{} {}",
+                s.id,
+                s.branch,
+                s.created_at.to_rfc3339()
+            ));
+        }
+        ctx.shell.note(&format!(
+            "{} snapshot(s) older than {days} days would be deleted.",
+            doomed.len()
+        ));
+        return Ok(());
+    }
+    let mut failed = 0;
+    for (name, s) in &doomed {
+        match destroy(ctx, name, s).await {
+            Ok(()) => ctx
+                .shell
+                .out(&format!("deleted {} {name}/{}", s.id, s.branch)),
+            Err(e) => {
+                failed += 1;
+                ctx.shell.warn(&format!("could not delete {}: {e:#}", s.id));
+            }
+        }
+    }
+    ctx.shell.note(&format!(
+        "{} snapshot(s) deleted, {failed} failed.",
+        doomed.len() - failed
+    ));
+    if failed > 0 {
+        bail!("{failed} snapshot(s) could not be deleted; see the warnings above");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::Utc;
+    use std::collections::BTreeMap;
+
+    fn project_with(ids: &[(&str, Option<&str>)]) -> Project {
+        Project {
+            pool: "p".into(),
+            image: "i".into(),
+            pg_version: None,
+            user: "postgres".into(),
+            password: "x".into(),
+            database: "postgres".into(),
+            pg_uid: 70,
+            pg_gid: 70,
+            created_at: Utc::now(),
+            branches: BTreeMap::new(),
+            snapshots: ids
+                .iter()
+                .map(|(id, label)| Snapshot {
+                    id: id.to_string(),
+                    label: label.map(|l| l.parse().unwrap()),
+                    branch: BranchName::main(),
+                    generation: 0,
+                    created_at: Utc::now(),
+                    wal_from: None,
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn resolves_ids_prefixes_and_labels() {
+        let name: ProjectName = "demo".parse().unwrap();
+        let p = project_with(&[("abcd11112222", Some("before")), ("abcd33334444", None)]);
+        assert_eq!(resolve(&p, &name, "before").unwrap().id, "abcd11112222");
+        assert_eq!(resolve(&p, &name, "abcd3").unwrap().id, "abcd33334444");
+        assert_eq!(
+            resolve(&p, &name, "abcd33334444").unwrap().id,
+            "abcd33334444"
+        );
+        let err = resolve(&p, &name, "abcd").unwrap_err().to_string();
+        assert!(
+            err.contains("several") && err.contains("abcd11112222"),
+            "{err}"
+        );
+        assert!(
+            resolve(&p, &name, "abc").is_err(),
+            "3 characters is too short for a prefix"
+        );
+        assert!(resolve(&p, &name, "ffff").is_err());
+    }
+}
