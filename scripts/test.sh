@@ -33,4 +33,11 @@ cargo clippy --version >/dev/null 2>&1 || { echo "clippy is missing (rustup comp
 cargo clippy --all-targets -- -D warnings
 
 step "cargo test (VELO_TEST_POOL=$VELO_TEST_POOL VELO_TEST_IMAGE=$VELO_TEST_IMAGE)"
-cargo test "$@"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+cargo test "$@" 2>&1 | tee "$log" || status=$?
+# One closing line for the whole run, summed over every test binary.
+awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($i ~ /^passed/) p += $(i-1); if ($i ~ /^failed/) f += $(i-1) } }
+	END { printf "velo: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"
