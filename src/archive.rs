@@ -106,6 +106,12 @@ impl Archives {
         make_private_dir(&self.project_dir(project), owner)?;
         make_private_dir(&self.branch_dir(project, branch), owner)?;
         let dir = self.generation_dir(project, branch, generation);
+        // A new generation's archive starts empty: anything there is debris of an earlier
+        // branch of the same name, whose segments would clash with this one's.
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
         make_private_dir(&dir, owner)?;
         Ok(dir)
     }

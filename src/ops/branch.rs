@@ -65,18 +65,23 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
                     owned: true,
                     created_at: Utc::now(),
                     wal_from: None,
+                    recovered: false,
                 };
                 (origin.clone(), origin.branch, None)
             }
             Source::Snapshot(key) => {
                 let snapshot = super::snapshot::resolve(p, &r.project, key)?;
-                (snapshot.as_origin(), snapshot.branch.clone(), None)
+                (snapshot.as_origin_now(), snapshot.branch.clone(), None)
             }
             Source::Pitr { target, parent } => {
                 let name = parent.clone().unwrap_or_else(BranchName::main);
                 let source_ref = BranchRef::new(r.project.clone(), name.clone());
                 let source = get_branch(p, &source_ref)?;
-                let origin = super::wal::pitr_base(ctx, p, &source_ref, *target)?;
+                let origin = Origin {
+                    recovered: true,
+                    created_at: Utc::now(),
+                    ..super::wal::pitr_base(ctx, p, &source_ref, *target)?
+                };
                 let recovery = Recovery {
                     restore_command: archive::restore_command(&name, source.generation),
                     target: *target,
@@ -248,6 +253,7 @@ pub async fn take_snapshot(
         owned: true,
         created_at,
         wal_from,
+        recovered: false,
     })
 }
 
@@ -327,7 +333,7 @@ pub async fn restore(ctx: &Ctx, r: &BranchRef, key: &str) -> Result<()> {
                 s.branch
             );
         }
-        Ok(s.as_origin())
+        Ok(s.as_origin_now())
     });
     let origin = match origin {
         Ok(o) => o,
@@ -402,7 +408,8 @@ async fn replace_generation(
         b.busy = None;
         Ok::<_, anyhow::Error>(())
     })?;
-    collect_retired(ctx, r).await
+    tidy(ctx, &r.project).await;
+    Ok(())
 }
 
 /// The next generation number: above every generation the branch has or keeps.
@@ -449,26 +456,64 @@ async fn swap_container(
     Ok(())
 }
 
+/// Destroys, in a whole project, the retired generations nothing depends on any more, until a
+/// pass frees nothing (destroying one generation can free the one it was cloned from, on the
+/// same branch or its parent). It runs after a change was committed, so a failure here is a
+/// warning: the command did what it said, and the next one tidies again.
+pub async fn tidy(ctx: &Ctx, project: &names::ProjectName) {
+    loop {
+        let branches: Vec<BranchName> = match ctx.store.read() {
+            Ok(s) => s
+                .projects
+                .get(project)
+                .map(|p| p.branches.keys().cloned().collect())
+                .unwrap_or_default(),
+            Err(_) => return,
+        };
+        let mut freed = 0;
+        for b in branches {
+            match collect_retired(ctx, &BranchRef::new(project.clone(), b.clone())).await {
+                Ok(n) => freed += n,
+                Err(e) => {
+                    ctx.shell.warn(&format!(
+                        "could not remove old data of `{project}/{b}` yet (the next velo command retries): {e:#}"
+                    ));
+                    return;
+                }
+            }
+        }
+        if freed == 0 {
+            return;
+        }
+    }
+}
+
 /// Destroys the retired generations of a branch that nothing depends on any more, with their
 /// WAL archives and the snapshots velo made for them. Newest first, re-reading the state each
 /// time, because destroying one generation can free the older one it was cloned from.
-pub async fn collect_retired(ctx: &Ctx, r: &BranchRef) -> Result<()> {
+/// Returns how many generations it destroyed.
+async fn collect_retired(ctx: &Ctx, r: &BranchRef) -> Result<usize> {
+    let mut destroyed = 0;
     loop {
         let state = ctx.store.read()?;
         let Some(project) = state.projects.get(&r.project) else {
-            return Ok(());
+            return Ok(destroyed);
         };
         let Some(branch) = project.branch(&r.branch) else {
-            return Ok(());
+            return Ok(destroyed);
         };
+        if branch.busy.is_some() {
+            return Ok(destroyed);
+        }
         let mut retired = branch.retired.clone();
         retired.sort_by_key(|g| std::cmp::Reverse(g.generation));
         let Some(g) = retired
             .into_iter()
             .find(|g| !generation_in_use(&state, r, g.generation))
         else {
-            return Ok(());
+            return Ok(destroyed);
         };
+        destroyed += 1;
         let dataset = names::branch_dataset(&project.pool, r, g.generation);
         ctx.shell
             .step("Destroy old data", ctx.zfs.destroy_dataset(&dataset))
@@ -604,7 +649,7 @@ pub async fn delete(ctx: &Ctx, r: &BranchRef, force: bool) -> Result<()> {
         let p = get_project_mut(s, &r.project)?;
         for name in &doomed {
             let b = p.branches.get_mut(name).expect("from the subtree");
-            claim(
+            super::claim_taking_over(
                 b,
                 &BranchRef::new(r.project.clone(), name.clone()),
                 "branch delete",
@@ -616,13 +661,16 @@ pub async fn delete(ctx: &Ctx, r: &BranchRef, force: bool) -> Result<()> {
     for name in &doomed {
         let br = BranchRef::new(r.project.clone(), name.clone());
         let b = project.branch(name).expect("from the subtree");
-        delete_one(ctx, &project, &br, b).await.with_context(|| {
-            format!("deleting `{br}`; fix the cause and run `velo branch delete {r} --force` again")
-        })?;
+        if let Err(e) = delete_one(ctx, &project, &br, b).await {
+            for left in &doomed {
+                release(ctx, &BranchRef::new(r.project.clone(), left.clone()))?;
+            }
+            return Err(e.context(format!(
+                "deleting `{br}`; fix the cause and run `velo branch delete {r} --force` again"
+            )));
+        }
     }
-    if let Some(parent) = project.branch(&r.branch).and_then(|b| b.parent.clone()) {
-        collect_retired(ctx, &BranchRef::new(r.project.clone(), parent)).await?;
-    }
+    tidy(ctx, &r.project).await;
     ctx.shell.note(&format!(
         "Deleted {}.",
         doomed
@@ -667,6 +715,7 @@ async fn delete_one(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> 
             .await?;
         origins.extend(origin.filter(|o| o.owned));
     }
+    remove_dir(&ctx.archives().branch_dir(&r.project, &r.branch))?;
     let user_snapshots: Vec<String> = project
         .snapshots
         .iter()
@@ -683,7 +732,7 @@ async fn delete_one(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> 
     for origin in origins {
         release_origin(ctx, project, &r.project, &origin).await?;
     }
-    remove_dir(&ctx.archives().branch_dir(&r.project, &r.branch))
+    Ok(())
 }
 
 pub async fn start(ctx: &Ctx, r: &BranchRef) -> Result<()> {

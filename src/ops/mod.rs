@@ -138,6 +138,16 @@ pub fn get_branch<'a>(project: &'a Project, r: &BranchRef) -> Result<&'a Branch>
 
 /// Marks a branch busy for `operation`, failing if another command holds it.
 pub fn claim(branch: &mut Branch, r: &BranchRef, operation: &str) -> Result<()> {
+    claim_inner(branch, r, operation, false)
+}
+
+/// Like [`claim`], but takes over a marker left by a command that is no longer running: for
+/// deletes, which must be able to finish what an interrupted command left.
+pub fn claim_taking_over(branch: &mut Branch, r: &BranchRef, operation: &str) -> Result<()> {
+    claim_inner(branch, r, operation, true)
+}
+
+fn claim_inner(branch: &mut Branch, r: &BranchRef, operation: &str, take_over: bool) -> Result<()> {
     if let Some(busy) = &branch.busy {
         if pid_alive(busy.pid) {
             bail!(
@@ -147,12 +157,14 @@ pub fn claim(branch: &mut Branch, r: &BranchRef, operation: &str) -> Result<()> 
                 busy.since.format("%H:%M:%S")
             );
         }
-        bail!(
-            "branch `{r}` was left mid-way by an interrupted `velo {}` (pid {}, {}); check it with `velo branch get {r}` and delete and re-create it if it is broken",
-            busy.operation,
-            busy.pid,
-            busy.since.format("%Y-%m-%d %H:%M:%S UTC")
-        );
+        if !take_over {
+            bail!(
+                "branch `{r}` was left mid-way by an interrupted `velo {}` (pid {}, {}); check it with `velo branch get {r}`, and `velo branch delete {r}` and re-create it if it is broken",
+                busy.operation,
+                busy.pid,
+                busy.since.format("%Y-%m-%d %H:%M:%S UTC")
+            );
+        }
     }
     branch.busy = Some(busy_marker(operation));
     Ok(())
@@ -325,12 +337,15 @@ pub async fn launch_new(
     const ATTEMPTS: usize = 5;
     let mut branch = branch.clone();
     let mut tried = Vec::new();
-    undo.push(UndoStep::RemoveContainer(names::container_name(r)));
     loop {
         let spec = container_spec(ctx, project, r, &branch, mountpoint);
         ctx.shell
             .step("Create container", ctx.runtime.create(&spec))
             .await?;
+        // Only now is the container ours: a name clash must not remove someone else's.
+        if tried.is_empty() {
+            undo.push(UndoStep::RemoveContainer(spec.name.clone()));
+        }
         let started = ctx
             .shell
             .step("Start container", async {

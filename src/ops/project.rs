@@ -290,11 +290,8 @@ pub async fn delete(ctx: &Ctx, name: &ProjectName, force: bool) -> Result<()> {
             );
         }
         for (bname, b) in p.branches.iter_mut() {
-            if !force {
-                super::claim(b, &BranchRef::new(name.clone(), bname.clone()), "project delete")?;
-            } else {
-                b.busy = Some(busy_marker("project delete"));
-            }
+            let r = BranchRef::new(name.clone(), bname.clone());
+            super::claim_taking_over(b, &r, "project delete")?;
         }
         Ok(p.clone())
     })?;

@@ -7,7 +7,7 @@ use anyhow::{Result, anyhow, bail};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde_json::json;
 
-use super::branch::{collect_retired, take_snapshot};
+use super::branch::take_snapshot;
 use super::{Ctx, Undo, get_branch, get_project, get_project_mut, release};
 use crate::names::{BranchName, BranchRef, Label, ProjectName};
 use crate::state::{Project, Snapshot, State};
@@ -233,6 +233,14 @@ pub async fn delete(ctx: &Ctx, key: &str) -> Result<()> {
 async fn destroy(ctx: &Ctx, project_name: &ProjectName, snapshot: &Snapshot) -> Result<()> {
     let project = ctx.store.update(|s| {
         let p = get_project(s, project_name)?;
+        if let Some(busy) = p.branch(&snapshot.branch).and_then(|b| b.busy.as_ref()) {
+            bail!(
+                "`{project_name}/{}` is busy with `velo {}`; snapshot {} was left alone, try again when it is done",
+                snapshot.branch,
+                busy.operation,
+                snapshot.id
+            );
+        }
         let deps = dependents(p, snapshot);
         if deps.contains(&snapshot.branch) {
             bail!(
@@ -262,11 +270,8 @@ async fn destroy(ctx: &Ctx, project_name: &ProjectName, snapshot: &Snapshot) -> 
         }
         Ok::<_, anyhow::Error>(())
     })?;
-    collect_retired(
-        ctx,
-        &BranchRef::new(project_name.clone(), snapshot.branch.clone()),
-    )
-    .await
+    super::branch::tidy(ctx, project_name).await;
+    Ok(())
 }
 
 /// What `cleanup` applies to.

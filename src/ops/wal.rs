@@ -70,7 +70,13 @@ pub fn pitr_bases(p: &Project, r: &BranchRef) -> Vec<Origin> {
             }
         }
     }
-    bases.extend(source.origin.clone().map(|o| Origin { owned: false, ..o }));
+    bases.extend(
+        source
+            .origin
+            .clone()
+            .filter(|o| !o.recovered)
+            .map(|o| Origin { owned: false, ..o }),
+    );
     bases.sort_by_key(|o| o.created_at);
     bases
 }

@@ -109,6 +109,10 @@ pub struct Origin {
     /// The oldest WAL segment in pg_wal when the snapshot was taken: PITR from this snapshot
     /// needs archived WAL from this segment on.
     pub wal_from: Option<String>,
+    /// True for a point-in-time branch: its start was replayed from another branch's WAL, so
+    /// its own archive cannot replay from this origin.
+    #[serde(default)]
+    pub recovered: bool,
 }
 
 impl Origin {
@@ -135,7 +139,7 @@ impl Snapshot {
         names::snapshot_name(pool, &on, self.generation, &self.id)
     }
 
-    /// The snapshot as an origin for a clone that does not own it.
+    /// The snapshot as an origin for a clone that does not own it, taken at the snapshot's time.
     pub fn as_origin(&self) -> Origin {
         Origin {
             branch: self.branch.clone(),
@@ -144,6 +148,16 @@ impl Snapshot {
             owned: false,
             created_at: self.created_at,
             wal_from: self.wal_from.clone(),
+            recovered: false,
+        }
+    }
+
+    /// The snapshot as the origin of a clone made now: the clone's own history (and WAL)
+    /// starts now, whatever the snapshot's age, so a PITR of the clone cannot reach earlier.
+    pub fn as_origin_now(&self) -> Origin {
+        Origin {
+            created_at: Utc::now(),
+            ..self.as_origin()
         }
     }
 }

@@ -113,6 +113,22 @@ fn a_failed_reset_leaves_the_branch_as_it_was() {
 }
 
 #[test]
+fn a_failed_delete_can_be_run_again() {
+    let mut sb = Sandbox::new();
+    let p = sb.create_project("delfail");
+    let dev = format!("{p}/dev");
+    sb.ok(&["branch", "create", &dev]);
+    let zfs = sb.failing_zfs("destroy");
+    sb.set_env("VELO_ZFS", zfs.to_str().unwrap());
+    let err = sb.fails(&["branch", "delete", &dev]);
+    assert!(err.contains("run `velo branch delete"), "{err}");
+    sb.clear_env();
+    assert!(sb.state()["projects"][&p]["branches"]["dev"]["busy"].is_null());
+    sb.ok(&["branch", "delete", &dev]);
+    assert_no_trace(&sb, &p, "dev");
+}
+
+#[test]
 fn bad_names_are_refused_and_change_nothing() {
     let sb = Sandbox::new();
     let long = "a".repeat(41);

@@ -33,9 +33,22 @@ fn restore_brings_back_a_dropped_table_and_keeps_later_snapshots() {
         .to_string();
 
     let port = sb.port(&dev);
+    let before_restore = now();
     sb.ok(&["branch", "restore", &dev, "before-migration"]);
     assert_eq!(sb.users(&dev), "a,b");
     assert_eq!(sb.port(&dev), port, "restore keeps the port");
+    // dev's history now starts at the restore: a moment before it is out of reach, not
+    // silently answered with the snapshot's data.
+    let err = sb.fails(&[
+        "branch",
+        "create",
+        &format!("{p}/x"),
+        "--pitr",
+        &before_restore,
+        "--parent",
+        &dev,
+    ]);
+    assert!(err.contains("before the oldest snapshot"), "{err}");
 
     // The snapshot taken after the restore point is still listed and restorable.
     let listed = sb.json(&["snapshot", "list", &dev]);
@@ -339,6 +352,17 @@ fn pitr_from_a_child_branch() {
         );
         sb.sql(&b, "INSERT INTO t VALUES (9)");
     }
+    // A recovered branch's history starts at its promotion: it has no base to replay from yet.
+    let err = sb.fails(&[
+        "branch",
+        "create",
+        &format!("{p}/again"),
+        "--pitr",
+        &now(),
+        "--parent",
+        &format!("{p}/late1"),
+    ]);
+    assert!(err.contains("take a snapshot first"), "{err}");
     assert_eq!(rows(&dev), "1,2,3,4", "the source is untouched");
     // Deleting dev needs --force (the recovered branches hang off it) and cleans everything.
     sb.fails(&["branch", "delete", &dev]);
