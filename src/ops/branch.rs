@@ -558,24 +558,6 @@ pub fn generation_in_use(state: &State, r: &BranchRef, generation: u32) -> bool 
     cloned_from || snapshotted
 }
 
-/// Every origin (current or retired) in the project that was cloned from this snapshot.
-fn origin_users(p: &Project, origin: &Origin) -> Vec<BranchName> {
-    p.branches
-        .iter()
-        .filter(|(_, b)| {
-            b.origin
-                .iter()
-                .chain(b.retired.iter().filter_map(|g| g.origin.as_ref()))
-                .any(|o| {
-                    o.branch == origin.branch
-                        && o.generation == origin.generation
-                        && o.snapshot == origin.snapshot
-                })
-        })
-        .map(|(n, _)| n.clone())
-        .collect()
-}
-
 /// Lets go of a snapshot velo made for a clone that is gone: destroys it, unless another branch
 /// was cloned from it too (a PITR branch can start from another branch's base snapshot), in
 /// which case that branch becomes its owner.
@@ -589,7 +571,11 @@ async fn release_origin(
         let Some(p) = s.projects.get_mut(name) else {
             return Ok::<_, anyhow::Error>(None);
         };
-        let Some(heir) = origin_users(p, origin).into_iter().next() else {
+        let Some(heir) = p
+            .cloned_from(&origin.branch, origin.generation, &origin.snapshot)
+            .into_iter()
+            .next()
+        else {
             return Ok(None);
         };
         let b = p.branches.get_mut(&heir).expect("listed above");

@@ -130,20 +130,6 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, label: Option<Label>) -> Result<()
     Ok(())
 }
 
-/// Branches cloned from a snapshot (which therefore cannot be destroyed).
-fn dependents(p: &Project, s: &Snapshot) -> Vec<BranchName> {
-    p.branches
-        .iter()
-        .filter(|(_, b)| {
-            b.origin
-                .iter()
-                .chain(b.retired.iter().filter_map(|g| g.origin.as_ref()))
-                .any(|o| o.snapshot == s.id && o.branch == s.branch && o.generation == s.generation)
-        })
-        .map(|(n, _)| n.clone())
-        .collect()
-}
-
 pub async fn list(ctx: &Ctx, scope: Option<&str>, as_json: bool) -> Result<()> {
     let state = ctx.store.read()?;
     let (projects, only): (Vec<&ProjectName>, Option<BranchRef>) = match scope {
@@ -197,7 +183,7 @@ pub async fn list(ctx: &Ctx, scope: Option<&str>, as_json: bool) -> Result<()> {
                 "generation": s.generation,
                 "created_at": s.created_at,
                 "used_bytes": used,
-                "dependents": dependents(p, s).iter().map(BranchName::as_str).collect::<Vec<_>>(),
+                "dependents": p.cloned_from(&s.branch, s.generation, &s.id).iter().map(BranchName::as_str).collect::<Vec<_>>(),
             }));
             rows.push(vec![
                 s.id.clone(),
@@ -241,7 +227,7 @@ async fn destroy(ctx: &Ctx, project_name: &ProjectName, snapshot: &Snapshot) -> 
                 snapshot.id
             );
         }
-        let deps = dependents(p, snapshot);
+        let deps = p.cloned_from(&snapshot.branch, snapshot.generation, &snapshot.id);
         if deps.contains(&snapshot.branch) {
             bail!(
                 "snapshot {} is in use: `{project_name}/{}` was restored from it and runs on it; restore or reset that branch to another point first",
@@ -299,7 +285,7 @@ pub async fn cleanup(ctx: &Ctx, scope: Scope, days: u32, dry_run: bool) -> Resul
             if !in_scope || s.created_at >= cutoff {
                 continue;
             }
-            let deps = dependents(p, s);
+            let deps = p.cloned_from(&s.branch, s.generation, &s.id);
             if deps.is_empty() {
                 doomed.push((name.clone(), s.clone()));
             } else {

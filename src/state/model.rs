@@ -53,6 +53,21 @@ impl Project {
         self.branches.get(name)
     }
 
+    /// Branches with a generation (current or retired) cloned from the snapshot `id` of
+    /// `branch`'s generation `generation`: while any exist, ZFS cannot destroy the snapshot.
+    pub fn cloned_from(&self, branch: &BranchName, generation: u32, id: &str) -> Vec<BranchName> {
+        self.branches
+            .iter()
+            .filter(|(_, b)| {
+                b.origin
+                    .iter()
+                    .chain(b.retired.iter().filter_map(|g| g.origin.as_ref()))
+                    .any(|o| o.branch == *branch && o.generation == generation && o.snapshot == id)
+            })
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     /// Branches whose parent is `name`, in name order.
     pub fn children_of(&self, name: &BranchName) -> Vec<BranchName> {
         self.branches
