@@ -13,8 +13,9 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::{
-    Ctx, Undo, UndoStep, allocate_port, claim, container_spec, create_archive, endpoint,
-    get_branch, get_project, get_project_mut, mounted_at, release, start_and_wait, url, wait_ready,
+    Ctx, Undo, UndoStep, allocate_port, branch_mut, claim, container_spec, create_archive,
+    endpoint, get_branch, get_project, get_project_mut, mounted_at, release, start_and_wait, url,
+    wait_ready,
 };
 use crate::archive::{self, conf_quote};
 use crate::docker::ContainerStatus;
@@ -155,10 +156,7 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
         }
     };
     ctx.store.update(|s| {
-        let b = get_project_mut(s, &r.project)?
-            .branches
-            .get_mut(&r.branch)
-            .ok_or_else(|| anyhow!("branch `{r}` vanished from state"))?;
+        let b = branch_mut(s, r)?;
         b.origin = Some(origin);
         b.busy = None;
         Ok::<_, anyhow::Error>(())
@@ -395,10 +393,7 @@ async fn replace_generation(
         return Err(e.context(format!("changing branch `{r}` ({how})")));
     }
     ctx.store.update(|s| {
-        let b = get_project_mut(s, &r.project)?
-            .branches
-            .get_mut(&r.branch)
-            .ok_or_else(|| anyhow!("branch `{r}` vanished from state"))?;
+        let b = branch_mut(s, r)?;
         b.retired.push(Generation {
             generation: old.generation,
             origin: old.origin.clone(),

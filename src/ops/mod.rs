@@ -127,6 +127,14 @@ pub fn get_project_mut<'a>(state: &'a mut State, name: &ProjectName) -> Result<&
         .ok_or_else(|| anyhow!("project `{name}` does not exist (see `velo project list`)"))
 }
 
+/// A branch in the state that a command reserved earlier and is now finishing.
+pub fn branch_mut<'a>(state: &'a mut State, r: &BranchRef) -> Result<&'a mut Branch> {
+    get_project_mut(state, &r.project)?
+        .branches
+        .get_mut(&r.branch)
+        .ok_or_else(|| anyhow!("branch `{r}` vanished from state"))
+}
+
 pub fn get_branch<'a>(project: &'a Project, r: &BranchRef) -> Result<&'a Branch> {
     project.branch(&r.branch).ok_or_else(|| {
         anyhow!(
@@ -361,10 +369,7 @@ pub async fn launch_new(
                 tried.push(port);
                 branch.port = ctx.store.update(|s| {
                     let port = allocate_port(s, &tried)?;
-                    let b = get_project_mut(s, &r.project)?
-                        .branches
-                        .get_mut(&r.branch)
-                        .ok_or_else(|| anyhow!("branch `{r}` vanished from state"))?;
+                    let b = branch_mut(s, r)?;
                     b.port = port;
                     Ok::<_, anyhow::Error>(port)
                 })?;
