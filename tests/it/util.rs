@@ -27,23 +27,82 @@ impl Rig {
     }
 }
 
+/// Where tests (of every test process on the machine) coordinate their use of the rig.
+const RIG_LOCK: &str = "/run/velo-rig-tests.lock";
+
+/// A hold on the rig: shared for ordinary tests, exclusive for tests that disrupt the rig
+/// itself (stop or restart dockerd or zfs-fuse, export the pool). An exclusive holder waits
+/// until no other test, in this process or another, uses the rig. `flock` locks belong to
+/// the open file, so two holds in one process exclude each other like two processes do.
+struct RigHold {
+    _file: std::fs::File,
+}
+
+impl RigHold {
+    fn take(exclusive: bool) -> RigHold {
+        use fs4::FileExt;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(RIG_LOCK)
+            .expect("open the rig lock");
+        if exclusive {
+            FileExt::lock(&file).expect("lock the rig exclusively");
+        } else {
+            FileExt::lock_shared(&file).expect("lock the rig shared");
+        }
+        RigHold { _file: file }
+    }
+}
+
 /// One test's private velo: its own home, its own project names, cleaned up on drop.
 pub struct Sandbox {
     pub rig: Rig,
     home: tempfile::TempDir,
     prefix: String,
     extra_env: Vec<(String, String)>,
+    // Dropped last (fields drop in order, after `Drop::drop`), once the projects are gone.
+    _hold: RigHold,
 }
 
 impl Sandbox {
+    /// A sandbox that shares the rig with other tests.
     pub fn new() -> Sandbox {
+        Self::with_hold(RigHold::take(false))
+    }
+
+    /// A sandbox for a test that disrupts the rig (stops dockerd, exports the pool, …): it
+    /// waits until no other test runs, and no other test starts until it is dropped. The test
+    /// must leave the rig as it found it (`rig_up`).
+    pub fn exclusive() -> Sandbox {
+        Self::with_hold(RigHold::take(true))
+    }
+
+    fn with_hold(hold: RigHold) -> Sandbox {
         let n: u32 = rand::random();
         Sandbox {
             rig: Rig::get(),
             home: tempfile::tempdir().expect("temp dir"),
             prefix: format!("t{n:08x}"),
             extra_env: Vec::new(),
+            _hold: hold,
         }
+    }
+
+    /// Brings the rig back up (daemons, pool, mounts) after a test disrupted it.
+    pub fn rig_up(&self) {
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rig-up.sh");
+        let out = Command::new(script)
+            .env("VELO_TEST_POOL", &self.rig.pool)
+            .env("VELO_TEST_IMAGE", &self.rig.image)
+            .output()
+            .expect("rig-up runs");
+        assert!(
+            out.status.success(),
+            "rig-up failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     /// A project name unique to this test run.
