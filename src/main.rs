@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use velo::cli::Cli;
-use velo::ops::Ctx;
+use velo::ops::{Ctx, journal};
 use velo::state::Store;
 use velo::ui::Shell;
 
@@ -19,27 +19,68 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            return report(
+            report(
                 &shell,
                 &anyhow::Error::new(e).context("starting the async runtime"),
             );
+            return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async {
+        tokio::spawn(watch_signals(shell.clone()));
         let ctx = Ctx::new(Store::default_dir(), shell.clone())?;
+        journal::recover(&ctx).await;
         cli.run(&ctx).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => report(&shell, &e),
+        Err(e) => {
+            report(&shell, &e);
+            if journal::interrupted() {
+                ExitCode::from(INTERRUPTED)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// The exit status after SIGINT/SIGTERM (128 + SIGINT, as shells report Ctrl-C).
+const INTERRUPTED: u8 = 130;
+
+/// The first SIGINT or SIGTERM asks the running operation to roll back (it stops at its next
+/// step); with no operation open, or at a second signal, velo quits at once and the next velo
+/// command finishes what the journal records.
+async fn watch_signals(shell: Shell) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        if journal::in_flight() == 0 || journal::interrupted() {
+            if journal::in_flight() > 0 {
+                shell.warn("quitting now: the next velo command finishes the undo");
+            }
+            std::process::exit(i32::from(INTERRUPTED));
+        }
+        journal::interrupt();
+        shell.warn(
+            "interrupted: undoing what this command did (a second Ctrl-C quits at once; the next velo command then finishes the undo)",
+        );
     }
 }
 
 /// Prints `error: …` and then each cause as `caused by: …`.
-fn report(shell: &Shell, err: &anyhow::Error) -> ExitCode {
+fn report(shell: &Shell, err: &anyhow::Error) {
     shell.note(&format!("error: {err}"));
     for cause in err.chain().skip(1) {
         shell.note(&format!("caused by: {cause}"));
     }
-    ExitCode::FAILURE
 }

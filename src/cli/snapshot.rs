@@ -14,6 +14,10 @@ pub enum SnapshotCmd {
         /// A name to refer to it by, unique within the project.
         #[arg(long)]
         label: Option<Label>,
+        /// How long to wait while another command changes the branch (e.g. a reset), such as
+        /// "30s" or "10m"; 0 fails at once.
+        #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
     },
     /// List snapshots: id, label, branch, time, size.
     #[command(visible_alias = "ls")]
@@ -46,7 +50,11 @@ impl SnapshotCmd {
     pub async fn run(self, ctx: &Ctx) -> Result<()> {
         use ops::snapshot;
         match self {
-            SnapshotCmd::Create { branch, label } => snapshot::create(ctx, &branch, label).await,
+            SnapshotCmd::Create {
+                branch,
+                label,
+                wait,
+            } => snapshot::create(ctx, &branch, label, wait).await,
             SnapshotCmd::List { scope, json } => snapshot::list(ctx, scope.as_deref(), json).await,
             SnapshotCmd::Delete { snapshot } => snapshot::delete(ctx, &snapshot).await,
             SnapshotCmd::Cleanup {

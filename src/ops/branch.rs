@@ -12,15 +12,18 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use chrono::{DateTime, Utc};
 use serde_json::json;
 
+use super::journal::Intent;
 use super::{
-    Ctx, Undo, UndoStep, allocate_port, branch_mut, claim, container_spec, create_archive,
-    endpoint, get_branch, get_project, get_project_mut, mounted_at, release, start_and_wait, url,
-    wait_ready,
+    Ctx, Undo, allocate_port, branch_mut, claim, container_spec, create_archive, endpoint,
+    get_branch, get_project, get_project_mut, mounted_at, start_and_wait, url, wait_ready,
 };
 use crate::archive::{self, conf_quote};
 use crate::docker::ContainerStatus;
 use crate::names::{self, BranchName, BranchRef};
-use crate::state::{Branch, Generation, Origin, Project, RunState, State};
+use crate::state::{
+    Branch, Finish, Forget, Generation, Origin, Pin, Project, Recovery as JournalRecovery,
+    RunState, State, UndoStep,
+};
 
 /// How long a branch (which needs no initdb) may take to answer.
 const BRANCH_READY: Duration = Duration::from_secs(60);
@@ -50,11 +53,13 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
         super::wal::flush_archive(ctx, &BranchRef::new(r.project.clone(), name)).await?;
     }
     let snap = super::new_snapshot_id();
-    let (project, parent_ref, parent, origin, recovery) = ctx.store.update(|s| {
+    let (project, parent_ref, parent, origin, recovery, mut undo) = ctx.store.update(|s| {
         let p = get_project(s, &r.project)?;
         if p.branch(&r.branch).is_some() {
             bail!("branch `{r}` already exists (see `velo branch get {r}`)");
         }
+        // Generations the clone reads from: kept (not tidied away) until it is committed.
+        let mut pins = Vec::new();
         let (origin, parent_name, recovery) = match &source {
             Source::Parent(parent) => {
                 let name = parent.clone().unwrap_or_else(BranchName::main);
@@ -83,6 +88,11 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
                     created_at: Utc::now(),
                     ..super::wal::pitr_base(ctx, p, &source_ref, *target)?
                 };
+                // The recovery replays the source generation's WAL archive.
+                pins.push(Pin {
+                    branch: name.clone(),
+                    generation: source.generation,
+                });
                 let recovery = Recovery {
                     restore_command: archive::restore_command(&name, source.generation),
                     target: *target,
@@ -93,6 +103,10 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
         if parent_name == r.branch {
             bail!("a branch cannot be its own parent");
         }
+        pins.push(Pin {
+            branch: origin.branch.clone(),
+            generation: origin.generation,
+        });
         let parent_ref = BranchRef::new(r.project.clone(), parent_name.clone());
         let parent = get_branch(p, &parent_ref)?.clone();
         if let Some(busy) = &parent.busy {
@@ -112,13 +126,24 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
             created_at: Utc::now(),
             busy: Some(super::busy_marker("branch create")),
         };
+        let undo = Undo::begin(
+            s,
+            Intent {
+                command: "branch create",
+                project: &r.project,
+                branches: vec![r.branch.clone()],
+                pins,
+                recovery: JournalRecovery::RollBack {
+                    forget: Forget::NewBranch,
+                },
+            },
+        );
         let p = get_project_mut(s, &r.project)?;
         p.branches.insert(r.branch.clone(), branch);
-        Ok((p.clone(), parent_ref, parent, origin, recovery))
+        Ok((p.clone(), parent_ref, parent, origin, recovery, undo))
     })?;
     let branch = project.branch(&r.branch).expect("inserted above").clone();
 
-    let mut undo = Undo::default();
     let result = async {
         let origin = if origin.owned {
             take_snapshot(ctx, &project, &parent_ref, &parent, &snap, &mut undo).await?
@@ -138,6 +163,7 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
         if recovery.is_some() {
             Recovery::clear(&endpoint(&project, &launched)).await?;
         }
+        undo.step(ctx, "commit").await?;
         Ok::<_, anyhow::Error>((launched, origin))
     }
     .await;
@@ -145,25 +171,28 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
     let (branch, origin) = match result {
         Ok(done) => done,
         Err(e) => {
-            undo.run(ctx).await;
-            ctx.store.update(|s| {
-                if let Some(p) = s.projects.get_mut(&r.project) {
-                    p.branches.remove(&r.branch);
-                }
-                Ok::<_, anyhow::Error>(())
-            })?;
-            return Err(e.context(format!("creating branch `{r}` (nothing was left behind)")));
+            let how = rolled_back(undo.roll_back(ctx).await);
+            return Err(e.context(format!("creating branch `{r}` ({how})")));
         }
     };
     ctx.store.update(|s| {
         let b = branch_mut(s, r)?;
         b.origin = Some(origin);
-        b.busy = None;
+        undo.commit(s);
         Ok::<_, anyhow::Error>(())
     })?;
     ctx.shell.note(&format!("Branch `{r}` is ready."));
     ctx.shell.out(&url(&project, &branch));
     Ok(())
+}
+
+/// How a failed command left things, for its error message.
+pub fn rolled_back(clean: bool) -> &'static str {
+    if clean {
+        "nothing was left behind"
+    } else {
+        "some steps could not be undone, see the warnings above; the next velo command tries again"
+    }
 }
 
 /// Recovery settings for a point-in-time branch.
@@ -239,11 +268,18 @@ pub async fn take_snapshot(
         None => None,
     };
     let snapshot = names::snapshot_name(&project.pool, r, b.generation, id);
+    undo.intend(
+        ctx,
+        "snapshot",
+        UndoStep::DestroySnapshot {
+            name: snapshot.clone(),
+        },
+    )
+    .await?;
     let created_at = Utc::now();
     ctx.shell
         .step("Snapshot", ctx.zfs.snapshot(&snapshot))
         .await?;
-    undo.push(UndoStep::DestroySnapshot(snapshot));
     Ok(Origin {
         branch: r.branch.clone(),
         generation: b.generation,
@@ -267,16 +303,23 @@ async fn new_generation(
 ) -> Result<String> {
     let snapshot = origin.zfs_name(&project.pool, &r.project);
     let dataset = b.dataset(&project.pool, r);
+    undo.intend(
+        ctx,
+        "clone",
+        UndoStep::DestroyDataset {
+            name: dataset.clone(),
+        },
+    )
+    .await?;
     ctx.shell
         .step("Clone", ctx.zfs.clone_snapshot(&snapshot, &dataset))
         .await?;
-    undo.push(UndoStep::DestroyDataset(dataset.clone()));
+    let path = ctx
+        .archives()
+        .generation_dir(&r.project, &r.branch, b.generation);
+    undo.intend(ctx, "archive", UndoStep::RemoveDir { path })
+        .await?;
     create_archive(ctx, project, r, b.generation)?;
-    undo.push(UndoStep::RemoveDir(ctx.archives().generation_dir(
-        &r.project,
-        &r.branch,
-        b.generation,
-    )));
     mounted_at(ctx, &dataset).await
 }
 
@@ -285,35 +328,42 @@ pub async fn reset(ctx: &Ctx, r: &BranchRef) -> Result<()> {
     if r.branch.is_main() {
         bail!("`{r}` is the project's main branch and has no parent to reset to");
     }
-    let (project, old) = claim_branch(ctx, r, "branch reset")?;
-    let parent_ref = BranchRef::new(
-        r.project.clone(),
-        old.parent
-            .clone()
-            .ok_or_else(|| anyhow!("`{r}` has no parent to reset to"))?,
-    );
-    let result = async {
-        let parent = get_branch(&project, &parent_ref)?;
+    let (project, old, parent_ref, mut undo) = ctx.store.update(|s| {
+        let p = get_project(s, &r.project)?;
+        let b = get_branch(p, r)?;
+        let parent_ref = BranchRef::new(
+            r.project.clone(),
+            b.parent
+                .clone()
+                .ok_or_else(|| anyhow!("`{r}` has no parent to reset to"))?,
+        );
+        let parent = get_branch(p, &parent_ref)?;
         if let Some(busy) = &parent.busy {
             bail!(
                 "parent `{parent_ref}` is busy with `velo {}`; try again when it is done",
                 busy.operation
             );
         }
-        let mut undo = Undo::default();
-        let snap = super::new_snapshot_id();
-        let origin = take_snapshot(ctx, &project, &parent_ref, parent, &snap, &mut undo).await;
-        Ok((origin, undo))
+        // The parent's generation must outlive the snapshot and clone, even if the parent is
+        // reset meanwhile.
+        let pin = Pin {
+            branch: parent_ref.branch.clone(),
+            generation: parent.generation,
+        };
+        let (project, old, undo) = claim_branch(s, r, "branch reset", vec![pin])?;
+        Ok::<_, anyhow::Error>((project, old, parent_ref, undo))
+    })?;
+    let parent = project
+        .branch(&parent_ref.branch)
+        .expect("checked above")
+        .clone();
+    let snap = super::new_snapshot_id();
+    let result = async {
+        let origin = take_snapshot(ctx, &project, &parent_ref, &parent, &snap, &mut undo).await?;
+        replace_generation(ctx, &project, r, &old, origin, &mut undo).await
     }
     .await;
-    let (origin, undo) = match result {
-        Ok(x) => x,
-        Err(e) => {
-            release(ctx, r)?;
-            return Err(e);
-        }
-    };
-    replace_generation(ctx, &project, r, &old, origin, undo).await?;
+    commit_generation(ctx, r, &old, result, undo).await?;
     ctx.shell
         .note(&format!("Branch `{r}` now matches `{parent_ref}`."));
     Ok(())
@@ -322,76 +372,111 @@ pub async fn reset(ctx: &Ctx, r: &BranchRef) -> Result<()> {
 /// Rewinds a branch in place to one of its snapshots, on the same port with the same password.
 /// Snapshots taken after that one stay (their generation is kept).
 pub async fn restore(ctx: &Ctx, r: &BranchRef, key: &str) -> Result<()> {
-    let (project, old) = claim_branch(ctx, r, "branch restore")?;
-    let origin = super::snapshot::resolve(&project, &r.project, key).and_then(|s| {
-        if s.branch != r.branch {
+    let (project, old, origin, mut undo) = ctx.store.update(|s| {
+        let p = get_project(s, &r.project)?;
+        get_branch(p, r)?;
+        let snapshot = super::snapshot::resolve(p, &r.project, key)?;
+        if snapshot.branch != r.branch {
             bail!(
                 "snapshot `{key}` belongs to `{}/{}`, not `{r}`; to copy it into a new branch use `velo branch create … --from-snapshot {key}`",
                 r.project,
-                s.branch
+                snapshot.branch
             );
         }
-        Ok(s.as_origin_now())
-    });
-    let origin = match origin {
-        Ok(o) => o,
-        Err(e) => {
-            release(ctx, r)?;
-            return Err(e);
-        }
-    };
+        let origin = snapshot.as_origin_now();
+        let pin = Pin {
+            branch: origin.branch.clone(),
+            generation: origin.generation,
+        };
+        let (project, old, undo) = claim_branch(s, r, "branch restore", vec![pin])?;
+        Ok::<_, anyhow::Error>((project, old, origin, undo))
+    })?;
     let label = origin.snapshot.clone();
-    replace_generation(ctx, &project, r, &old, Ok(origin), Undo::default()).await?;
+    let result = replace_generation(ctx, &project, r, &old, origin, &mut undo).await;
+    commit_generation(ctx, r, &old, result, undo).await?;
     ctx.shell
         .note(&format!("Branch `{r}` is back at snapshot {label}."));
     Ok(())
 }
 
-/// Marks a branch busy for a command and returns the project and the branch as they were.
-fn claim_branch(ctx: &Ctx, r: &BranchRef, operation: &str) -> Result<(Project, Branch)> {
-    ctx.store.update(|s| {
-        let p = get_project_mut(s, &r.project)?;
-        let b = p.branches.get_mut(&r.branch).ok_or_else(|| {
-            anyhow!(
-                "branch `{r}` does not exist (see `velo branch list {}`)",
-                r.project
-            )
-        })?;
-        claim(b, r, operation)?;
-        let b = b.clone();
-        Ok((p.clone(), b))
-    })
+/// Marks a branch busy for a command that changes it and opens its operation, pinning `pins`;
+/// call it inside a transaction. Returns the project and the branch as they were.
+fn claim_branch(
+    s: &mut State,
+    r: &BranchRef,
+    operation: &str,
+    pins: Vec<Pin>,
+) -> Result<(Project, Branch, Undo)> {
+    let p = get_project_mut(s, &r.project)?;
+    let b = p.branches.get_mut(&r.branch).ok_or_else(|| {
+        anyhow!(
+            "branch `{r}` does not exist (see `velo branch list {}`)",
+            r.project
+        )
+    })?;
+    claim(b, r, operation)?;
+    let b = b.clone();
+    let p = p.clone();
+    let undo = Undo::begin(
+        s,
+        Intent {
+            command: operation,
+            project: &r.project,
+            branches: vec![r.branch.clone()],
+            pins,
+            recovery: JournalRecovery::RollBack {
+                forget: Forget::Nothing,
+            },
+        },
+    );
+    Ok((p, b, undo))
 }
 
-/// Serves a branch from a new generation cloned from `origin`, retiring the old one. On failure
-/// everything is undone and the branch is as it was.
+/// Opens a branch's operation in its own transaction (for start, stop and restart).
+fn claim_alone(ctx: &Ctx, r: &BranchRef, operation: &str) -> Result<(Project, Branch, Undo)> {
+    ctx.store
+        .update(|s| claim_branch(s, r, operation, Vec::new()))
+}
+
+/// Serves a branch from a new generation cloned from `origin`. Returns the branch as it will
+/// be once committed.
 async fn replace_generation(
     ctx: &Ctx,
     project: &Project,
     r: &BranchRef,
     old: &Branch,
-    origin: Result<Origin>,
-    mut undo: Undo,
-) -> Result<()> {
+    origin: Origin,
+    undo: &mut Undo,
+) -> Result<Branch> {
     let mut new = old.clone();
-    let result = async {
-        let origin = origin?;
-        new.generation = next_generation(old);
-        new.origin = Some(origin.clone());
-        let mountpoint = new_generation(ctx, project, r, &new, &origin, &mut undo).await?;
-        swap_container(ctx, project, r, old, &new, &mountpoint, &mut undo).await
-    }
-    .await;
-    if let Err(e) = result {
-        let clean = undo.run(ctx).await;
-        release(ctx, r)?;
-        let how = if clean {
-            "the branch is as it was"
-        } else {
-            "some steps could not be undone, see the warnings above"
-        };
-        return Err(e.context(format!("changing branch `{r}` ({how})")));
-    }
+    new.generation = next_generation(old);
+    new.origin = Some(origin.clone());
+    let mountpoint = new_generation(ctx, project, r, &new, &origin, undo).await?;
+    swap_container(ctx, project, r, old, &new, &mountpoint, undo).await?;
+    undo.step(ctx, "commit").await?;
+    Ok(new)
+}
+
+/// Records a replaced generation (the old one is retired, then tidied away if nothing needs
+/// it), or on failure undoes everything so that the branch is as it was.
+async fn commit_generation(
+    ctx: &Ctx,
+    r: &BranchRef,
+    old: &Branch,
+    result: Result<Branch>,
+    undo: Undo,
+) -> Result<()> {
+    let new = match result {
+        Ok(new) => new,
+        Err(e) => {
+            let how = if undo.roll_back(ctx).await {
+                "the branch is as it was"
+            } else {
+                rolled_back(false)
+            };
+            return Err(e.context(format!("changing branch `{r}` ({how})")));
+        }
+    };
     ctx.store.update(|s| {
         let b = branch_mut(s, r)?;
         b.retired.push(Generation {
@@ -400,9 +485,10 @@ async fn replace_generation(
         });
         b.generation = new.generation;
         b.origin = new.origin.clone();
-        b.busy = None;
+        undo.commit(s);
         Ok::<_, anyhow::Error>(())
     })?;
+    drop(undo);
     tidy(ctx, &r.project).await;
     Ok(())
 }
@@ -430,11 +516,16 @@ async fn swap_container(
 ) -> Result<()> {
     let name = names::container_name(r);
     let was_running = ctx.runtime.status(&name).await? == ContainerStatus::Running;
-    let old_mount = mounted_at(ctx, &old.dataset(&project.pool, r)).await?;
-    undo.push(UndoStep::RestoreContainer {
-        spec: container_spec(ctx, project, r, old, &old_mount),
-        start: was_running,
-    });
+    mounted_at(ctx, &old.dataset(&project.pool, r)).await?;
+    undo.intend(
+        ctx,
+        "swap",
+        UndoStep::RestoreContainer {
+            branch: r.branch.clone(),
+            start: was_running,
+        },
+    )
+    .await?;
     ctx.shell
         .step("Stop", async {
             ctx.runtime.stop(&name, STOP_TIMEOUT_SECS).await?;
@@ -446,6 +537,7 @@ async fn swap_container(
         .step("Create container", ctx.runtime.create(&spec))
         .await?;
     if new.desired == RunState::Running {
+        undo.step(ctx, "start").await?;
         start_and_wait(ctx, project, r, new, BRANCH_READY).await?;
     }
     Ok(())
@@ -490,32 +582,71 @@ pub async fn tidy(ctx: &Ctx, project: &names::ProjectName) {
 async fn collect_retired(ctx: &Ctx, r: &BranchRef) -> Result<usize> {
     let mut destroyed = 0;
     loop {
-        let state = ctx.store.read()?;
-        let Some(project) = state.projects.get(&r.project) else {
+        // Picking a generation and pinning it is one transaction: two tidies never collect
+        // the same one, and a crash mid-way leaves an operation the next command finishes.
+        let picked = ctx.store.update(|s| {
+            let Some(branch) = s.projects.get(&r.project).and_then(|p| p.branch(&r.branch)) else {
+                return Ok::<_, anyhow::Error>(None);
+            };
+            if branch.busy.is_some() {
+                return Ok(None);
+            }
+            let mut retired = branch.retired.clone();
+            retired.sort_by_key(|g| std::cmp::Reverse(g.generation));
+            let Some(g) = retired
+                .into_iter()
+                .find(|g| !generation_in_use(s, r, g.generation))
+            else {
+                return Ok(None);
+            };
+            let undo = Undo::begin(
+                s,
+                Intent {
+                    command: "tidy",
+                    project: &r.project,
+                    branches: Vec::new(),
+                    pins: vec![Pin {
+                        branch: r.branch.clone(),
+                        generation: g.generation,
+                    }],
+                    recovery: JournalRecovery::RollForward {
+                        finish: Finish::CollectGeneration {
+                            branch: r.branch.clone(),
+                            generation: g.generation,
+                            origin: g.origin.clone(),
+                        },
+                    },
+                },
+            );
+            Ok(Some((g, undo)))
+        })?;
+        let Some((g, undo)) = picked else {
             return Ok(destroyed);
         };
-        let Some(branch) = project.branch(&r.branch) else {
-            return Ok(destroyed);
-        };
-        if branch.busy.is_some() {
-            return Ok(destroyed);
-        }
-        let mut retired = branch.retired.clone();
-        retired.sort_by_key(|g| std::cmp::Reverse(g.generation));
-        let Some(g) = retired
-            .into_iter()
-            .find(|g| !generation_in_use(&state, r, g.generation))
-        else {
-            return Ok(destroyed);
-        };
+        collect_held(ctx, r, g.generation, g.origin.as_ref(), &undo).await?;
         destroyed += 1;
-        let dataset = names::branch_dataset(&project.pool, r, g.generation);
+    }
+}
+
+/// Destroys a retired generation that an open operation (`undo`) holds, forgets it, lets go
+/// of its origin and closes the operation. Each part may already be done.
+pub async fn collect_held(
+    ctx: &Ctx,
+    r: &BranchRef,
+    generation: u32,
+    origin: Option<&Origin>,
+    undo: &Undo,
+) -> Result<()> {
+    let state = ctx.store.read()?;
+    if let Some(project) = state.projects.get(&r.project) {
+        undo.step(ctx, "collect").await?;
+        let dataset = names::branch_dataset(&project.pool, r, generation);
         ctx.shell
             .step("Destroy old data", ctx.zfs.destroy_dataset(&dataset))
             .await?;
         remove_dir(
             &ctx.archives()
-                .generation_dir(&r.project, &r.branch, g.generation),
+                .generation_dir(&r.project, &r.branch, generation),
         )?;
         ctx.store.update(|s| {
             if let Some(b) = s
@@ -523,19 +654,23 @@ async fn collect_retired(ctx: &Ctx, r: &BranchRef) -> Result<usize> {
                 .get_mut(&r.project)
                 .and_then(|p| p.branches.get_mut(&r.branch))
             {
-                b.retired.retain(|x| x.generation != g.generation);
+                b.retired.retain(|x| x.generation != generation);
             }
             Ok::<_, anyhow::Error>(())
         })?;
         // Only now that the generation is forgotten can its origin find no other user.
-        if let Some(origin) = g.origin.as_ref().filter(|o| o.owned) {
+        if let Some(origin) = origin.filter(|o| o.owned) {
             release_origin(ctx, project, &r.project, origin).await?;
         }
     }
+    ctx.store.update(|s| {
+        undo.commit(s);
+        Ok::<_, anyhow::Error>(())
+    })
 }
 
-/// Whether anything still needs a generation of `r`: a clone made from one of its snapshots, or
-/// a user's snapshot on it.
+/// Whether anything still needs a generation of `r`: a clone made from one of its snapshots, a
+/// user's snapshot on it, or an operation in flight that reads from it.
 pub fn generation_in_use(state: &State, r: &BranchRef, generation: u32) -> bool {
     let Some(p) = state.projects.get(&r.project) else {
         return false;
@@ -550,7 +685,7 @@ pub fn generation_in_use(state: &State, r: &BranchRef, generation: u32) -> bool 
         .snapshots
         .iter()
         .any(|s| s.branch == r.branch && s.generation == generation);
-    cloned_from || snapshotted
+    cloned_from || snapshotted || state.pinned(&r.project, &r.branch, generation)
 }
 
 /// Lets go of a snapshot velo made for a clone that is gone: destroys it, unless another branch
@@ -613,7 +748,7 @@ pub async fn delete(ctx: &Ctx, r: &BranchRef, force: bool) -> Result<()> {
             r.project
         );
     }
-    let (project, doomed) = ctx.store.update(|s| {
+    let (doomed, undo) = ctx.store.update(|s| {
         let p = get_project(s, &r.project)?;
         get_branch(p, r)?;
         let doomed = subtree_post_order(p, &r.branch);
@@ -636,21 +771,33 @@ pub async fn delete(ctx: &Ctx, r: &BranchRef, force: bool) -> Result<()> {
                 "branch delete",
             )?;
         }
-        Ok((p.clone(), doomed))
+        let undo = Undo::begin(
+            s,
+            Intent {
+                command: "branch delete",
+                project: &r.project,
+                branches: doomed.clone(),
+                pins: Vec::new(),
+                recovery: JournalRecovery::RollForward {
+                    finish: Finish::DeleteBranches {
+                        release: Vec::new(),
+                    },
+                },
+            },
+        );
+        Ok((doomed, undo))
     })?;
 
-    for name in &doomed {
-        let br = BranchRef::new(r.project.clone(), name.clone());
-        let b = project.branch(name).expect("from the subtree");
-        if let Err(e) = delete_one(ctx, &project, &br, b).await {
-            for left in &doomed {
-                release(ctx, &BranchRef::new(r.project.clone(), left.clone()))?;
-            }
-            return Err(e.context(format!(
-                "deleting `{br}`; fix the cause and run `velo branch delete {r} --force` again"
-            )));
-        }
+    if let Err(e) = delete_held(ctx, &r.project, &undo).await {
+        ctx.store.update(|s| {
+            undo.abandon(s);
+            Ok::<_, anyhow::Error>(())
+        })?;
+        return Err(e.context(format!(
+            "fix the cause and run `velo branch delete {r} --force` again"
+        )));
     }
+    drop(undo);
     tidy(ctx, &r.project).await;
     ctx.shell.note(&format!(
         "Deleted {}.",
@@ -673,8 +820,52 @@ fn subtree_post_order(p: &Project, root: &BranchName) -> Vec<BranchName> {
     out
 }
 
-async fn delete_one(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> Result<()> {
+/// Deletes the branches an open delete operation holds (those still in the state, in its
+/// order), lets go of the snapshots velo made for them and closes the operation. Run by
+/// `branch delete` and, for a delete that was killed, by the next velo command.
+pub async fn delete_held(ctx: &Ctx, name: &names::ProjectName, undo: &Undo) -> Result<()> {
+    let state = ctx.store.read()?;
+    let Some(op) = undo.record(&state) else {
+        return Ok(());
+    };
+    if let Some(project) = state.projects.get(name) {
+        for bn in &op.branches {
+            let Some(b) = project.branch(bn) else {
+                continue;
+            };
+            let br = BranchRef::new(name.clone(), bn.clone());
+            delete_one(ctx, project, &br, b, undo)
+                .await
+                .with_context(|| format!("deleting `{br}`"))?;
+        }
+    }
+    let state = ctx.store.read()?;
+    let release = match undo.record(&state).map(|op| op.recovery) {
+        Some(JournalRecovery::RollForward {
+            finish: Finish::DeleteBranches { release },
+        }) => release,
+        _ => Vec::new(),
+    };
+    if let Some(project) = state.projects.get(name) {
+        for origin in &release {
+            release_origin(ctx, project, name, origin).await?;
+        }
+    }
+    ctx.store.update(|s| {
+        undo.commit(s);
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+async fn delete_one(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    b: &Branch,
+    undo: &Undo,
+) -> Result<()> {
     let pool = &project.pool;
+    undo.step(ctx, "delete-container").await?;
     ctx.shell
         .step(
             &format!("Remove container {r}"),
@@ -690,6 +881,7 @@ async fn delete_one(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> 
         .collect();
     // Newest first: a restore clones a generation from a snapshot of an older one.
     generations.sort_by_key(|(generation, _)| std::cmp::Reverse(*generation));
+    undo.step(ctx, "delete-data").await?;
     for (generation, origin) in generations {
         ctx.zfs
             .destroy_dataset(&names::branch_dataset(pool, r, generation))
@@ -697,36 +889,31 @@ async fn delete_one(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> 
         origins.extend(origin.filter(|o| o.owned));
     }
     remove_dir(&ctx.archives().branch_dir(&r.project, &r.branch))?;
-    let user_snapshots: Vec<String> = project
-        .snapshots
-        .iter()
-        .filter(|s| s.branch == r.branch)
-        .map(|s| s.id.clone())
-        .collect();
+    undo.step(ctx, "delete-forget").await?;
     ctx.store.update(|s| {
         if let Some(p) = s.projects.get_mut(&r.project) {
             p.branches.remove(&r.branch);
-            p.snapshots.retain(|x| !user_snapshots.contains(&x.id));
+            p.snapshots.retain(|x| x.branch != r.branch);
+        }
+        // Forgetting the branch and noting what is left to release is one transaction.
+        if let Some(Finish::DeleteBranches { release }) = undo.finish_mut(s) {
+            release.extend(origins);
         }
         Ok::<_, anyhow::Error>(())
-    })?;
-    for origin in origins {
-        release_origin(ctx, project, &r.project, &origin).await?;
-    }
-    Ok(())
+    })
 }
 
 pub async fn start(ctx: &Ctx, r: &BranchRef) -> Result<()> {
-    let (project, b) = claim_branch(ctx, r, "branch start")?;
+    let (project, b, undo) = claim_alone(ctx, r, "branch start")?;
     let result = ensure_running(ctx, &project, r, &b).await;
-    finish_run_change(ctx, r, RunState::Running, result)?;
+    finish_run_change(ctx, r, RunState::Running, result, undo)?;
     ctx.shell.note(&format!("Branch `{r}` is running."));
     ctx.shell.out(&url(&project, &b));
     Ok(())
 }
 
 pub async fn stop(ctx: &Ctx, r: &BranchRef) -> Result<()> {
-    let (_, _) = claim_branch(ctx, r, "branch stop")?;
+    let (_, _, undo) = claim_alone(ctx, r, "branch stop")?;
     let result = ctx
         .shell
         .step(
@@ -736,13 +923,13 @@ pub async fn stop(ctx: &Ctx, r: &BranchRef) -> Result<()> {
         )
         .await
         .map_err(Into::into);
-    finish_run_change(ctx, r, RunState::Stopped, result)?;
+    finish_run_change(ctx, r, RunState::Stopped, result, undo)?;
     ctx.shell.note(&format!("Branch `{r}` is stopped."));
     Ok(())
 }
 
 pub async fn restart(ctx: &Ctx, r: &BranchRef) -> Result<()> {
-    let (project, b) = claim_branch(ctx, r, "branch restart")?;
+    let (project, b, undo) = claim_alone(ctx, r, "branch restart")?;
     let result = async {
         ctx.shell
             .step(
@@ -751,32 +938,36 @@ pub async fn restart(ctx: &Ctx, r: &BranchRef) -> Result<()> {
                     .stop(&names::container_name(r), STOP_TIMEOUT_SECS),
             )
             .await?;
+        undo.step(ctx, "start").await?;
         ensure_running(ctx, &project, r, &b).await
     }
     .await;
-    finish_run_change(ctx, r, RunState::Running, result)?;
+    finish_run_change(ctx, r, RunState::Running, result, undo)?;
     ctx.shell.note(&format!("Branch `{r}` is running."));
     ctx.shell.out(&url(&project, &b));
     Ok(())
 }
 
+/// Records the run state a start or stop reached, and closes its operation. A start or stop
+/// has nothing to take back: whatever state the container is in, the next start or stop
+/// brings it where the user wants.
 fn finish_run_change(
     ctx: &Ctx,
     r: &BranchRef,
     desired: RunState,
     result: Result<()>,
+    undo: Undo,
 ) -> Result<()> {
     ctx.store.update(|s| {
-        if let Some(b) = s
-            .projects
-            .get_mut(&r.project)
-            .and_then(|p| p.branches.get_mut(&r.branch))
+        if result.is_ok()
+            && let Some(b) = s
+                .projects
+                .get_mut(&r.project)
+                .and_then(|p| p.branches.get_mut(&r.branch))
         {
-            b.busy = None;
-            if result.is_ok() {
-                b.desired = desired;
-            }
+            b.desired = desired;
         }
+        undo.commit(s);
         Ok::<_, anyhow::Error>(())
     })?;
     result

@@ -2,14 +2,17 @@
 //! (`zfs`, `docker`, `pg`, `state`) and undoing their own steps when a later step fails.
 //!
 //! The pattern of every multi-step command:
-//! 1. a short state transaction validates the request, reserves names and ports and marks the
-//!    branch busy;
-//! 2. the slow steps run without the state lock, each recording how to undo itself in an
-//!    [`Undo`] list;
-//! 3. a final transaction records the result, or the undo list runs in reverse and the
-//!    reservation is removed.
+//! 1. a short state transaction validates the request, reserves names and ports, marks the
+//!    branch busy and opens an operation in the journal ([`Undo::begin`]);
+//! 2. the slow steps run without the state lock, each recording in the journal how to undo
+//!    itself *before* it runs ([`Undo::intend`]);
+//! 3. a final transaction records the result and closes the operation ([`Undo::commit`]), or
+//!    the undo steps run in reverse and the reservation is removed ([`Undo::roll_back`]).
+//!
+//! A command that dies mid-way is ended by the next one ([`journal::recover`]).
 
 pub mod branch;
+pub mod journal;
 pub mod project;
 pub mod snapshot;
 pub mod status;
@@ -27,7 +30,9 @@ use crate::archive::{self, Archives};
 use crate::docker::{self, BindMount, ContainerSpec, ContainerStatus, DockerError, Runtime};
 use crate::names::{self, BranchRef, ProjectName};
 use crate::pg::Endpoint;
-use crate::state::{Branch, Busy, Project, State, Store};
+pub use journal::Undo;
+
+use crate::state::{Branch, Busy, Project, State, Store, UndoStep};
 use crate::ui::Shell;
 use crate::zfs::Zfs;
 
@@ -155,15 +160,28 @@ pub fn claim_taking_over(branch: &mut Branch, r: &BranchRef, operation: &str) ->
     claim_inner(branch, r, operation, true)
 }
 
+/// Another live command holds the branch.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "branch `{branch}` is busy: `velo {operation}` (pid {pid}) is working on it since {since}; wait for it to finish"
+)]
+pub struct BranchBusy {
+    branch: String,
+    operation: String,
+    pid: u32,
+    since: String,
+}
+
 fn claim_inner(branch: &mut Branch, r: &BranchRef, operation: &str, take_over: bool) -> Result<()> {
     if let Some(busy) = &branch.busy {
         if pid_alive(busy.pid) {
-            bail!(
-                "branch `{r}` is busy: `velo {}` (pid {}) is working on it since {}; wait for it to finish",
-                busy.operation,
-                busy.pid,
-                busy.since.format("%H:%M:%S")
-            );
+            return Err(BranchBusy {
+                branch: r.to_string(),
+                operation: busy.operation.clone(),
+                pid: busy.pid,
+                since: busy.since.format("%H:%M:%S").to_string(),
+            }
+            .into());
         }
         if !take_over {
             bail!(
@@ -176,6 +194,35 @@ fn claim_inner(branch: &mut Branch, r: &BranchRef, operation: &str, take_over: b
     }
     branch.busy = Some(busy_marker(operation));
     Ok(())
+}
+
+/// Runs a claiming transaction, retrying for up to `wait` while the branch is busy with another
+/// live command (for cron jobs, which should wait rather than fail).
+pub async fn claim_waiting<T>(
+    ctx: &Ctx,
+    wait: Duration,
+    mut attempt: impl FnMut(&mut State) -> Result<T>,
+) -> Result<T> {
+    let start = std::time::Instant::now();
+    let mut told = false;
+    loop {
+        match ctx.store.update(&mut attempt) {
+            Err(e) if start.elapsed() < wait && !journal::interrupted() => {
+                let Some(busy) = e.downcast_ref::<BranchBusy>() else {
+                    return Err(e);
+                };
+                if !told {
+                    ctx.shell.note(&format!(
+                        "{busy}; waiting up to {}",
+                        humantime::format_duration(wait)
+                    ));
+                    told = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            done => return done,
+        }
+    }
 }
 
 pub fn busy_marker(operation: &str) -> Busy {
@@ -347,13 +394,22 @@ pub async fn launch_new(
     let mut tried = Vec::new();
     loop {
         let spec = container_spec(ctx, project, r, &branch, mountpoint);
+        if tried.is_empty() {
+            // The undo removes only a container labelled with this velo home, so a name clash
+            // with someone else's container never removes theirs.
+            undo.intend(
+                ctx,
+                "container",
+                UndoStep::RemoveContainer {
+                    name: spec.name.clone(),
+                },
+            )
+            .await?;
+        }
         ctx.shell
             .step("Create container", ctx.runtime.create(&spec))
             .await?;
-        // Only now is the container ours: a name clash must not remove someone else's.
-        if tried.is_empty() {
-            undo.push(UndoStep::RemoveContainer(spec.name.clone()));
-        }
+        undo.step(ctx, "start").await?;
         let started = ctx
             .shell
             .step("Start container", async {
@@ -381,6 +437,7 @@ pub async fn launch_new(
             Err(e) => return Err(e.into()),
         }
     }
+    undo.step(ctx, "ready").await?;
     wait_ready(ctx, project, r, &branch, deadline).await?;
     Ok(branch)
 }
@@ -395,19 +452,20 @@ pub async fn wait_ready(
     deadline: Duration,
 ) -> Result<()> {
     let name = names::container_name(r);
-    let ready = ctx
-        .shell
-        .step("Ready", async {
-            endpoint(project, branch)
-                .wait_ready(ctx.ready_timeout(deadline), || async {
-                    match ctx.runtime.status(&name).await {
-                        Ok(ContainerStatus::Running) | Err(_) => Ok(()),
-                        Ok(other) => Err(format!("container {name} is not running: {other:?}")),
-                    }
-                })
-                .await
-        })
-        .await;
+    let waiting = ctx.shell.step("Ready", async {
+        endpoint(project, branch)
+            .wait_ready(ctx.ready_timeout(deadline), || async {
+                match ctx.runtime.status(&name).await {
+                    Ok(ContainerStatus::Running) | Err(_) => Ok(()),
+                    Ok(other) => Err(format!("container {name} is not running: {other:?}")),
+                }
+            })
+            .await
+    });
+    let ready = tokio::select! {
+        ready = waiting => ready,
+        () = journal::until_interrupted() => return Err(journal::Interrupted.into()),
+    };
     if let Err(e) = ready {
         let logs = ctx.runtime.logs_tail(&name, 15).await;
         return Err(anyhow::Error::new(e).context(format!(
@@ -416,65 +474,4 @@ pub async fn wait_ready(
         )));
     }
     Ok(())
-}
-
-/// One way to take back a step that succeeded.
-#[derive(Debug)]
-pub enum UndoStep {
-    DestroySnapshot(String),
-    DestroyDataset(String),
-    RemoveContainer(String),
-    RemoveDir(PathBuf),
-    /// Re-create and (if it was running) start a branch's previous container.
-    RestoreContainer {
-        spec: ContainerSpec,
-        start: bool,
-    },
-}
-
-/// The steps taken so far, undone in reverse order if the operation fails.
-#[derive(Debug, Default)]
-pub struct Undo(Vec<UndoStep>);
-
-impl Undo {
-    pub fn push(&mut self, step: UndoStep) {
-        self.0.push(step);
-    }
-
-    /// Undoes every recorded step, newest first. Undo failures are reported and the rest still
-    /// run; returns whether everything was undone.
-    pub async fn run(self, ctx: &Ctx) -> bool {
-        let mut clean = true;
-        for step in self.0.into_iter().rev() {
-            let result: Result<()> = match &step {
-                UndoStep::DestroySnapshot(s) => {
-                    ctx.zfs.destroy_snapshot(s).await.map_err(Into::into)
-                }
-                UndoStep::DestroyDataset(d) => ctx.zfs.destroy_dataset(d).await.map_err(Into::into),
-                UndoStep::RemoveContainer(c) => ctx.runtime.remove(c).await.map_err(Into::into),
-                UndoStep::RemoveDir(d) => match std::fs::remove_dir_all(d) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
-                    _ => Ok(()),
-                },
-                UndoStep::RestoreContainer { spec, start } => {
-                    async {
-                        ctx.runtime.remove(&spec.name).await?;
-                        ctx.runtime.create(spec).await?;
-                        if *start {
-                            ctx.runtime
-                                .start(&spec.name, &spec.host_ip, spec.host_port)
-                                .await?;
-                        }
-                        Ok(())
-                    }
-                    .await
-                }
-            };
-            if let Err(e) = result {
-                clean = false;
-                ctx.shell.warn(&format!("could not undo {step:?}: {e:#}"));
-            }
-        }
-        clean
-    }
 }

@@ -8,11 +8,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use chrono::Utc;
 use serde_json::json;
 
-use super::{
-    Ctx, Undo, UndoStep, allocate_port, busy_marker, get_project, mounted_at, release, url,
-};
+use super::journal::Intent;
+use super::{Ctx, Undo, allocate_port, busy_marker, get_project, mounted_at, url};
 use crate::names::{self, BranchName, BranchRef, ProjectName};
-use crate::state::{Branch, Project, RunState};
+use crate::state::{Branch, Finish, Forget, Project, Recovery, RunState, UndoStep};
 use crate::zfs::BASE_PROPERTIES;
 
 /// The image used when neither `--image` nor `--pg-version` says otherwise.
@@ -82,7 +81,7 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
         .await?;
     let pg_user = ctx.runtime.postgres_user(&image).await?;
 
-    let (project, main) = ctx.store.update(|s| {
+    let (project, main, mut undo) = ctx.store.update(|s| {
         if s.projects.contains_key(&name) {
             bail!("project `{name}` already exists (see `velo project get {name}`)");
         }
@@ -111,10 +110,21 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
             snapshots: Vec::new(),
         };
         s.projects.insert(name.clone(), project.clone());
-        Ok((project, main))
+        let undo = Undo::begin(
+            s,
+            Intent {
+                command: "project create",
+                project: &name,
+                branches: vec![BranchName::main()],
+                pins: Vec::new(),
+                recovery: Recovery::RollBack {
+                    forget: Forget::NewProject,
+                },
+            },
+        );
+        Ok((project, main, undo))
     })?;
 
-    let mut undo = Undo::default();
     let result: Result<Branch> = async {
         let base = names::base_dataset(&pool);
         let compression = ctx.zfs.best_compression(&pool).await;
@@ -122,18 +132,27 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
         props.push(("compression", compression));
         let project_ds = names::project_dataset(&pool, &name);
         let main_ds = main.dataset(&pool, &main_ref);
+        undo.intend(
+            ctx,
+            "dataset",
+            UndoStep::DestroyDataset {
+                name: project_ds.clone(),
+            },
+        )
+        .await?;
         ctx.shell
             .step("Create dataset", async {
                 ctx.zfs.ensure(&base, &props).await?;
                 ctx.zfs.create(&project_ds, &[]).await?;
-                undo.push(UndoStep::DestroyDataset(project_ds.clone()));
                 ctx.zfs.create(&main_ds, &[]).await?;
                 Ok::<_, anyhow::Error>(())
             })
             .await?;
         let mountpoint = mounted_at(ctx, &main_ds).await?;
+        let path = ctx.archives().project_dir(&name);
+        undo.intend(ctx, "archive", UndoStep::RemoveDir { path })
+            .await?;
         super::create_archive(ctx, &project, &main_ref, main.generation)?;
-        undo.push(UndoStep::RemoveDir(ctx.archives().project_dir(&name)));
         let pgdata = super::data_dir(&mountpoint);
         std::fs::create_dir(&pgdata)
             .and_then(|()| chown(&pgdata, Some(pg_user.uid), Some(pg_user.gid)))
@@ -162,23 +181,17 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
     let main = match result {
         Ok(main) => main,
         Err(e) => {
-            undo.run(ctx).await;
-            ctx.store.update(|s| {
-                s.projects.remove(&name);
-                Ok::<_, anyhow::Error>(())
-            })?;
-            return Err(e.context(format!(
-                "creating project `{name}` (nothing was left behind)"
-            )));
+            let how = super::branch::rolled_back(undo.roll_back(ctx).await);
+            return Err(e.context(format!("creating project `{name}` ({how})")));
         }
     };
     let version = super::endpoint(&project, &main).server_version().await.ok();
     ctx.store.update(|s| {
         let p = super::get_project_mut(s, &name)?;
         p.pg_version = version;
+        undo.commit(s);
         Ok::<_, anyhow::Error>(())
     })?;
-    release(ctx, &main_ref)?;
     ctx.shell.note(&format!(
         "Project `{name}` is ready; its main branch is `{main_ref}`."
     ));
@@ -275,7 +288,7 @@ pub async fn get(ctx: &Ctx, name: &ProjectName, as_json: bool) -> Result<()> {
 }
 
 pub async fn delete(ctx: &Ctx, name: &ProjectName, force: bool) -> Result<()> {
-    let project = ctx.store.update(|s| {
+    let undo = ctx.store.update(|s| {
         let p = super::get_project_mut(s, name)?;
         let others: Vec<String> = p
             .branches
@@ -293,34 +306,65 @@ pub async fn delete(ctx: &Ctx, name: &ProjectName, force: bool) -> Result<()> {
             let r = BranchRef::new(name.clone(), bname.clone());
             super::claim_taking_over(b, &r, "project delete")?;
         }
-        Ok(p.clone())
+        let branches = p.branches.keys().cloned().collect();
+        Ok(Undo::begin(
+            s,
+            Intent {
+                command: "project delete",
+                project: name,
+                branches,
+                pins: Vec::new(),
+                recovery: Recovery::RollForward {
+                    finish: Finish::DeleteProject,
+                },
+            },
+        ))
     })?;
-
-    ctx.shell
-        .step("Remove containers", async {
-            for b in project.branches.keys() {
-                let r = BranchRef::new(name.clone(), b.clone());
-                ctx.runtime.remove(&names::container_name(&r)).await?;
-            }
+    if let Err(e) = delete_held(ctx, name, &undo).await {
+        ctx.store.update(|s| {
+            undo.abandon(s);
             Ok::<_, anyhow::Error>(())
-        })
-        .await?;
-    let dataset = names::project_dataset(&project.pool, name);
-    ctx.shell
-        .step("Destroy datasets", ctx.zfs.destroy_dataset(&dataset))
-        .await
-        .with_context(|| format!("destroying {dataset}; fix the cause and run `velo project delete {name} --force` again"))?;
-    let wal = ctx.archives().project_dir(name);
-    match std::fs::remove_dir_all(&wal) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-            return Err(e).with_context(|| format!("removing {}", wal.display()));
+        })?;
+        return Err(e.context(format!(
+            "fix the cause and run `velo project delete {name} --force` again"
+        )));
+    }
+    ctx.shell.note(&format!("Project `{name}` deleted."));
+    Ok(())
+}
+
+/// Deletes a project that an open delete operation holds: containers, datasets, archives,
+/// then the record and the operation together. Each part may already be done.
+pub async fn delete_held(ctx: &Ctx, name: &ProjectName, undo: &Undo) -> Result<()> {
+    let state = ctx.store.read()?;
+    if let Some(project) = state.projects.get(name) {
+        undo.step(ctx, "delete-containers").await?;
+        ctx.shell
+            .step("Remove containers", async {
+                for b in project.branches.keys() {
+                    let r = BranchRef::new(name.clone(), b.clone());
+                    ctx.runtime.remove(&names::container_name(&r)).await?;
+                }
+                Ok::<_, anyhow::Error>(())
+            })
+            .await?;
+        undo.step(ctx, "delete-data").await?;
+        let dataset = names::project_dataset(&project.pool, name);
+        ctx.shell
+            .step("Destroy datasets", ctx.zfs.destroy_dataset(&dataset))
+            .await
+            .with_context(|| format!("destroying {dataset}"))?;
+        let wal = ctx.archives().project_dir(name);
+        match std::fs::remove_dir_all(&wal) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(e).with_context(|| format!("removing {}", wal.display()));
+            }
+            _ => {}
         }
-        _ => {}
     }
     ctx.store.update(|s| {
         s.projects.remove(name);
+        undo.commit(s);
         Ok::<_, anyhow::Error>(())
-    })?;
-    ctx.shell.note(&format!("Project `{name}` deleted."));
-    Ok(())
+    })
 }

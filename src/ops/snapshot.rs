@@ -8,9 +8,12 @@ use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde_json::json;
 
 use super::branch::take_snapshot;
-use super::{Ctx, Undo, get_branch, get_project, get_project_mut, release};
+use std::time::Duration;
+
+use super::journal::Intent;
+use super::{Ctx, Undo, claim_waiting, get_branch, get_project, get_project_mut};
 use crate::names::{BranchName, BranchRef, Label, ProjectName};
-use crate::state::{Project, Snapshot, State};
+use crate::state::{Finish, Forget, Project, Recovery, Snapshot, State};
 use crate::ui::human_bytes;
 
 /// The shortest id prefix accepted, so a short label is never mistaken for an id.
@@ -78,9 +81,11 @@ fn resolve_anywhere(state: &State, key: &str) -> Result<(ProjectName, Snapshot)>
     }
 }
 
-pub async fn create(ctx: &Ctx, r: &BranchRef, label: Option<Label>) -> Result<()> {
+/// Takes a snapshot; waits up to `wait` while another command changes the branch (a cron job
+/// that fires during a reset waits for it rather than failing).
+pub async fn create(ctx: &Ctx, r: &BranchRef, label: Option<Label>, wait: Duration) -> Result<()> {
     let id = super::new_snapshot_id();
-    let (project, branch) = ctx.store.update(|s| {
+    let (project, branch, mut undo) = claim_waiting(ctx, wait, |s| {
         let p = get_project_mut(s, &r.project)?;
         if let Some(l) = &label
             && let Some(other) = p.snapshots.iter().find(|x| x.label.as_ref() == Some(l))
@@ -95,9 +100,22 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, label: Option<Label>) -> Result<()
         })?;
         super::claim(b, r, "snapshot create")?;
         let b = b.clone();
-        Ok((p.clone(), b))
-    })?;
-    let mut undo = Undo::default();
+        let p = p.clone();
+        let undo = Undo::begin(
+            s,
+            Intent {
+                command: "snapshot create",
+                project: &r.project,
+                branches: vec![r.branch.clone()],
+                pins: Vec::new(),
+                recovery: Recovery::RollBack {
+                    forget: Forget::Nothing,
+                },
+            },
+        );
+        Ok((p, b, undo))
+    })
+    .await?;
     let taken = take_snapshot(ctx, &project, r, &branch, &id, &mut undo).await;
     let recorded = match taken {
         Ok(origin) => ctx.store.update(|s| {
@@ -110,17 +128,14 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, label: Option<Label>) -> Result<()
                 created_at: origin.created_at,
                 wal_from: origin.wal_from,
             });
-            if let Some(b) = p.branches.get_mut(&r.branch) {
-                b.busy = None;
-            }
+            undo.commit(s);
             Ok::<_, anyhow::Error>(())
         }),
         Err(e) => Err(e),
     };
     if let Err(e) = recorded {
-        undo.run(ctx).await;
-        release(ctx, r)?;
-        return Err(e.context(format!("snapshotting `{r}` (nothing was left behind)")));
+        let how = super::branch::rolled_back(undo.roll_back(ctx).await);
+        return Err(e.context(format!("snapshotting `{r}` ({how})")));
     }
     let shown = label
         .map(|l| format!("{id} ({l})"))
@@ -217,7 +232,7 @@ pub async fn delete(ctx: &Ctx, key: &str) -> Result<()> {
 
 /// Destroys one snapshot in ZFS, then forgets it; refuses if a branch was cloned from it.
 async fn destroy(ctx: &Ctx, project_name: &ProjectName, snapshot: &Snapshot) -> Result<()> {
-    let project = ctx.store.update(|s| {
+    let undo = ctx.store.update(|s| {
         let p = get_project(s, project_name)?;
         if let Some(busy) = p.branch(&snapshot.branch).and_then(|b| b.busy.as_ref()) {
             bail!(
@@ -245,19 +260,59 @@ async fn destroy(ctx: &Ctx, project_name: &ProjectName, snapshot: &Snapshot) -> 
                     .join(", ")
             );
         }
-        Ok(p.clone())
+        Ok(Undo::begin(
+            s,
+            Intent {
+                command: "snapshot delete",
+                project: project_name,
+                branches: Vec::new(),
+                pins: Vec::new(),
+                recovery: Recovery::RollForward {
+                    finish: Finish::DeleteSnapshot {
+                        id: snapshot.id.clone(),
+                    },
+                },
+            },
+        ))
     })?;
-    ctx.zfs
-        .destroy_snapshot(&snapshot.zfs_name(&project.pool, project_name))
-        .await?;
-    ctx.store.update(|s| {
-        if let Some(p) = s.projects.get_mut(project_name) {
-            p.snapshots.retain(|x| x.id != snapshot.id);
-        }
-        Ok::<_, anyhow::Error>(())
-    })?;
+    if let Err(e) = destroy_held(ctx, project_name, &snapshot.id, &undo).await {
+        ctx.store.update(|s| {
+            undo.abandon(s);
+            Ok::<_, anyhow::Error>(())
+        })?;
+        return Err(e);
+    }
+    drop(undo);
     super::branch::tidy(ctx, project_name).await;
     Ok(())
+}
+
+/// Destroys the snapshot `id` that an open delete operation holds, then forgets it and closes
+/// the operation in one transaction. Either part may already be done.
+pub async fn destroy_held(
+    ctx: &Ctx,
+    project_name: &ProjectName,
+    id: &str,
+    undo: &Undo,
+) -> Result<()> {
+    let state = ctx.store.read()?;
+    let found = state
+        .projects
+        .get(project_name)
+        .and_then(|p| Some((p, p.snapshots.iter().find(|s| s.id == id)?)));
+    if let Some((project, snapshot)) = found {
+        undo.step(ctx, "delete-snapshot").await?;
+        ctx.zfs
+            .destroy_snapshot(&snapshot.zfs_name(&project.pool, project_name))
+            .await?;
+    }
+    ctx.store.update(|s| {
+        if let Some(p) = s.projects.get_mut(project_name) {
+            p.snapshots.retain(|x| x.id != id);
+        }
+        undo.commit(s);
+        Ok::<_, anyhow::Error>(())
+    })
 }
 
 /// What `cleanup` applies to.

@@ -18,6 +18,10 @@ pub struct State {
     pub version: u32,
     #[serde(default)]
     pub projects: BTreeMap<ProjectName, Project>,
+    /// Multi-step commands in flight (see [`super::journal`]). Added without a version bump:
+    /// a missing field reads as empty.
+    #[serde(default)]
+    pub journal: Vec<super::journal::Operation>,
 }
 
 impl Default for State {
@@ -25,6 +29,7 @@ impl Default for State {
         Self {
             version: SCHEMA_VERSION,
             projects: BTreeMap::new(),
+            journal: Vec::new(),
         }
     }
 }

@@ -105,6 +105,11 @@ impl Sandbox {
         );
     }
 
+    /// The private VELO_HOME.
+    pub fn home(&self) -> &std::path::Path {
+        self.home.path()
+    }
+
     /// A project name unique to this test run.
     pub fn project(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.prefix)
@@ -126,6 +131,97 @@ impl Sandbox {
             cmd.env(k, v);
         }
         cmd.output().expect("velo runs")
+    }
+
+    /// Starts velo with the test-only pause hook (`VELO_TEST_PAUSE_AT`) at `step` and returns
+    /// once it has paused there, having recorded the step's intent and not yet run it.
+    pub fn paused(&self, step: &str, args: &[&str]) -> Paused {
+        use std::io::BufRead;
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_velo"));
+        cmd.args(args)
+            .env("VELO_HOME", self.home.path())
+            .env("VELO_TEST_PAUSE_AT", step)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("velo starts");
+        let mut reader = std::io::BufReader::new(child.stderr.take().expect("piped"));
+        let marker = format!("velo-test: paused at {step}");
+        let mut seen = String::new();
+        loop {
+            let mut line = String::new();
+            let n = reader.read_line(&mut line).expect("read velo's stderr");
+            assert!(
+                n > 0,
+                "velo {args:?} ended before pausing at {step}:\n{seen}"
+            );
+            seen.push_str(&line);
+            if line.contains(&marker) {
+                break;
+            }
+        }
+        // Keep reading, so velo never blocks on a full pipe, and hand the rest to the test.
+        let rest = std::thread::spawn(move || {
+            let mut rest = String::new();
+            std::io::Read::read_to_string(&mut reader, &mut rest).ok();
+            seen + &rest
+        });
+        Paused { child, rest }
+    }
+
+    /// Asserts that the state, ZFS and Docker agree about a project: no operation open, no
+    /// branch busy, exactly the datasets, snapshots and containers the state records.
+    pub fn assert_consistent(&self, project: &str) {
+        let state = self.state();
+        let journal = state["journal"].as_array().cloned().unwrap_or_default();
+        assert!(journal.is_empty(), "operations left open: {journal:?}");
+        let pool = &self.rig.pool;
+        let p = &state["projects"][project];
+        let mut datasets = vec![format!("{pool}/velo/{project}")];
+        let mut snapshots = Vec::new();
+        let mut containers = Vec::new();
+        let origin_of = |o: &Value, snapshots: &mut Vec<String>| {
+            if o.is_object() {
+                snapshots.push(format!(
+                    "{pool}/velo/{project}/{}.{}@{}",
+                    o["branch"].as_str().unwrap(),
+                    o["generation"],
+                    o["snapshot"].as_str().unwrap()
+                ));
+            }
+        };
+        for (name, b) in p["branches"].as_object().expect("branches") {
+            assert!(b["busy"].is_null(), "{name} is still busy: {}", b["busy"]);
+            datasets.push(format!("{pool}/velo/{project}/{name}.{}", b["generation"]));
+            origin_of(&b["origin"], &mut snapshots);
+            for g in b["retired"].as_array().cloned().unwrap_or_default() {
+                datasets.push(format!("{pool}/velo/{project}/{name}.{}", g["generation"]));
+                origin_of(&g["origin"], &mut snapshots);
+            }
+            containers.push(format!("velo-{project}.{name}"));
+        }
+        for s in p["snapshots"].as_array().cloned().unwrap_or_default() {
+            snapshots.push(format!(
+                "{pool}/velo/{project}/{}.{}@{}",
+                s["branch"].as_str().unwrap(),
+                s["generation"],
+                s["id"].as_str().unwrap()
+            ));
+        }
+        let mut expected: Vec<String> = datasets.into_iter().chain(snapshots).collect();
+        expected.sort();
+        expected.dedup();
+        let mut tree = self.zfs_tree(project);
+        tree.sort();
+        assert_eq!(tree, expected, "ZFS and the state disagree");
+        containers.sort();
+        assert_eq!(
+            self.containers(project),
+            containers,
+            "Docker and the state disagree"
+        );
     }
 
     /// Runs velo and expects success; returns stdout.
@@ -280,6 +376,32 @@ impl Sandbox {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
         path
+    }
+}
+
+/// A velo process stopped by the pause hook.
+pub struct Paused {
+    pub child: std::process::Child,
+    rest: std::thread::JoinHandle<String>,
+}
+
+impl Paused {
+    /// SIGKILLs it (a crash, as far as velo can tell) and waits for it to be gone.
+    pub fn kill9(mut self) {
+        self.child.kill().expect("kill velo");
+        self.child.wait().expect("reap velo");
+    }
+
+    /// Sends a signal (`INT`, `TERM`) and waits for velo to exit; returns its exit code and
+    /// its whole stderr.
+    pub fn signal(mut self, sig: &str) -> (Option<i32>, String) {
+        let status = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success());
+        let code = self.child.wait().expect("reap velo").code();
+        (code, self.rest.join().expect("reader thread"))
     }
 }
 
