@@ -227,8 +227,39 @@ mod tests {
     fn refuses_hostile_names() {
         let long = "a".repeat(MAX_NAME_LEN + 1);
         for n in [
-            "", "-rf", "a b", "a/b", "..", ".", "a.b", "a_b", "A", "ä", "x;rm", "$(x)", "a`b`",
-            "a\n", "1abc", "abc-", "all", "head", "none", &long,
+            "",
+            "-rf",
+            "a b",
+            "a/b",
+            "..",
+            ".",
+            "a.b",
+            "a_b",
+            "A",
+            "ä",
+            "x;rm",
+            "$(x)",
+            "a`b`",
+            "a\n",
+            "1abc",
+            "abc-",
+            "all",
+            "head",
+            "none",
+            &long,
+            "../etc",
+            "a/../b",
+            "--help",
+            "-",
+            "a\0b",
+            "a@b",
+            "a:b",
+            "a%b",
+            "a\\b",
+            " a",
+            "a\t",
+            "ａ",
+            "a\u{200b}",
         ] {
             assert!(n.parse::<BranchName>().is_err(), "accepted {n:?}");
         }
@@ -246,5 +277,51 @@ mod tests {
         let (a, b) = (r("a/b-c"), r("a-b/c"));
         assert_ne!(branch_dataset("p", &a, 0), branch_dataset("p", &b, 0));
         assert_ne!(container_name(&a), container_name(&b));
+    }
+
+    /// Short names drawn from few letters, so that look-alikes (`a-b` vs `a`, `b`) are common.
+    fn name() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::strategy::Strategy;
+        "[ab][ab1-]{0,4}".prop_filter("valid", |s| s.parse::<BranchName>().is_ok())
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_accepted_name_is_safe_where_it_goes(s in "[a-z][a-z0-9-]{0,45}|\\PC{0,12}") {
+            if let Ok(n) = s.parse::<BranchName>() {
+                let n = n.as_str();
+                // argv: never read as an option.
+                proptest::prop_assert!(!n.starts_with('-'));
+                // a path: exactly one ordinary component (no `..`, `/`, `.`).
+                let parts: Vec<_> = std::path::Path::new(n).components().collect();
+                proptest::prop_assert!(matches!(parts.as_slice(), [std::path::Component::Normal(_)]));
+                // ZFS and Docker names: only characters both allow, none of their separators.
+                proptest::prop_assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
+                let r = BranchRef::new(n.parse().unwrap(), n.parse().unwrap());
+                let dataset = branch_dataset("tank", &r, 0);
+                proptest::prop_assert_eq!(dataset.matches('/').count(), 3);
+                proptest::prop_assert!(!dataset.contains(".."));
+                proptest::prop_assert_eq!(container_name(&r).matches('.').count(), 1);
+            }
+        }
+
+        #[test]
+        fn the_mapping_is_one_to_one(a in name(), b in name(), c in name(), d in name(), g in 0u32..3, h in 0u32..3) {
+            let x = BranchRef::new(a.parse().unwrap(), b.parse().unwrap());
+            let y = BranchRef::new(c.parse().unwrap(), d.parse().unwrap());
+            if (&x, g) != (&y, h) {
+                proptest::prop_assert_ne!(branch_dataset("p", &x, g), branch_dataset("p", &y, h));
+                proptest::prop_assert_ne!(snapshot_name("p", &x, g, "0a"), snapshot_name("p", &y, h, "0a"));
+            }
+            if x != y {
+                proptest::prop_assert_ne!(container_name(&x), container_name(&y));
+                let root = std::path::Path::new("/w");
+                let path = |r: &BranchRef| root.join(r.project.as_str()).join(r.branch.as_str());
+                proptest::prop_assert_ne!(path(&x), path(&y));
+            }
+            if x.project != y.project {
+                proptest::prop_assert_ne!(project_dataset("p", &x.project), project_dataset("p", &y.project));
+            }
+        }
     }
 }

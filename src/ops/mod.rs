@@ -475,3 +475,20 @@ pub async fn wait_ready(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_free_port_names_the_fix() {
+        let all: Vec<u16> = PORT_RANGE.collect();
+        let err = allocate_port(&State::default(), &all)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no free port") && err.contains("delete branches"),
+            "{err}"
+        );
+    }
+}

@@ -2,7 +2,9 @@
 //! PostgreSQL (prepared by `scripts/rig-up.sh`; run them with `scripts/test.sh`).
 
 mod branches;
+mod concurrency;
 mod crash;
 mod failures;
+mod hardening;
 mod history;
 mod util;

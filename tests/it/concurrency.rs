@@ -1,0 +1,141 @@
+//! Many velo processes at once, and branches made while the parent is under load.
+
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use crate::util::Sandbox;
+
+/// Starts `velo <args>` in the sandbox's home without waiting for it.
+fn spawn(sb: &Sandbox, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_velo"))
+        .args(args)
+        .env("VELO_HOME", sb.home())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("velo starts")
+}
+
+fn succeeded(out: Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A libpq environment for a branch (the password goes through PGPASSWORD, never argv).
+fn pg_env(sb: &Sandbox, branch: &str, cmd: &mut Command) {
+    let creds = sb.json(&["branch", "password", branch]);
+    cmd.env("PGHOST", creds["host"].as_str().unwrap())
+        .env("PGPORT", creds["port"].to_string())
+        .env("PGUSER", creds["user"].as_str().unwrap())
+        .env("PGPASSWORD", creds["password"].as_str().unwrap())
+        .env("PGDATABASE", creds["database"].as_str().unwrap());
+}
+
+#[test]
+fn eight_parallel_creates_in_one_project_all_succeed_with_unique_ports() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("par");
+    let one = Instant::now();
+    sb.ok(&["branch", "create", &format!("{p}/solo")]);
+    let one = one.elapsed();
+
+    let all = Instant::now();
+    let children: Vec<_> = (0..8)
+        .map(|i| spawn(&sb, &["branch", "create", &format!("{p}/b{i}")]))
+        .collect();
+    for (i, child) in children.into_iter().enumerate() {
+        succeeded(child.wait_with_output().unwrap(), &format!("create b{i}"));
+    }
+    let all = all.elapsed();
+    eprintln!("one create: {one:.1?}; eight in parallel: {all:.1?}");
+
+    let branches = sb.state()["projects"][&p]["branches"].clone();
+    let branches = branches.as_object().unwrap();
+    assert_eq!(branches.len(), 10, "main, solo and b0..b7");
+    let mut ports: Vec<u64> = branches
+        .values()
+        .map(|b| b["port"].as_u64().unwrap())
+        .collect();
+    ports.sort();
+    ports.dedup();
+    assert_eq!(ports.len(), 10, "ports are unique");
+    for i in 0..8 {
+        assert_eq!(sb.sql(&format!("{p}/b{i}"), "SELECT 1"), "1");
+    }
+    sb.assert_consistent(&p);
+    // A generous sanity bound only: the creates overlap their waiting for PostgreSQL.
+    assert!(
+        all < one * 8,
+        "eight creates took {all:?}, one took {one:?}"
+    );
+}
+
+#[test]
+fn branches_made_under_load_cost_the_parent_nothing() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("load");
+    let main = format!("{p}/main");
+    let mut init = Command::new("pgbench");
+    init.args(["-i", "-s", "2", "-q"]);
+    pg_env(&sb, &main, &mut init);
+    succeeded(init.output().unwrap(), "pgbench -i");
+    sb.ok(&["branch", "create", &format!("{p}/first")]);
+    let started = sb.sql(&main, "SELECT pg_postmaster_start_time()");
+
+    let mut bench = Command::new("pgbench");
+    bench
+        .args(["-c", "4", "-j", "2", "-T", "25", "-n"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    pg_env(&sb, &main, &mut bench);
+    let bench = bench.spawn().unwrap();
+
+    let creates: Vec<_> = (0..5)
+        .map(|i| spawn(&sb, &["branch", "create", &format!("{p}/l{i}")]))
+        .collect();
+    let reset = spawn(&sb, &["branch", "reset", &format!("{p}/first")]);
+    for (i, child) in creates.into_iter().enumerate() {
+        succeeded(child.wait_with_output().unwrap(), &format!("create l{i}"));
+    }
+    succeeded(reset.wait_with_output().unwrap(), "reset first");
+
+    let out = bench.wait_with_output().unwrap();
+    let report = String::from_utf8_lossy(&out.stdout).into_owned();
+    eprintln!("{report}");
+    succeeded(out, "pgbench");
+    assert!(
+        report.contains("number of failed transactions: 0"),
+        "pgbench saw failures:\n{report}"
+    );
+    assert_eq!(
+        sb.sql(&main, "SELECT pg_postmaster_start_time()"),
+        started,
+        "the parent restarted"
+    );
+
+    let amcheck = Command::new("sh")
+        .args(["-c", "command -v pg_amcheck"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    for b in ["first", "l0", "l1", "l2", "l3", "l4"] {
+        let b = format!("{p}/{b}");
+        // pgbench's own check: every transaction moved a balance and wrote its history row.
+        let sums = sb.sql(
+            &b,
+            "SELECT (SELECT sum(abalance) FROM pgbench_accounts) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history) \
+             AND (SELECT sum(bbalance) FROM pgbench_branches) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history) \
+             AND (SELECT sum(tbalance) FROM pgbench_tellers) = (SELECT coalesce(sum(delta), 0) FROM pgbench_history)",
+        );
+        assert_eq!(sums, "t", "{b}: balances and history disagree");
+        if amcheck {
+            let mut check = Command::new("pg_amcheck");
+            check.arg("--heapallindexed");
+            pg_env(&sb, &b, &mut check);
+            succeeded(check.output().unwrap(), &format!("pg_amcheck on {b}"));
+        }
+    }
+    sb.assert_consistent(&p);
+}

@@ -1,0 +1,94 @@
+//! Security (private files, no secret in argv or logs, loopback only) and resource exhaustion
+//! (tools or daemons missing): each a clear error naming the fix, nothing half-made.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+
+use crate::util::Sandbox;
+
+fn mode(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[test]
+fn no_secret_in_process_arguments_logs_or_readable_files() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("sec");
+    let main = format!("{p}/main");
+    let password = sb.json(&["branch", "password", &main])["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // While a create is in flight (its container up), no process on the host shows the password.
+    let paused = sb.paused("ready", &["branch", "create", &format!("{p}/dev")]);
+    let ps = Command::new("ps")
+        .args(["-eww", "-o", "args"])
+        .output()
+        .unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout).into_owned();
+    let (_, said) = paused.signal("INT");
+    assert!(ps.contains("velo"), "ps lists velo");
+    assert!(
+        !ps.contains(&password),
+        "the password is in a process's arguments"
+    );
+    assert!(
+        !said.contains(&password),
+        "the password is in velo's output"
+    );
+    let out = sb.run(&["branch", "create", &format!("{p}/dev")]);
+    for text in [&out.stdout, &out.stderr] {
+        assert!(!String::from_utf8_lossy(text).contains(&password));
+    }
+    // Containers publish on the loopback address only.
+    let port = Command::new("docker")
+        .args(["port", &format!("velo-{p}.dev")])
+        .output()
+        .unwrap();
+    let port = String::from_utf8_lossy(&port.stdout).into_owned();
+    assert!(
+        port.contains("127.0.0.1:") && !port.contains("0.0.0.0"),
+        "{port}"
+    );
+    // State and WAL archives are readable by their owner only.
+    assert_eq!(mode(sb.home()), 0o700);
+    assert_eq!(mode(&sb.home().join("state.json")), 0o600);
+    let wal = sb.home().join("wal");
+    assert_eq!(mode(&wal) & 0o077, 0, "{} is open to others", wal.display());
+    let generation = wal.join(&p).join("main").join("0");
+    assert_eq!(mode(&generation) & 0o077, 0);
+    assert_ne!(std::fs::metadata(&generation).unwrap().uid(), u32::MAX);
+}
+
+#[test]
+fn missing_tools_and_daemons_are_clear_errors_that_leave_nothing() {
+    let mut sb = Sandbox::new();
+    let name = sb.project("res");
+    let create = [
+        "project",
+        "create",
+        &name,
+        "--pool",
+        &sb.rig.pool.clone(),
+        "--image",
+        &sb.rig.image.clone(),
+    ];
+    sb.set_env("VELO_ZFS", "/nonexistent/zfs");
+    sb.set_env("VELO_ZPOOL", "/nonexistent/zpool");
+    let err = sb.fails(&create);
+    assert!(
+        err.contains("is not installed") && err.contains("install OpenZFS"),
+        "{err}"
+    );
+    sb.clear_env();
+    sb.set_env("DOCKER_HOST", "unix:///nonexistent/docker.sock");
+    let err = sb.fails(&create);
+    assert!(
+        err.contains("cannot reach the Docker daemon") && err.contains("start it"),
+        "{err}"
+    );
+    sb.clear_env();
+    assert!(sb.state()["projects"].get(&name).is_none());
+    assert!(sb.zfs_tree(&name).is_empty());
+    assert!(sb.containers(&name).is_empty());
+}
