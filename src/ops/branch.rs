@@ -14,8 +14,8 @@ use serde_json::json;
 
 use super::{
     Ctx, Undo, UndoStep, allocate_port, branch_mut, claim, container_spec, create_archive,
-    endpoint, get_branch, get_project, get_project_mut, mounted_at, release, start_and_wait, url,
-    wait_ready,
+    endpoint, ensure_mounted, get_branch, get_project, get_project_mut, mounted_at, release,
+    start_and_wait, url, wait_ready,
 };
 use crate::archive::{self, conf_quote};
 use crate::docker::ContainerStatus;
@@ -23,7 +23,7 @@ use crate::names::{self, BranchName, BranchRef};
 use crate::state::{Branch, Generation, Origin, Project, RunState, State};
 
 /// How long a branch (which needs no initdb) may take to answer.
-const BRANCH_READY: Duration = Duration::from_secs(60);
+pub(super) const BRANCH_READY: Duration = Duration::from_secs(60);
 
 /// How long a point-in-time recovery may take to replay WAL and promote.
 const PITR_READY: Duration = Duration::from_secs(600);
@@ -268,7 +268,14 @@ async fn new_generation(
     let snapshot = origin.zfs_name(&project.pool, &r.project);
     let dataset = b.dataset(&project.pool, r);
     ctx.shell
-        .step("Clone", ctx.zfs.clone_snapshot(&snapshot, &dataset))
+        .step(
+            "Clone",
+            ctx.zfs.clone_snapshot(
+                &snapshot,
+                &dataset,
+                &[(super::HOME_PROPERTY, &ctx.home_label())],
+            ),
+        )
         .await?;
     undo.push(UndoStep::DestroyDataset(dataset.clone()));
     create_archive(ctx, project, r, b.generation)?;
@@ -673,7 +680,12 @@ fn subtree_post_order(p: &Project, root: &BranchName) -> Vec<BranchName> {
     out
 }
 
-async fn delete_one(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> Result<()> {
+pub(super) async fn delete_one(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    b: &Branch,
+) -> Result<()> {
     let pool = &project.pool;
     ctx.shell
         .step(
@@ -783,20 +795,21 @@ fn finish_run_change(
 }
 
 /// Starts a branch's container, re-creating it from state if it was removed behind velo's back
-/// (the data is on the dataset, the container holds none).
+/// (the data is on the dataset, the container holds none), and mounting its dataset if it is not
+/// mounted (after a reboot or a zfs-fuse restart).
 async fn ensure_running(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> Result<()> {
     let name = names::container_name(r);
     match ctx.runtime.status(&name).await? {
         ContainerStatus::Running => return wait_ready(ctx, project, r, b, BRANCH_READY).await,
         ContainerStatus::Missing => {
-            let mountpoint = mounted_at(ctx, &b.dataset(&project.pool, r)).await?;
+            let mountpoint = ensure_mounted(ctx, &b.dataset(&project.pool, r)).await?;
             let spec = container_spec(ctx, project, r, b, &mountpoint);
             ctx.shell
                 .step("Re-create container", ctx.runtime.create(&spec))
                 .await?;
         }
         _ => {
-            mounted_at(ctx, &b.dataset(&project.pool, r)).await?;
+            ensure_mounted(ctx, &b.dataset(&project.pool, r)).await?;
         }
     }
     start_and_wait(ctx, project, r, b, BRANCH_READY).await

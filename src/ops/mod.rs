@@ -10,6 +10,7 @@
 //!    reservation is removed.
 
 pub mod branch;
+pub mod drift;
 pub mod project;
 pub mod snapshot;
 pub mod status;
@@ -36,6 +37,11 @@ pub const PORT_RANGE: std::ops::RangeInclusive<u16> = 54320..=54999;
 
 /// Where containers publish their port unless the user asks otherwise.
 pub const DEFAULT_HOST_IP: &str = "127.0.0.1";
+
+/// The ZFS user property velo sets on every dataset it creates, naming the velo home that owns
+/// it: several velo homes (users) can share one pool, and only a dataset with this home's mark
+/// (or, from before the mark, one under a project of this home) is ever called an orphan.
+pub const HOME_PROPERTY: &str = "dev.velo:home";
 
 /// What an operation may touch.
 pub struct Ctx {
@@ -311,6 +317,38 @@ pub async fn mounted_at(ctx: &Ctx, dataset: &str) -> Result<String> {
         .await
         .with_context(|| format!("checking that {dataset} is mounted"))?
         .ok_or_else(|| anyhow!("dataset {dataset} is not mounted: run `zfs mount {dataset}`"))
+}
+
+/// Mounts a branch's dataset if it is not mounted (after a reboot, or a restart of the zfs-fuse
+/// daemon, which also leaves a dead FUSE mount on the mountpoint that must go first) and
+/// returns its mountpoint.
+pub async fn ensure_mounted(ctx: &Ctx, dataset: &str) -> Result<String> {
+    let props = ctx
+        .zfs
+        .get(&[dataset], &["mounted", "mountpoint"])
+        .await
+        .with_context(|| format!("checking that {dataset} is mounted"))?;
+    let value = |k: &str| props.get(dataset).and_then(|p| p.get(k)).cloned().flatten();
+    let Some(mountpoint) = value("mountpoint").filter(|m| m.starts_with('/')) else {
+        bail!("dataset {dataset} has no mountpoint: `zfs inherit mountpoint {dataset}`");
+    };
+    let stale = ctx.zfs.stale_mounts().contains(&mountpoint);
+    if value("mounted").as_deref() == Some("yes") && !stale {
+        return Ok(mountpoint);
+    }
+    ctx.shell
+        .step("Mount", async {
+            if stale {
+                ctx.zfs.clear_stale_mount(&mountpoint).await?;
+            }
+            match ctx.zfs.mount(dataset).await {
+                Err(e) if !e.to_string().contains("already mounted") => Err(e),
+                _ => Ok(()),
+            }
+        })
+        .await
+        .with_context(|| format!("mounting {dataset}"))?;
+    mounted_at(ctx, dataset).await
 }
 
 /// Starts a branch's container and waits until PostgreSQL answers.

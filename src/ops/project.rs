@@ -122,12 +122,14 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
         props.push(("compression", compression));
         let project_ds = names::project_dataset(&pool, &name);
         let main_ds = main.dataset(&pool, &main_ref);
+        let home = ctx.home_label();
+        let mark = [(super::HOME_PROPERTY, home.as_str())];
         ctx.shell
             .step("Create dataset", async {
                 ctx.zfs.ensure(&base, &props).await?;
-                ctx.zfs.create(&project_ds, &[]).await?;
+                ctx.zfs.create(&project_ds, &mark).await?;
                 undo.push(UndoStep::DestroyDataset(project_ds.clone()));
-                ctx.zfs.create(&main_ds, &[]).await?;
+                ctx.zfs.create(&main_ds, &mark).await?;
                 Ok::<_, anyhow::Error>(())
             })
             .await?;

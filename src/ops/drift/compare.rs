@@ -1,0 +1,662 @@
+//! The pure half of drift detection: velo's state against what ZFS, Docker and the host's ports
+//! say, as a list of [`Finding`]s. No I/O here, so every case is unit-tested on fake inputs.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::docker::ManagedContainer;
+use crate::names::{self, BranchRef, ProjectName};
+use crate::state::{Branch, Project, RunState, State};
+use crate::zfs::Entry;
+
+/// What velo saw of the world, gathered in a handful of calls (see [`super::observe`]).
+#[derive(Debug, Clone, Default)]
+pub struct Observed {
+    /// The imported pools.
+    pub pools: BTreeSet<String>,
+    /// Every filesystem and snapshot under `<pool>/velo` of each pool.
+    pub datasets: BTreeMap<String, Entry>,
+    /// The containers labelled with this velo home.
+    pub containers: Vec<ManagedContainer>,
+    /// Ports of branches whose container is not running that something else listens on.
+    pub ports_taken: BTreeSet<u16>,
+    /// Mountpoints left behind by a zfs-fuse daemon that is gone.
+    pub stale_mounts: BTreeSet<String>,
+}
+
+/// Whether a command is working on a branch. This is the one question drift asks about
+/// operations in progress; an operation journal can answer it instead of the busy marker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Activity {
+    Idle,
+    /// A live velo process is changing the branch: what looks like drift may be its work.
+    Live {
+        operation: String,
+        pid: u32,
+    },
+    /// A velo process began changing the branch and is gone.
+    Interrupted {
+        operation: String,
+        pid: u32,
+    },
+}
+
+/// One mismatch between the state and the world.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// A state pool is not imported: nothing in it can be judged.
+    PoolMissing {
+        pool: String,
+    },
+    Interrupted {
+        operation: String,
+        pid: u32,
+    },
+    /// The project's dataset (and so all its data) is gone.
+    ProjectGone {
+        dataset: String,
+    },
+    /// The current generation of a branch is gone.
+    DataGone {
+        dataset: String,
+        main: bool,
+    },
+    RetiredGone {
+        generation: u32,
+        dataset: String,
+    },
+    SnapshotGone {
+        id: String,
+        snapshot: String,
+    },
+    Unmounted {
+        dataset: String,
+        mountpoint: String,
+        stale: bool,
+    },
+    ContainerGone {
+        container: String,
+        dataset: String,
+    },
+    /// The container serves another directory than the branch's current data.
+    ContainerOnOtherData {
+        container: String,
+        serving: Option<String>,
+        expected: String,
+    },
+    Stopped {
+        container: String,
+    },
+    RunningUnasked {
+        container: String,
+    },
+    PortTaken {
+        port: u16,
+    },
+    OrphanContainer {
+        container: String,
+    },
+    OrphanDataset {
+        dataset: String,
+    },
+    OrphanSnapshot {
+        snapshot: String,
+    },
+}
+
+/// A problem, where it is, and the likely cause.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub project: Option<ProjectName>,
+    /// Set for problems a branch-level fix repairs.
+    pub branch: Option<BranchRef>,
+    pub problem: Problem,
+    pub cause: String,
+}
+
+impl Finding {
+    /// A short stable name of the problem, for `--json`.
+    pub fn kind(&self) -> &'static str {
+        match &self.problem {
+            Problem::PoolMissing { .. } => "pool-missing",
+            Problem::Interrupted { .. } => "interrupted",
+            Problem::ProjectGone { .. } => "project-gone",
+            Problem::DataGone { .. } => "data-gone",
+            Problem::RetiredGone { .. } => "retired-gone",
+            Problem::SnapshotGone { .. } => "snapshot-gone",
+            Problem::Unmounted { .. } => "unmounted",
+            Problem::ContainerGone { .. } => "container-gone",
+            Problem::ContainerOnOtherData { .. } => "container-on-other-data",
+            Problem::Stopped { .. } => "stopped",
+            Problem::RunningUnasked { .. } => "running-unasked",
+            Problem::PortTaken { .. } => "port-taken",
+            Problem::OrphanContainer { .. } => "orphan-container",
+            Problem::OrphanDataset { .. } => "orphan-dataset",
+            Problem::OrphanSnapshot { .. } => "orphan-snapshot",
+        }
+    }
+
+    /// Where the problem is: a branch, project or the thing itself.
+    pub fn place(&self) -> String {
+        match (&self.branch, &self.project, &self.problem) {
+            (Some(r), _, _) => r.to_string(),
+            (None, Some(p), _) => p.to_string(),
+            (None, None, Problem::PoolMissing { pool }) => pool.clone(),
+            (None, None, _) => "-".into(),
+        }
+    }
+
+    /// What is wrong, in a sentence.
+    pub fn what(&self) -> String {
+        match &self.problem {
+            Problem::PoolMissing { pool } => format!("ZFS pool {pool} is not imported"),
+            Problem::Interrupted { operation, pid } => {
+                format!(
+                    "`velo {operation}` (pid {pid}) stopped mid-way and left the branch marked busy"
+                )
+            }
+            Problem::ProjectGone { dataset } => {
+                format!("dataset {dataset} and all its branches' data are gone")
+            }
+            Problem::DataGone { dataset, .. } => format!("dataset {dataset} is gone"),
+            Problem::RetiredGone { dataset, .. } => {
+                format!(
+                    "dataset {dataset} (an older generation kept for snapshots or clones) is gone"
+                )
+            }
+            Problem::SnapshotGone { id, snapshot } => format!("snapshot {id} ({snapshot}) is gone"),
+            Problem::Unmounted {
+                dataset,
+                mountpoint,
+                stale: true,
+            } => format!("dataset {dataset} is not usable: {mountpoint} is a dead FUSE mount"),
+            Problem::Unmounted { dataset, .. } => format!("dataset {dataset} is not mounted"),
+            Problem::ContainerGone { container, .. } => format!("container {container} is gone"),
+            Problem::ContainerOnOtherData {
+                container,
+                serving,
+                expected,
+            } => format!(
+                "container {container} serves {} instead of {expected}",
+                serving.as_deref().unwrap_or("no data directory")
+            ),
+            Problem::Stopped { container } => {
+                format!("container {container} is stopped, but the branch should run")
+            }
+            Problem::RunningUnasked { container } => {
+                format!("container {container} runs, but the branch was stopped with velo")
+            }
+            Problem::PortTaken { port } => {
+                format!("port {port} is taken by another program, so the branch cannot start")
+            }
+            Problem::OrphanContainer { container } => {
+                format!("container {container} is velo's but no branch records it")
+            }
+            Problem::OrphanDataset { dataset } => {
+                format!("dataset {dataset} is velo's but nothing records it")
+            }
+            Problem::OrphanSnapshot { snapshot } => {
+                format!("snapshot {snapshot} is velo's but nothing records it")
+            }
+        }
+    }
+
+    /// What `--fix` does, or what to do by hand when velo cannot repair it safely.
+    pub fn fix(&self) -> String {
+        match &self.problem {
+            Problem::PoolMissing { pool } => {
+                format!("none automatic: import it (`zpool import {pool}`), then run `velo repair` again")
+            }
+            Problem::Interrupted { .. } => {
+                "clear the busy marker, then repair the branch like any other".into()
+            }
+            Problem::ProjectGone { .. } => {
+                "forget the project (remove its containers and WAL archives)".into()
+            }
+            Problem::DataGone { main: true, .. } => {
+                "none automatic: the project's main data is gone; restore it from a backup, or `velo project delete --force`".into()
+            }
+            Problem::DataGone { .. } => {
+                "forget the branch (remove its container and WAL archive)".into()
+            }
+            Problem::RetiredGone { .. } => {
+                "forget that generation and the snapshots that were on it".into()
+            }
+            Problem::SnapshotGone { .. } => "forget the snapshot".into(),
+            Problem::Unmounted { dataset, stale, .. } => format!(
+                "{}mount {dataset} and restart the container on it",
+                if *stale {
+                    "unmount the dead mount, "
+                } else {
+                    ""
+                }
+            ),
+            Problem::ContainerGone { container, dataset } => {
+                format!("re-create {container} on {dataset} (start it if the branch should run)")
+            }
+            Problem::ContainerOnOtherData { container, .. } => {
+                format!("re-create {container} on the branch's current data")
+            }
+            Problem::Stopped { .. } => "start it and wait until PostgreSQL answers".into(),
+            Problem::RunningUnasked { .. } => "record the branch as running".into(),
+            Problem::PortTaken { .. } => {
+                "move the branch to a free port (its URL changes) and re-create its container"
+                    .into()
+            }
+            Problem::OrphanContainer { .. } => "remove the container (it holds no data)".into(),
+            Problem::OrphanDataset { dataset } => {
+                format!("destroy {dataset} with its snapshots (needs --force: it holds data)")
+            }
+            Problem::OrphanSnapshot { snapshot } => {
+                format!("destroy {snapshot} (needs --force: it holds data)")
+            }
+        }
+    }
+
+    /// Whether `--fix` repairs it at all.
+    pub fn fixable(&self) -> bool {
+        !matches!(
+            self.problem,
+            Problem::PoolMissing { .. } | Problem::DataGone { main: true, .. }
+        )
+    }
+
+    /// Whether the fix destroys data, and so needs `--force`.
+    pub fn needs_force(&self) -> bool {
+        matches!(
+            self.problem,
+            Problem::OrphanDataset { .. } | Problem::OrphanSnapshot { .. }
+        )
+    }
+}
+
+/// The comparison's result: findings, and the branches left alone because a live command is
+/// working on them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Comparison {
+    pub findings: Vec<Finding>,
+    pub in_progress: Vec<(BranchRef, String, u32)>,
+    /// How many branches were compared.
+    pub checked: usize,
+}
+
+/// What the state records, and which names a live command may be creating right now.
+pub struct Known {
+    datasets: BTreeSet<String>,
+    snapshots: BTreeSet<String>,
+    /// `<pool>/velo/<project>/<branch>.` of branches a live command works on: a reset or
+    /// restore clones its next generation there before the state records it.
+    live_prefixes: Vec<String>,
+    /// Project datasets with a live command: it may be taking a snapshot the state does not
+    /// record yet (a reset snapshots the parent before it records the origin).
+    live_projects: BTreeSet<String>,
+    /// `(project, branch)` of every branch, as container labels name them.
+    branches: BTreeSet<(String, String)>,
+    projects: BTreeSet<String>,
+}
+
+impl Known {
+    pub fn new(state: &State, activity: &dyn Fn(&Branch) -> Activity) -> Known {
+        let mut k = Known {
+            datasets: BTreeSet::new(),
+            snapshots: BTreeSet::new(),
+            live_prefixes: Vec::new(),
+            live_projects: BTreeSet::new(),
+            branches: BTreeSet::new(),
+            projects: BTreeSet::new(),
+        };
+        for (pname, p) in &state.projects {
+            let pd = names::project_dataset(&p.pool, pname);
+            k.datasets.insert(pd.clone());
+            k.projects.insert(pd.clone());
+            for s in &p.snapshots {
+                k.snapshots.insert(s.zfs_name(&p.pool, pname));
+            }
+            for (bname, b) in &p.branches {
+                let r = BranchRef::new(pname.clone(), bname.clone());
+                k.branches.insert((pname.to_string(), bname.to_string()));
+                let generations = b.retired.iter().map(|g| (g.generation, g.origin.as_ref()));
+                for (generation, origin) in generations.chain([(b.generation, b.origin.as_ref())]) {
+                    k.datasets
+                        .insert(names::branch_dataset(&p.pool, &r, generation));
+                    if let Some(o) = origin {
+                        k.snapshots.insert(o.zfs_name(&p.pool, pname));
+                    }
+                }
+                if let Activity::Live { .. } = activity(b) {
+                    k.live_prefixes.push(format!("{pd}/{bname}."));
+                    k.live_projects.insert(pd.clone());
+                }
+            }
+        }
+        k
+    }
+
+    /// Whether an orphan container may be removed: no branch records it.
+    pub fn owns_container(&self, c: &ManagedContainer) -> bool {
+        match (c.project.parse(), c.branch.parse()) {
+            (Ok(p), Ok(b)) => {
+                self.branches
+                    .contains(&(c.project.clone(), c.branch.clone()))
+                    && names::container_name(&BranchRef::new(p, b)) == c.name
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether a dataset is recorded, or may be a live command's work in progress.
+    pub fn holds_dataset(&self, dataset: &str) -> bool {
+        self.datasets.contains(dataset) || self.live_prefixes.iter().any(|p| dataset.starts_with(p))
+    }
+
+    /// Whether a snapshot is recorded, or may be a live command's work in progress.
+    pub fn holds_snapshot(&self, snapshot: &str) -> bool {
+        let dataset = snapshot.split('@').next().unwrap_or(snapshot);
+        self.snapshots.contains(snapshot)
+            || self
+                .live_projects
+                .iter()
+                .any(|p| dataset.starts_with(&format!("{p}/")))
+    }
+}
+
+/// Compares the state with what was observed. `home` is this velo home's mark; `activity`
+/// says whether a command is working on a branch.
+pub fn compare(
+    state: &State,
+    home: &str,
+    home_property: &str,
+    seen: &Observed,
+    activity: &dyn Fn(&Branch) -> Activity,
+) -> Comparison {
+    let mut out = Comparison::default();
+    let known = Known::new(state, activity);
+    let restarts = Restarts::infer(state, seen);
+    let mut missing_pools = BTreeSet::new();
+    for (pname, p) in &state.projects {
+        if !seen.pools.contains(&p.pool) {
+            missing_pools.insert(p.pool.clone());
+            continue;
+        }
+        compare_project(pname, p, seen, activity, &restarts, &mut out);
+    }
+    for pool in missing_pools {
+        out.findings.push(Finding {
+            project: None,
+            branch: None,
+            problem: Problem::PoolMissing { pool },
+            cause: "the pool was exported, or is not imported yet after a reboot".into(),
+        });
+    }
+    orphans(home, home_property, seen, &known, &mut out);
+    out
+}
+
+/// What the observations say about daemons that restarted behind velo's back.
+struct Restarts {
+    docker: bool,
+    zfs: bool,
+}
+
+impl Restarts {
+    /// Docker (or the host) restarted when none of several containers that should run does;
+    /// ZFS restarted when none of several datasets is mounted or a dead FUSE mount is left.
+    fn infer(state: &State, seen: &Observed) -> Restarts {
+        let mut should_run = 0;
+        let mut runs = 0;
+        let mut datasets = 0;
+        let mut mounted = 0;
+        for (pname, p) in &state.projects {
+            for (bname, b) in &p.branches {
+                let r = BranchRef::new(pname.clone(), bname.clone());
+                let name = names::container_name(&r);
+                if let Some(c) = seen.containers.iter().find(|c| c.name == name)
+                    && b.desired == RunState::Running
+                {
+                    should_run += 1;
+                    runs += usize::from(c.running);
+                }
+                if let Some(e) = seen.datasets.get(&b.dataset(&p.pool, &r)) {
+                    datasets += 1;
+                    mounted += usize::from(e.mounted);
+                }
+            }
+        }
+        Restarts {
+            docker: should_run >= 2 && runs == 0,
+            zfs: !seen.stale_mounts.is_empty() || (datasets >= 2 && mounted == 0),
+        }
+    }
+}
+
+fn compare_project(
+    pname: &ProjectName,
+    p: &Project,
+    seen: &Observed,
+    activity: &dyn Fn(&Branch) -> Activity,
+    restarts: &Restarts,
+    out: &mut Comparison,
+) {
+    let pd = names::project_dataset(&p.pool, pname);
+    let live: Vec<_> = p
+        .branches
+        .values()
+        .filter(|b| matches!(activity(b), Activity::Live { .. }))
+        .collect();
+    if !seen.datasets.contains_key(&pd) && live.is_empty() {
+        out.checked += p.branches.len();
+        out.findings.push(Finding {
+            project: Some(pname.clone()),
+            branch: None,
+            problem: Problem::ProjectGone { dataset: pd },
+            cause: "destroyed outside velo (`zfs destroy -r`)".into(),
+        });
+        return;
+    }
+    for (bname, b) in &p.branches {
+        let r = BranchRef::new(pname.clone(), bname.clone());
+        let mut push = |problem: Problem, cause: String| {
+            out.findings.push(Finding {
+                project: Some(pname.clone()),
+                branch: Some(r.clone()),
+                problem,
+                cause,
+            })
+        };
+        match activity(b) {
+            Activity::Live { operation, pid } => {
+                out.in_progress.push((r.clone(), operation, pid));
+                continue;
+            }
+            Activity::Interrupted { operation, pid } => push(
+                Problem::Interrupted { operation, pid },
+                "the process was killed, or the host lost power".into(),
+            ),
+            Activity::Idle => {}
+        }
+        out.checked += 1;
+        let dataset = b.dataset(&p.pool, &r);
+        let container = names::container_name(&r);
+        let Some(entry) = seen.datasets.get(&dataset).filter(|e| !e.snapshot) else {
+            push(
+                Problem::DataGone {
+                    dataset,
+                    main: bname.is_main(),
+                },
+                "destroyed outside velo (`zfs destroy`)".into(),
+            );
+            continue;
+        };
+        for g in &b.retired {
+            let old = names::branch_dataset(&p.pool, &r, g.generation);
+            if !seen.datasets.contains_key(&old) {
+                push(
+                    Problem::RetiredGone {
+                        generation: g.generation,
+                        dataset: old,
+                    },
+                    "destroyed outside velo (`zfs destroy`)".into(),
+                );
+            }
+        }
+        for s in p.snapshots.iter().filter(|s| s.branch == *bname) {
+            let on = names::branch_dataset(&p.pool, &r, s.generation);
+            let snapshot = s.zfs_name(&p.pool, pname);
+            if seen.datasets.contains_key(&on) && !seen.datasets.contains_key(&snapshot) {
+                push(
+                    Problem::SnapshotGone {
+                        id: s.id.clone(),
+                        snapshot,
+                    },
+                    "destroyed outside velo (`zfs destroy`)".into(),
+                );
+            }
+        }
+        if let Some(mountpoint) = &entry.mountpoint {
+            let stale = seen.stale_mounts.contains(mountpoint);
+            if stale || !entry.mounted {
+                let cause = if stale {
+                    "the zfs-fuse daemon died or was restarted and left its old mount behind"
+                } else if restarts.zfs {
+                    "ZFS was restarted (the zfs-fuse daemon, or the host rebooted): none of this home's datasets is mounted"
+                } else {
+                    "unmounted outside velo (`zfs unmount`)"
+                };
+                push(
+                    Problem::Unmounted {
+                        dataset: dataset.clone(),
+                        mountpoint: mountpoint.clone(),
+                        stale,
+                    },
+                    cause.into(),
+                );
+            }
+        }
+        let live = seen.containers.iter().find(|c| c.name == container);
+        let running = live.is_some_and(|c| c.running);
+        match live {
+            None => push(
+                Problem::ContainerGone {
+                    container,
+                    dataset: dataset.clone(),
+                },
+                "removed outside velo (`docker rm`), or Docker lost its containers".into(),
+            ),
+            Some(c) => {
+                let expected = entry.mountpoint.as_deref().map(super::super::data_dir);
+                if expected.is_some() && c.data_source != expected {
+                    push(
+                        Problem::ContainerOnOtherData {
+                            container,
+                            serving: c.data_source.clone(),
+                            expected: expected.unwrap_or_default(),
+                        },
+                        "an interrupted reset or restore, or a container made by hand".into(),
+                    );
+                } else if !c.running && b.desired == RunState::Running {
+                    let cause = if restarts.docker {
+                        "dockerd or the host was restarted: none of this home's containers runs"
+                    } else {
+                        "stopped outside velo (`docker stop`), or PostgreSQL exited"
+                    };
+                    push(Problem::Stopped { container }, cause.into());
+                } else if c.running && b.desired == RunState::Stopped {
+                    push(
+                        Problem::RunningUnasked { container },
+                        "started outside velo (`docker start`)".into(),
+                    );
+                }
+            }
+        }
+        if !running && seen.ports_taken.contains(&b.port) {
+            push(
+                Problem::PortTaken { port: b.port },
+                format!(
+                    "another program (or another velo home's branch) listens on 127.0.0.1:{}",
+                    b.port
+                ),
+            );
+        }
+    }
+}
+
+fn orphans(home: &str, home_property: &str, seen: &Observed, known: &Known, out: &mut Comparison) {
+    let cause = "velo made it but no longer records it (an interrupted command, or a state file restored from a backup)";
+    for c in &seen.containers {
+        if !known.owns_container(c) {
+            out.findings.push(Finding {
+                project: c.project.parse().ok(),
+                branch: None,
+                problem: Problem::OrphanContainer {
+                    container: c.name.clone(),
+                },
+                cause: cause.into(),
+            });
+        }
+    }
+    let origins: BTreeSet<&str> = seen
+        .datasets
+        .values()
+        .filter_map(|e| e.origin.as_deref())
+        .collect();
+    let mut orphaned: Vec<String> = Vec::new();
+    for (name, e) in seen.datasets.iter().filter(|(_, e)| !e.snapshot) {
+        let Some(project_ds) = velo_project_of(name) else {
+            continue;
+        };
+        if known.holds_dataset(name) || orphaned.iter().any(|o| name.starts_with(&format!("{o}/")))
+        {
+            continue;
+        }
+        let mark = e.user.get(home_property).map(String::as_str);
+        let ours = match mark {
+            Some(m) => m == home,
+            None => known.projects.contains(project_ds),
+        };
+        let feeds_a_clone = origins.iter().any(|o| o.starts_with(&format!("{name}@")));
+        if !ours || feeds_a_clone {
+            continue;
+        }
+        orphaned.push(name.clone());
+        out.findings.push(Finding {
+            project: project_name(project_ds),
+            branch: None,
+            problem: Problem::OrphanDataset {
+                dataset: name.clone(),
+            },
+            cause: cause.into(),
+        });
+    }
+    for (name, _) in seen.datasets.iter().filter(|(_, e)| e.snapshot) {
+        let Some((dataset, _)) = name.split_once('@') else {
+            continue;
+        };
+        if !known.datasets.contains(dataset)
+            || known.holds_snapshot(name)
+            || origins.contains(name.as_str())
+        {
+            continue;
+        }
+        out.findings.push(Finding {
+            project: velo_project_of(dataset).and_then(project_name),
+            branch: None,
+            problem: Problem::OrphanSnapshot {
+                snapshot: name.clone(),
+            },
+            cause: cause.into(),
+        });
+    }
+}
+
+/// `<pool>/velo/<project>` for a dataset at or one level under a project dataset.
+fn velo_project_of(dataset: &str) -> Option<&str> {
+    let parts: Vec<&str> = dataset.split('/').collect();
+    match parts.as_slice() {
+        [_, "velo", _] => Some(dataset),
+        [_, "velo", _, _] => dataset.rsplit_once('/').map(|(p, _)| p),
+        _ => None,
+    }
+}
+
+fn project_name(project_dataset: &str) -> Option<ProjectName> {
+    project_dataset.rsplit('/').next()?.parse().ok()
+}
