@@ -319,35 +319,42 @@ pub async fn mounted_at(ctx: &Ctx, dataset: &str) -> Result<String> {
         .ok_or_else(|| anyhow!("dataset {dataset} is not mounted: run `zfs mount {dataset}`"))
 }
 
-/// Mounts a branch's dataset if it is not mounted (after a reboot, or a restart of the zfs-fuse
-/// daemon, which also leaves a dead FUSE mount on the mountpoint that must go first) and
-/// returns its mountpoint.
+/// Mounts a branch's dataset, and its parents first, where they are not mounted (after a
+/// reboot, or a restart of the zfs-fuse daemon, which also leaves dead FUSE mounts behind that
+/// must go before anything can be mounted there) and returns the dataset's mountpoint.
 pub async fn ensure_mounted(ctx: &Ctx, dataset: &str) -> Result<String> {
+    let chain: Vec<&str> = dataset
+        .match_indices('/')
+        .map(|(i, _)| &dataset[..i])
+        .chain([dataset])
+        .collect();
     let props = ctx
         .zfs
-        .get(&[dataset], &["mounted", "mountpoint"])
+        .get(&chain, &["mounted", "mountpoint"])
         .await
         .with_context(|| format!("checking that {dataset} is mounted"))?;
-    let value = |k: &str| props.get(dataset).and_then(|p| p.get(k)).cloned().flatten();
-    let Some(mountpoint) = value("mountpoint").filter(|m| m.starts_with('/')) else {
-        bail!("dataset {dataset} has no mountpoint: `zfs inherit mountpoint {dataset}`");
-    };
-    let stale = ctx.zfs.stale_mounts().contains(&mountpoint);
-    if value("mounted").as_deref() == Some("yes") && !stale {
-        return Ok(mountpoint);
+    for ds in chain {
+        let value = |k: &str| props.get(ds).and_then(|p| p.get(k)).cloned().flatten();
+        let Some(mountpoint) = value("mountpoint").filter(|m| m.starts_with('/')) else {
+            continue;
+        };
+        let stale = ctx.zfs.stale_mounts().contains(&mountpoint);
+        if value("mounted").as_deref() == Some("yes") && !stale {
+            continue;
+        }
+        ctx.shell
+            .step(&format!("Mount {ds}"), async {
+                if stale {
+                    ctx.zfs.clear_stale_mount(&mountpoint).await?;
+                }
+                match ctx.zfs.mount(ds).await {
+                    Err(e) if !e.to_string().contains("already mounted") => Err(e),
+                    _ => Ok(()),
+                }
+            })
+            .await
+            .with_context(|| format!("mounting {ds}"))?;
     }
-    ctx.shell
-        .step("Mount", async {
-            if stale {
-                ctx.zfs.clear_stale_mount(&mountpoint).await?;
-            }
-            match ctx.zfs.mount(dataset).await {
-                Err(e) if !e.to_string().contains("already mounted") => Err(e),
-                _ => Ok(()),
-            }
-        })
-        .await
-        .with_context(|| format!("mounting {dataset}"))?;
     mounted_at(ctx, dataset).await
 }
 

@@ -137,11 +137,17 @@ impl Finding {
 
     /// Where the problem is: a branch, project or the thing itself.
     pub fn place(&self) -> String {
-        match (&self.branch, &self.project, &self.problem) {
-            (Some(r), _, _) => r.to_string(),
-            (None, Some(p), _) => p.to_string(),
-            (None, None, Problem::PoolMissing { pool }) => pool.clone(),
-            (None, None, _) => "-".into(),
+        match (&self.branch, &self.problem) {
+            (Some(r), _) => r.to_string(),
+            (None, Problem::PoolMissing { pool }) => pool.clone(),
+            (None, Problem::OrphanContainer { container }) => container.clone(),
+            (None, Problem::OrphanDataset { dataset }) => dataset.clone(),
+            (None, Problem::OrphanSnapshot { snapshot }) => snapshot.clone(),
+            (None, _) => self
+                .project
+                .as_ref()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
         }
     }
 
@@ -659,4 +665,374 @@ fn velo_project_of(dataset: &str) -> Option<&str> {
 
 fn project_name(project_dataset: &str) -> Option<ProjectName> {
     project_dataset.rsplit('/').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use chrono::Utc;
+
+    use super::*;
+    use crate::state::{Busy, Origin};
+
+    const HOME: &str = "/home/a/.velo";
+    const PROP: &str = "dev.velo:home";
+
+    fn branch(parent: Option<&str>, port: u16) -> Branch {
+        Branch {
+            parent: parent.map(|p| p.parse().unwrap()),
+            port,
+            generation: 0,
+            origin: parent.map(|p| Origin {
+                branch: p.parse().unwrap(),
+                generation: 0,
+                snapshot: "s1".into(),
+                owned: true,
+                created_at: Utc::now(),
+                wal_from: None,
+                recovered: false,
+            }),
+            retired: Vec::new(),
+            desired: RunState::Running,
+            created_at: Utc::now(),
+            busy: None,
+        }
+    }
+
+    /// demo/main and demo/dev (cloned from main.0@s1) on pool tank, as the state has them.
+    fn state() -> State {
+        let project = Project {
+            pool: "tank".into(),
+            image: "postgres:17-alpine".into(),
+            pg_version: None,
+            user: "postgres".into(),
+            password: "x".into(),
+            database: "postgres".into(),
+            pg_uid: 70,
+            pg_gid: 70,
+            created_at: Utc::now(),
+            branches: BTreeMap::from([
+                ("main".parse().unwrap(), branch(None, 54320)),
+                ("dev".parse().unwrap(), branch(Some("main"), 54321)),
+            ]),
+            snapshots: Vec::new(),
+        };
+        State {
+            projects: BTreeMap::from([("demo".parse().unwrap(), project)]),
+            ..State::default()
+        }
+    }
+
+    fn fs(mark: Option<&str>, origin: Option<&str>, name: &str) -> Entry {
+        Entry {
+            snapshot: false,
+            mounted: true,
+            mountpoint: Some(format!("/{name}")),
+            origin: origin.map(str::to_string),
+            user: mark
+                .map(|m| (PROP.to_string(), m.to_string()))
+                .into_iter()
+                .collect(),
+        }
+    }
+
+    fn snap() -> Entry {
+        Entry {
+            snapshot: true,
+            ..Entry::default()
+        }
+    }
+
+    fn container(branch: &str, running: bool) -> ManagedContainer {
+        ManagedContainer {
+            name: format!("velo-demo.{branch}"),
+            project: "demo".into(),
+            branch: branch.into(),
+            running,
+            data_source: Some(format!("/tank/velo/demo/{branch}.0/pgdata")),
+        }
+    }
+
+    /// The world exactly as the state says.
+    fn healthy() -> Observed {
+        let mut datasets = BTreeMap::new();
+        for (name, origin) in [
+            ("tank/velo", None),
+            ("tank/velo/demo", None),
+            ("tank/velo/demo/main.0", None),
+            ("tank/velo/demo/dev.0", Some("tank/velo/demo/main.0@s1")),
+        ] {
+            datasets.insert(name.to_string(), fs(Some(HOME), origin, name));
+        }
+        datasets.insert("tank/velo/demo/main.0@s1".into(), snap());
+        Observed {
+            pools: BTreeSet::from(["tank".to_string()]),
+            datasets,
+            containers: vec![container("main", true), container("dev", true)],
+            ..Observed::default()
+        }
+    }
+
+    fn idle(b: &Branch) -> Activity {
+        match &b.busy {
+            None => Activity::Idle,
+            Some(x) if x.pid == 1 => Activity::Live {
+                operation: x.operation.clone(),
+                pid: 1,
+            },
+            Some(x) => Activity::Interrupted {
+                operation: x.operation.clone(),
+                pid: x.pid,
+            },
+        }
+    }
+
+    fn kinds(state: &State, seen: &Observed) -> Vec<(String, &'static str)> {
+        compare(state, HOME, PROP, seen, &idle)
+            .findings
+            .iter()
+            .map(|f| (f.place(), f.kind()))
+            .collect()
+    }
+
+    fn kind(place: &str, kind: &'static str) -> (String, &'static str) {
+        (place.to_string(), kind)
+    }
+
+    fn busy(pid: u32) -> Option<Busy> {
+        Some(Busy {
+            operation: "branch reset".into(),
+            pid,
+            since: Utc::now(),
+        })
+    }
+
+    #[test]
+    fn agreement_is_clean() {
+        let c = compare(&state(), HOME, PROP, &healthy(), &idle);
+        assert_eq!(c.findings, vec![]);
+        assert_eq!(c.checked, 2);
+    }
+
+    #[test]
+    fn containers_removed_stopped_or_started_by_hand() {
+        let mut seen = healthy();
+        seen.containers.retain(|c| c.branch != "dev");
+        assert_eq!(
+            kinds(&state(), &seen),
+            vec![kind("demo/dev", "container-gone")]
+        );
+
+        let mut seen = healthy();
+        seen.containers[1].running = false;
+        let c = compare(&state(), HOME, PROP, &seen, &idle);
+        assert_eq!(c.findings.len(), 1);
+        assert_eq!(c.findings[0].kind(), "stopped");
+        assert!(
+            c.findings[0].cause.contains("docker stop"),
+            "{:?}",
+            c.findings
+        );
+
+        let mut st = state();
+        st.projects
+            .values_mut()
+            .next()
+            .unwrap()
+            .branches
+            .values_mut()
+            .next()
+            .unwrap()
+            .desired = RunState::Stopped;
+        assert_eq!(
+            kinds(&st, &healthy()),
+            vec![kind("demo/dev", "running-unasked")]
+        );
+    }
+
+    #[test]
+    fn every_container_stopped_reads_as_a_docker_restart() {
+        let mut seen = healthy();
+        for c in &mut seen.containers {
+            c.running = false;
+        }
+        let c = compare(&state(), HOME, PROP, &seen, &idle);
+        assert_eq!(c.findings.len(), 2);
+        assert!(
+            c.findings
+                .iter()
+                .all(|f| f.kind() == "stopped" && f.cause.contains("dockerd"))
+        );
+    }
+
+    #[test]
+    fn a_container_on_other_data() {
+        let mut seen = healthy();
+        seen.containers[1].data_source = Some("/tank/velo/demo/dev.1/pgdata".into());
+        let c = compare(&state(), HOME, PROP, &seen, &idle);
+        assert_eq!(c.findings[0].kind(), "container-on-other-data");
+        assert_eq!(
+            c.findings[0].branch.as_ref().unwrap().to_string(),
+            "demo/dev"
+        );
+    }
+
+    #[test]
+    fn destroyed_datasets_are_forgotten_except_main() {
+        let mut seen = healthy();
+        seen.datasets.remove("tank/velo/demo/dev.0");
+        seen.containers.retain(|c| c.branch != "dev");
+        let c = compare(&state(), HOME, PROP, &seen, &idle);
+        assert_eq!(c.findings.len(), 1, "{:?}", c.findings);
+        assert!(c.findings[0].fixable());
+        assert_eq!(c.findings[0].kind(), "data-gone");
+
+        let mut seen = healthy();
+        seen.datasets.remove("tank/velo/demo/main.0");
+        let c = compare(&state(), HOME, PROP, &seen, &idle);
+        assert_eq!(c.findings.len(), 1, "{:?}", c.findings);
+        assert!(!c.findings[0].fixable());
+
+        let mut seen = healthy();
+        seen.datasets
+            .retain(|n, _| !n.starts_with("tank/velo/demo"));
+        assert_eq!(kinds(&state(), &seen), vec![kind("demo", "project-gone")]);
+    }
+
+    #[test]
+    fn an_unimported_pool_is_not_data_gone() {
+        let mut seen = healthy();
+        seen.pools.clear();
+        seen.datasets.clear();
+        assert_eq!(kinds(&state(), &seen), vec![kind("tank", "pool-missing")]);
+    }
+
+    #[test]
+    fn unmounted_and_dead_mounts() {
+        let mut seen = healthy();
+        seen.datasets
+            .get_mut("tank/velo/demo/dev.0")
+            .unwrap()
+            .mounted = false;
+        let c = compare(&state(), HOME, PROP, &seen, &idle);
+        assert_eq!(c.findings.len(), 1);
+        assert!(c.findings[0].cause.contains("zfs unmount"));
+
+        let mut seen = healthy();
+        seen.stale_mounts.insert("/tank/velo/demo/dev.0".into());
+        let c = compare(&state(), HOME, PROP, &seen, &idle);
+        assert_eq!(
+            c.findings[0].problem,
+            Problem::Unmounted {
+                dataset: "tank/velo/demo/dev.0".into(),
+                mountpoint: "/tank/velo/demo/dev.0".into(),
+                stale: true
+            }
+        );
+        assert!(c.findings[0].cause.contains("zfs-fuse"));
+    }
+
+    #[test]
+    fn a_port_taken_matters_only_while_the_container_is_down() {
+        let mut seen = healthy();
+        seen.ports_taken.insert(54321);
+        assert_eq!(kinds(&state(), &seen), vec![]);
+        seen.containers[1].running = false;
+        assert_eq!(
+            kinds(&state(), &seen),
+            vec![kind("demo/dev", "stopped"), kind("demo/dev", "port-taken")]
+        );
+    }
+
+    #[test]
+    fn orphans_are_only_this_homes() {
+        let mut seen = healthy();
+        let mut add = |name: &str, mark: Option<&str>| {
+            seen.datasets.insert(name.into(), fs(mark, None, name));
+        };
+        add("tank/velo/demo/old.3", Some(HOME));
+        add("tank/velo/demo/premark.0", None);
+        add("tank/velo/demo/theirs.0", Some("/home/b/.velo"));
+        add("tank/velo/gone", Some(HOME));
+        add("tank/velo/gone/main.0", Some(HOME));
+        add("tank/velo/other", None);
+        add("tank/velo/other/main.0", None);
+        seen.datasets
+            .insert("tank/velo/demo/dev.0@junk".into(), snap());
+        seen.datasets
+            .insert("tank/velo/other/main.0@x".into(), snap());
+        let mut stray = container("lost", false);
+        stray.project = "demo".into();
+        seen.containers.push(stray);
+        assert_eq!(
+            kinds(&state(), &seen),
+            vec![
+                kind("velo-demo.lost", "orphan-container"),
+                kind("tank/velo/demo/old.3", "orphan-dataset"),
+                kind("tank/velo/demo/premark.0", "orphan-dataset"),
+                kind("tank/velo/gone", "orphan-dataset"),
+                kind("tank/velo/demo/dev.0@junk", "orphan-snapshot"),
+            ]
+        );
+        let f = compare(&state(), HOME, PROP, &seen, &idle).findings;
+        assert!(
+            f.iter()
+                .filter(|f| f.kind() != "orphan-container")
+                .all(Finding::needs_force)
+        );
+    }
+
+    #[test]
+    fn an_orphan_that_feeds_a_clone_is_kept() {
+        let mut seen = healthy();
+        seen.datasets.insert(
+            "tank/velo/demo/dev.0".into(),
+            fs(
+                Some(HOME),
+                Some("tank/velo/demo/old.1@s"),
+                "tank/velo/demo/dev.0",
+            ),
+        );
+        seen.datasets
+            .insert("tank/velo/demo/old.1".into(), fs(Some(HOME), None, "x"));
+        seen.datasets
+            .insert("tank/velo/demo/old.1@s".into(), snap());
+        assert_eq!(kinds(&state(), &seen), vec![]);
+    }
+
+    #[test]
+    fn live_commands_are_left_alone_and_interrupted_ones_reported() {
+        let mut st = state();
+        let p = st.projects.values_mut().next().unwrap();
+        p.branches.get_mut(&"dev".parse().unwrap()).unwrap().busy = busy(1);
+        let mut seen = healthy();
+        // A reset in progress: the next generation is cloned, the parent snapshotted, the
+        // container swapped; none of it recorded yet.
+        seen.datasets.insert(
+            "tank/velo/demo/dev.1".into(),
+            fs(
+                Some(HOME),
+                Some("tank/velo/demo/main.0@s2"),
+                "tank/velo/demo/dev.1",
+            ),
+        );
+        seen.datasets
+            .insert("tank/velo/demo/main.0@s2".into(), snap());
+        seen.containers[1].data_source = Some("/tank/velo/demo/dev.1/pgdata".into());
+        let c = compare(&st, HOME, PROP, &seen, &idle);
+        assert_eq!(c.findings, vec![]);
+        assert_eq!(c.in_progress.len(), 1);
+
+        let p = st.projects.values_mut().next().unwrap();
+        p.branches.get_mut(&"dev".parse().unwrap()).unwrap().busy = busy(999_999);
+        assert_eq!(
+            kinds(&st, &seen),
+            vec![
+                kind("demo/dev", "interrupted"),
+                kind("demo/dev", "container-on-other-data"),
+                kind("tank/velo/demo/dev.1", "orphan-dataset"),
+            ]
+        );
+    }
 }
