@@ -2,6 +2,7 @@
 //! PostgreSQL (prepared by `scripts/rig-up.sh`; run them with `scripts/test.sh`).
 
 mod branches;
+mod drift;
 mod failures;
 mod history;
 mod util;

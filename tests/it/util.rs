@@ -258,6 +258,11 @@ impl Sandbox {
         names
     }
 
+    /// This sandbox's VELO_HOME.
+    pub fn home(&self) -> &std::path::Path {
+        self.home.path()
+    }
+
     pub fn state(&self) -> Value {
         let path = self.home.path().join("state.json");
         match std::fs::read_to_string(&path) {

@@ -599,46 +599,89 @@ fn orphans(home: &str, home_property: &str, seen: &Observed, known: &Known, out:
             });
         }
     }
-    let origins: BTreeSet<&str> = seen
-        .datasets
-        .values()
-        .filter_map(|e| e.origin.as_deref())
-        .collect();
-    let mut orphaned: Vec<String> = Vec::new();
+    // Candidates: this home's datasets that nothing records, top-most only.
+    let mut orphaned: Vec<&str> = Vec::new();
     for (name, e) in seen.datasets.iter().filter(|(_, e)| !e.snapshot) {
         let Some(project_ds) = velo_project_of(name) else {
             continue;
         };
-        if known.holds_dataset(name) || orphaned.iter().any(|o| name.starts_with(&format!("{o}/")))
-        {
+        if known.holds_dataset(name) || orphaned.iter().any(|o| is_under(name, o)) {
             continue;
         }
-        let mark = e.user.get(home_property).map(String::as_str);
-        let ours = match mark {
-            Some(m) => m == home,
+        let ours = match e.user.get(home_property) {
+            Some(mark) => mark == home,
             None => known.projects.contains(project_ds),
         };
-        let feeds_a_clone = origins.iter().any(|o| o.starts_with(&format!("{name}@")));
-        if !ours || feeds_a_clone {
-            continue;
+        if ours {
+            orphaned.push(name);
         }
-        orphaned.push(name.clone());
+    }
+    // A candidate that a kept dataset was cloned from is kept too, until nothing changes.
+    let is_orphan =
+        |orphaned: &[&str], name: &str| orphaned.iter().any(|o| *o == name || is_under(name, o));
+    loop {
+        let kept_origins: Vec<&str> = seen
+            .datasets
+            .iter()
+            .filter(|(n, e)| !e.snapshot && !is_orphan(&orphaned, n))
+            .filter_map(|(_, e)| e.origin.as_deref())
+            .collect();
+        let before = orphaned.len();
+        orphaned.retain(|o| {
+            !kept_origins
+                .iter()
+                .any(|origin| origin.starts_with(&format!("{o}@")))
+        });
+        if orphaned.len() == before {
+            break;
+        }
+    }
+    // Clones before the datasets they were cloned from, so each destroy can succeed.
+    let origin_of = |name: &str| {
+        seen.datasets
+            .get(name)
+            .and_then(|e| e.origin.as_deref())
+            .and_then(|o| o.split_once('@'))
+            .map(|(d, _)| d.to_string())
+    };
+    let chain = |name: &str| {
+        let mut n = 0;
+        let mut at = origin_of(name);
+        while let Some(d) = at.filter(|d| is_orphan(&orphaned, d)) {
+            n += 1;
+            at = origin_of(&d);
+            if n > orphaned.len() {
+                break;
+            }
+        }
+        n
+    };
+    let mut ordered: Vec<(usize, &str)> = orphaned.iter().map(|o| (chain(o), *o)).collect();
+    ordered.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
+    for (_, name) in &ordered {
         out.findings.push(Finding {
-            project: project_name(project_ds),
+            project: velo_project_of(name).and_then(project_name),
             branch: None,
             problem: Problem::OrphanDataset {
-                dataset: name.clone(),
+                dataset: name.to_string(),
             },
             cause: cause.into(),
         });
     }
+    // Snapshots on kept datasets that nothing records and no kept dataset was cloned from.
+    let kept_origins: BTreeSet<&str> = seen
+        .datasets
+        .iter()
+        .filter(|(n, e)| !e.snapshot && !is_orphan(&orphaned, n))
+        .filter_map(|(_, e)| e.origin.as_deref())
+        .collect();
     for (name, _) in seen.datasets.iter().filter(|(_, e)| e.snapshot) {
         let Some((dataset, _)) = name.split_once('@') else {
             continue;
         };
         if !known.datasets.contains(dataset)
             || known.holds_snapshot(name)
-            || origins.contains(name.as_str())
+            || kept_origins.contains(name.as_str())
         {
             continue;
         }
@@ -651,6 +694,10 @@ fn orphans(home: &str, home_property: &str, seen: &Observed, known: &Known, out:
             cause: cause.into(),
         });
     }
+}
+
+fn is_under(name: &str, parent: &str) -> bool {
+    name.len() > parent.len() && name.starts_with(parent) && name.as_bytes()[parent.len()] == b'/'
 }
 
 /// `<pool>/velo/<project>` for a dataset at or one level under a project dataset.
@@ -984,6 +1031,50 @@ mod tests {
     }
 
     #[test]
+    fn a_forgotten_branch_leaves_its_clone_and_base_snapshot_as_orphans() {
+        let mut seen = healthy();
+        seen.datasets.insert(
+            "tank/velo/demo/extra.0".into(),
+            fs(
+                Some(HOME),
+                Some("tank/velo/demo/main.0@s9"),
+                "tank/velo/demo/extra.0",
+            ),
+        );
+        seen.datasets
+            .insert("tank/velo/demo/main.0@s9".into(), snap());
+        assert_eq!(
+            kinds(&state(), &seen),
+            vec![
+                kind("tank/velo/demo/extra.0", "orphan-dataset"),
+                kind("tank/velo/demo/main.0@s9", "orphan-snapshot"),
+            ]
+        );
+    }
+
+    #[test]
+    fn orphan_clones_come_before_their_origins() {
+        let mut seen = healthy();
+        for (name, origin) in [
+            ("tank/velo/demo/a.0", None),
+            ("tank/velo/demo/b.0", Some("tank/velo/demo/a.0@x")),
+            ("tank/velo/demo/c.0", Some("tank/velo/demo/b.0@y")),
+        ] {
+            seen.datasets
+                .insert(name.into(), fs(Some(HOME), origin, name));
+        }
+        let order: Vec<String> = kinds(&state(), &seen).into_iter().map(|(w, _)| w).collect();
+        assert_eq!(
+            order,
+            [
+                "tank/velo/demo/c.0",
+                "tank/velo/demo/b.0",
+                "tank/velo/demo/a.0"
+            ]
+        );
+    }
+
+    #[test]
     fn an_orphan_that_feeds_a_clone_is_kept() {
         let mut seen = healthy();
         seen.datasets.insert(
@@ -1032,6 +1123,7 @@ mod tests {
                 kind("demo/dev", "interrupted"),
                 kind("demo/dev", "container-on-other-data"),
                 kind("tank/velo/demo/dev.1", "orphan-dataset"),
+                kind("tank/velo/demo/main.0@s2", "orphan-snapshot"),
             ]
         );
     }
