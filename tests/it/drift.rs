@@ -49,20 +49,16 @@ fn found(place: &str, kind: &str, status: &str) -> (String, String, String) {
     (place.into(), kind.into(), status.into())
 }
 
-/// Unmounts a dataset; zfs-fuse answers "busy" for a moment after a container let go of it.
-fn zfs_unmount(dataset: &str) {
+/// Runs `zfs <args>` until it succeeds: zfs-fuse answers "busy" for a moment after a
+/// container let go of a dataset, or after an unmount.
+fn zfs_retrying(args: &[&str]) {
     for _ in 0..50 {
-        if Command::new("zfs")
-            .args(["unmount", dataset])
-            .status()
-            .unwrap()
-            .success()
-        {
+        if Command::new("zfs").args(args).status().unwrap().success() {
             return;
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    panic!("could not unmount {dataset}");
+    panic!("zfs {args:?} kept failing");
 }
 
 #[test]
@@ -94,15 +90,15 @@ fn drift_made_by_hand_is_found_and_repaired() {
 
     sh("docker", &["rm", "-f", &format!("velo-{p}.gone")]);
     sh("docker", &["stop", &format!("velo-{p}.stopped")]);
-    sb.ok(&["branch", "stop", &br("unmounted")]);
-    zfs_unmount(&format!("{pool}/velo/{p}/unmounted.0"));
+    sh("docker", &["stop", &format!("velo-{p}.unmounted")]);
+    zfs_retrying(&["unmount", &format!("{pool}/velo/{p}/unmounted.0")]);
     sb.ok(&["branch", "stop", &br("port")]);
     let old_port = sb.port(&br("port"));
     let _listener = TcpListener::bind(("127.0.0.1", old_port as u16)).unwrap();
     sh("docker", &["rm", "-f", &format!("velo-{p}.destroyed")]);
     let destroyed = format!("{pool}/velo/{p}/destroyed.0");
-    zfs_unmount(&destroyed);
-    sh("zfs", &["destroy", "-r", &destroyed]);
+    zfs_retrying(&["unmount", &destroyed]);
+    zfs_retrying(&["destroy", "-r", &destroyed]);
 
     let (ok, findings) = repair(&sb, &[]);
     assert!(!ok, "drift must exit non-zero");
@@ -112,6 +108,7 @@ fn drift_made_by_hand_is_found_and_repaired() {
         found(&br("gone"), "container-gone", "found"),
         found(&br("stopped"), "stopped", "found"),
         found(&br("unmounted"), "unmounted", "found"),
+        found(&br("unmounted"), "stopped", "found"),
         found(&br("port"), "port-taken", "found"),
         found(&br("destroyed"), "data-gone", "found"),
         found(&format!("velo-{p}.extra"), "orphan-container", "found"),
