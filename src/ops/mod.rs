@@ -328,12 +328,13 @@ pub async fn ensure_mounted(ctx: &Ctx, dataset: &str) -> Result<String> {
         .map(|(i, _)| &dataset[..i])
         .chain([dataset])
         .collect();
-    let props = ctx
-        .zfs
-        .get(&chain, &["mounted", "mountpoint"])
-        .await
-        .with_context(|| format!("checking that {dataset} is mounted"))?;
     for ds in chain {
+        // Asked afresh each time: clearing a dead mount also detaches the dead mounts below it.
+        let props = ctx
+            .zfs
+            .get(&[ds], &["mounted", "mountpoint"])
+            .await
+            .with_context(|| format!("checking that {ds} is mounted"))?;
         let value = |k: &str| props.get(ds).and_then(|p| p.get(k)).cloned().flatten();
         let Some(mountpoint) = value("mountpoint").filter(|m| m.starts_with('/')) else {
             continue;

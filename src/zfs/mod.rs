@@ -215,8 +215,10 @@ impl Zfs {
         let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
         parse::fuse_mountpoints(&table)
             .into_iter()
+            // Reading the directory, not `stat`: the kernel may answer a stat of a dead mount's
+            // root from its cache.
             .filter(|path| {
-                std::fs::metadata(path).err().and_then(|e| e.raw_os_error()) == Some(ENOTCONN)
+                std::fs::read_dir(path).err().and_then(|e| e.raw_os_error()) == Some(ENOTCONN)
             })
             .collect()
     }

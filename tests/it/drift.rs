@@ -168,7 +168,7 @@ fn drift_made_by_hand_is_found_and_repaired() {
 }
 
 /// Puts the rig back up when the test ends, even when it fails: dead FUSE mounts lazily
-/// unmounted, every dataset mounted, then `scripts/rig-up.sh`.
+/// unmounted (deepest first), every dataset mounted, then `scripts/rig-up.sh`.
 struct RigRestore<'a>(&'a Sandbox);
 
 impl Drop for RigRestore<'_> {
@@ -183,12 +183,25 @@ impl Drop for RigRestore<'_> {
             .collect();
         fuse.sort_by(|a, b| b.cmp(a));
         for path in fuse {
-            if std::fs::metadata(path).is_err() {
+            // read_dir, not stat: a dead mount's root can still answer a stat.
+            if std::fs::read_dir(path).is_err() {
                 let _ = Command::new("umount").args(["-l", path]).status();
             }
         }
         let _ = Command::new("zfs").args(["mount", "-a"]).status();
-        self.0.rig_up();
+        if !std::thread::panicking() {
+            self.0.rig_up();
+            return;
+        }
+        // A second panic while unwinding would abort the whole test binary: report instead.
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rig-up.sh");
+        let out = Command::new(script)
+            .env("VELO_TEST_POOL", &self.0.rig.pool)
+            .env("VELO_TEST_IMAGE", &self.0.rig.image)
+            .output();
+        if !out.as_ref().is_ok_and(|o| o.status.success()) {
+            eprintln!("rig-up failed after a failed test: {out:?}");
+        }
     }
 }
 
