@@ -288,6 +288,15 @@ async fn fix_branch(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Result<(
     let project = super::get_project(&state, &r.project)?.clone();
     let mut b = super::get_branch(&project, r)?.clone();
     if has(|p| matches!(p, Problem::DataGone { .. })) {
+        // Forgetting must not destroy what is left: older generations kept for snapshots.
+        for g in &b.retired {
+            let old = names::branch_dataset(&project.pool, r, g.generation);
+            if ctx.zfs.exists(&old).await? {
+                bail!(
+                    "{old}, an older generation of `{r}`, still holds data; `velo branch delete {r}` removes it with the branch"
+                );
+            }
+        }
         return super::branch::delete_one(ctx, &project, r, &b).await;
     }
     forget_missing_history(ctx, r, problems)?;
