@@ -33,6 +33,18 @@ pub enum Command {
     /// WAL archives: what is kept, and retention.
     #[command(subcommand)]
     Wal(wal::WalCmd),
+    /// Compare state, ZFS and Docker and report every mismatch; --fix repairs them.
+    Repair {
+        /// Repair what can be repaired safely (restart, re-create, mount, forget what is gone).
+        #[arg(long)]
+        fix: bool,
+        /// With --fix, also destroy orphan datasets and snapshots (they hold data).
+        #[arg(long, requires = "fix")]
+        force: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pool usage and every project and branch.
     #[command(visible_alias = "ls")]
     Status {
@@ -50,6 +62,10 @@ impl Cli {
             Command::Snapshot(cmd) => cmd.run(ctx).await,
             Command::Wal(cmd) => cmd.run(ctx).await,
             Command::Status { json } => ops::status::status(ctx, json).await,
+            Command::Repair { fix, force, json } => {
+                let opts = ops::drift::RepairOptions { fix, force, json };
+                ops::drift::repair(ctx, opts).await
+            }
         }
     }
 }

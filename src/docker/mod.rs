@@ -97,6 +97,8 @@ pub struct ManagedContainer {
     pub project: String,
     pub branch: String,
     pub running: bool,
+    /// The host directory mounted as PGDATA: the data the container serves.
+    pub data_source: Option<String>,
 }
 
 /// The uid and gid an image runs PostgreSQL as.
@@ -373,6 +375,12 @@ impl Runtime {
                     project: label(LABEL_PROJECT),
                     branch: label(LABEL_BRANCH),
                     running: c.state.map(|s| s.to_string()) == Some("running".into()),
+                    data_source: c.mounts.and_then(|mounts| {
+                        mounts
+                            .into_iter()
+                            .find(|m| m.destination.as_deref() == Some(PGDATA))
+                            .and_then(|m| m.source)
+                    }),
                 }
             })
             .collect())

@@ -15,7 +15,8 @@ use serde_json::json;
 use super::journal::Intent;
 use super::{
     Ctx, Undo, allocate_port, branch_mut, claim, container_spec, create_archive, endpoint,
-    get_branch, get_project, get_project_mut, mounted_at, start_and_wait, url, wait_ready,
+    ensure_mounted, get_branch, get_project, get_project_mut, mounted_at, start_and_wait, url,
+    wait_ready,
 };
 use crate::archive::{self, conf_quote};
 use crate::docker::ContainerStatus;
@@ -26,7 +27,7 @@ use crate::state::{
 };
 
 /// How long a branch (which needs no initdb) may take to answer.
-const BRANCH_READY: Duration = Duration::from_secs(60);
+pub(super) const BRANCH_READY: Duration = Duration::from_secs(60);
 
 /// How long a point-in-time recovery may take to replay WAL and promote.
 const PITR_READY: Duration = Duration::from_secs(600);
@@ -312,7 +313,14 @@ async fn new_generation(
     )
     .await?;
     ctx.shell
-        .step("Clone", ctx.zfs.clone_snapshot(&snapshot, &dataset))
+        .step(
+            "Clone",
+            ctx.zfs.clone_snapshot(
+                &snapshot,
+                &dataset,
+                &[(super::HOME_PROPERTY, &ctx.home_label())],
+            ),
+        )
         .await?;
     let path = ctx
         .archives()
@@ -974,20 +982,21 @@ fn finish_run_change(
 }
 
 /// Starts a branch's container, re-creating it from state if it was removed behind velo's back
-/// (the data is on the dataset, the container holds none).
+/// (the data is on the dataset, the container holds none), and mounting its dataset if it is not
+/// mounted (after a reboot or a zfs-fuse restart).
 async fn ensure_running(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> Result<()> {
     let name = names::container_name(r);
     match ctx.runtime.status(&name).await? {
         ContainerStatus::Running => return wait_ready(ctx, project, r, b, BRANCH_READY).await,
         ContainerStatus::Missing => {
-            let mountpoint = mounted_at(ctx, &b.dataset(&project.pool, r)).await?;
+            let mountpoint = ensure_mounted(ctx, &b.dataset(&project.pool, r)).await?;
             let spec = container_spec(ctx, project, r, b, &mountpoint);
             ctx.shell
                 .step("Re-create container", ctx.runtime.create(&spec))
                 .await?;
         }
         _ => {
-            mounted_at(ctx, &b.dataset(&project.pool, r)).await?;
+            ensure_mounted(ctx, &b.dataset(&project.pool, r)).await?;
         }
     }
     start_and_wait(ctx, project, r, b, BRANCH_READY).await

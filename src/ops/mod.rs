@@ -12,6 +12,7 @@
 //! A command that dies mid-way is ended by the next one ([`journal::recover`]).
 
 pub mod branch;
+pub mod drift;
 pub mod journal;
 pub mod project;
 pub mod snapshot;
@@ -41,6 +42,11 @@ pub const PORT_RANGE: std::ops::RangeInclusive<u16> = 54320..=54999;
 
 /// Where containers publish their port unless the user asks otherwise.
 pub const DEFAULT_HOST_IP: &str = "127.0.0.1";
+
+/// The ZFS user property velo sets on every dataset it creates, naming the velo home that owns
+/// it: several velo homes (users) can share one pool, and only a dataset with this home's mark
+/// (or, from before the mark, one under a project of this home) is ever called an orphan.
+pub const HOME_PROPERTY: &str = "dev.velo:home";
 
 /// What an operation may touch.
 pub struct Ctx {
@@ -358,6 +364,46 @@ pub async fn mounted_at(ctx: &Ctx, dataset: &str) -> Result<String> {
         .await
         .with_context(|| format!("checking that {dataset} is mounted"))?
         .ok_or_else(|| anyhow!("dataset {dataset} is not mounted: run `zfs mount {dataset}`"))
+}
+
+/// Mounts a branch's dataset, and its parents first, where they are not mounted (after a
+/// reboot, or a restart of the zfs-fuse daemon, which also leaves dead FUSE mounts behind that
+/// must go before anything can be mounted there) and returns the dataset's mountpoint.
+pub async fn ensure_mounted(ctx: &Ctx, dataset: &str) -> Result<String> {
+    let chain: Vec<&str> = dataset
+        .match_indices('/')
+        .map(|(i, _)| &dataset[..i])
+        .chain([dataset])
+        .collect();
+    for ds in chain {
+        // Asked afresh each time: clearing a dead mount also detaches the dead mounts below it.
+        let props = ctx
+            .zfs
+            .get(&[ds], &["mounted", "mountpoint"])
+            .await
+            .with_context(|| format!("checking that {ds} is mounted"))?;
+        let value = |k: &str| props.get(ds).and_then(|p| p.get(k)).cloned().flatten();
+        let Some(mountpoint) = value("mountpoint").filter(|m| m.starts_with('/')) else {
+            continue;
+        };
+        let stale = ctx.zfs.stale_mounts().contains(&mountpoint);
+        if value("mounted").as_deref() == Some("yes") && !stale {
+            continue;
+        }
+        ctx.shell
+            .step(&format!("Mount {ds}"), async {
+                if stale {
+                    ctx.zfs.clear_stale_mount(&mountpoint).await?;
+                }
+                match ctx.zfs.mount(ds).await {
+                    Err(e) if !e.to_string().contains("already mounted") => Err(e),
+                    _ => Ok(()),
+                }
+            })
+            .await
+            .with_context(|| format!("mounting {ds}"))?;
+    }
+    mounted_at(ctx, dataset).await
 }
 
 /// Starts a branch's container and waits until PostgreSQL answers.

@@ -140,11 +140,13 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
             },
         )
         .await?;
+        let home = ctx.home_label();
+        let mark = [(super::HOME_PROPERTY, home.as_str())];
         ctx.shell
             .step("Create dataset", async {
                 ctx.zfs.ensure(&base, &props).await?;
-                ctx.zfs.create(&project_ds, &[]).await?;
-                ctx.zfs.create(&main_ds, &[]).await?;
+                ctx.zfs.create(&project_ds, &mark).await?;
+                ctx.zfs.create(&main_ds, &mark).await?;
                 Ok::<_, anyhow::Error>(())
             })
             .await?;

@@ -11,12 +11,16 @@
 mod error;
 pub mod parse;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use tokio::process::Command;
 
 pub use error::{ZfsError, ZfsErrorKind, classify};
+pub use parse::Entry;
+
+/// errno "Transport endpoint is not connected": what a FUSE mount answers once its daemon died.
+const ENOTCONN: i32 = 107;
 
 /// How long a destroy keeps retrying while a dataset is "busy". zfs-fuse finishes an unmount
 /// asynchronously, and on OpenZFS a process can hold a file open for a moment after a container
@@ -172,8 +176,57 @@ impl Zfs {
         self.zfs(&["snapshot", snapshot]).await.map(drop)
     }
 
-    pub async fn clone_snapshot(&self, snapshot: &str, dataset: &str) -> Result<(), ZfsError> {
-        self.zfs(&["clone", snapshot, dataset]).await.map(drop)
+    /// Clones a snapshot into a new filesystem with the given properties.
+    pub async fn clone_snapshot(
+        &self,
+        snapshot: &str,
+        dataset: &str,
+        props: &[(&str, &str)],
+    ) -> Result<(), ZfsError> {
+        let opts = props_args(props);
+        let mut args = vec!["clone"];
+        args.extend(opts.iter().map(String::as_str));
+        args.extend([snapshot, dataset]);
+        self.zfs(&args).await.map(drop)
+    }
+
+    /// Mounts a filesystem at its mountpoint.
+    pub async fn mount(&self, dataset: &str) -> Result<(), ZfsError> {
+        self.zfs(&["mount", dataset]).await.map(drop)
+    }
+
+    /// Every filesystem and snapshot at or under `root`, with its mount state, origin and the
+    /// given user properties, in one `zfs get -r`; empty if `root` does not exist.
+    pub async fn describe_tree(
+        &self,
+        root: &str,
+        user_props: &[&str],
+    ) -> Result<BTreeMap<String, Entry>, ZfsError> {
+        let mut props = Entry::PROPERTIES.to_vec();
+        props.extend_from_slice(user_props);
+        Ok(parse::entries(self.get_tree(root, &props).await?))
+    }
+
+    /// Mountpoints of ZFS file systems whose FUSE daemon is gone: a zfs-fuse that died or was
+    /// restarted leaves its mounts behind, and every access to them fails with "Transport
+    /// endpoint is not connected" until they are unmounted. (OpenZFS mounts are kernel mounts
+    /// and never go stale.)
+    pub fn stale_mounts(&self) -> BTreeSet<String> {
+        let table = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        parse::fuse_mountpoints(&table)
+            .into_iter()
+            // Reading the directory, not `stat`: the kernel may answer a stat of a dead mount's
+            // root from its cache.
+            .filter(|path| {
+                std::fs::read_dir(path).err().and_then(|e| e.raw_os_error()) == Some(ENOTCONN)
+            })
+            .collect()
+    }
+
+    /// Lazily unmounts a stale FUSE mount (see [`Zfs::stale_mounts`]), so the dataset can be
+    /// mounted there again. It holds no data: the daemon that served it is gone.
+    pub async fn clear_stale_mount(&self, path: &str) -> Result<(), ZfsError> {
+        self.run("umount", &["-l", path]).await.map(drop)
     }
 
     /// Destroys a filesystem and its snapshots. Missing is success.

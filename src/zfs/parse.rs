@@ -55,6 +55,82 @@ pub fn names(out: &str) -> Vec<String> {
         .collect()
 }
 
+/// A filesystem or snapshot as [`entries`] reads it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Entry {
+    pub snapshot: bool,
+    pub mounted: bool,
+    pub mountpoint: Option<String>,
+    /// The snapshot a clone was made from.
+    pub origin: Option<String>,
+    /// The user properties asked for that are set (locally or inherited).
+    pub user: BTreeMap<String, String>,
+}
+
+impl Entry {
+    /// The native properties [`entries`] reads.
+    pub const PROPERTIES: [&str; 4] = ["type", "mounted", "mountpoint", "origin"];
+}
+
+/// Turns `zfs get -H -p` rows of [`Entry::PROPERTIES`] and user properties into entries.
+/// A mountpoint is only kept when it is a path (not `legacy` or `none`).
+pub fn entries(
+    props: BTreeMap<String, BTreeMap<String, Option<String>>>,
+) -> BTreeMap<String, Entry> {
+    props
+        .into_iter()
+        .map(|(name, mut p)| {
+            let mut take = |k: &str| p.remove(k).flatten();
+            let entry = Entry {
+                snapshot: take("type").as_deref() == Some("snapshot"),
+                mounted: take("mounted").as_deref() == Some("yes"),
+                mountpoint: take("mountpoint").filter(|m| m.starts_with('/')),
+                origin: take("origin"),
+                user: p.into_iter().filter_map(|(k, v)| Some((k, v?))).collect(),
+            };
+            (name, entry)
+        })
+        .collect()
+}
+
+/// Mountpoints of zfs-fuse file systems in a mount table (`/proc/self/mounts`), which escapes
+/// blanks in paths as octal (`\040`).
+pub fn fuse_mountpoints(table: &str) -> Vec<String> {
+    table
+        .lines()
+        .filter_map(
+            |line| match line.split(' ').collect::<Vec<_>>().as_slice() {
+                [_, path, "fuse.zfs", ..] => Some(unescape_mount_path(path)),
+                _ => None,
+            },
+        )
+        .collect()
+}
+
+fn unescape_mount_path(path: &str) -> String {
+    let mut out = Vec::new();
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn dash_is_none(value: &str) -> Option<String> {
     match value {
         "-" | "" => None,
@@ -89,6 +165,33 @@ mod tests {
         assert_eq!(prop_rows("a\tb\n").unwrap_err(), "a\tb");
         assert!(prop_rows("NAME  PROPERTY  VALUE  SOURCE\n").is_err());
         assert!(bytes("1.5M").is_err());
+    }
+
+    #[test]
+    fn entries_from_a_recursive_get() {
+        let out = "p/velo/d\ttype\tfilesystem\np/velo/d\tmounted\tyes\np/velo/d\tmountpoint\t/p/velo/d\np/velo/d\torigin\t-\np/velo/d\tdev.velo:home\t/root/.velo\n\
+p/velo/d/dev.0\ttype\tfilesystem\np/velo/d/dev.0\tmounted\tno\np/velo/d/dev.0\tmountpoint\t/p/velo/d/dev.0\np/velo/d/dev.0\torigin\tp/velo/d/main.0@ab\np/velo/d/dev.0\tdev.velo:home\t-\n\
+p/velo/d/dev.0@cd\ttype\tsnapshot\np/velo/d/dev.0@cd\tmounted\t-\np/velo/d/dev.0@cd\tmountpoint\t-\np/velo/d/dev.0@cd\torigin\t-\n";
+        let map = entries(props_by_name(prop_rows(out).unwrap()));
+        let d = &map["p/velo/d"];
+        assert!(d.mounted && !d.snapshot);
+        assert_eq!(d.user["dev.velo:home"], "/root/.velo");
+        let dev = &map["p/velo/d/dev.0"];
+        assert!(!dev.mounted);
+        assert_eq!(dev.mountpoint.as_deref(), Some("/p/velo/d/dev.0"));
+        assert_eq!(dev.origin.as_deref(), Some("p/velo/d/main.0@ab"));
+        assert!(dev.user.is_empty());
+        assert!(map["p/velo/d/dev.0@cd"].snapshot);
+    }
+
+    #[test]
+    fn fuse_mounts_from_the_mount_table() {
+        let table = "proc /proc proc rw 0 0\nvelotest /velotest fuse.zfs rw,allow_other 0 0\n\
+velotest/velo/a\\040b /velotest/velo/a\\040b fuse.zfs rw 0 0\ntank/x /tank/x zfs rw 0 0\n";
+        assert_eq!(
+            fuse_mountpoints(table),
+            vec!["/velotest".to_string(), "/velotest/velo/a b".to_string()]
+        );
     }
 
     #[test]

@@ -226,6 +226,7 @@ fn every_command_has_help_and_errors_are_chains() {
         &["branch", "restart"],
         &["branch", "password"],
         &["status"],
+        &["repair"],
     ];
     for cmd in commands {
         let mut args = cmd.to_vec();

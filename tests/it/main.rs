@@ -4,6 +4,7 @@
 mod branches;
 mod concurrency;
 mod crash;
+mod drift;
 mod failures;
 mod hardening;
 mod history;
