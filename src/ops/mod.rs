@@ -10,7 +10,10 @@
 //!    reservation is removed.
 
 pub mod branch;
+pub mod doctor;
+mod owner;
 pub mod project;
+pub mod setup;
 pub mod snapshot;
 pub mod status;
 pub mod wal;
@@ -24,6 +27,7 @@ use chrono::Utc;
 use rand::RngExt;
 
 use crate::archive::{self, Archives};
+use crate::config::Config;
 use crate::docker::{self, BindMount, ContainerSpec, ContainerStatus, DockerError, Runtime};
 use crate::names::{self, BranchRef, ProjectName};
 use crate::pg::Endpoint;
@@ -39,6 +43,8 @@ pub const DEFAULT_HOST_IP: &str = "127.0.0.1";
 
 /// What an operation may touch.
 pub struct Ctx {
+    /// The host configuration `velo setup` wrote (empty before setup).
+    pub config: Config,
     pub store: Store,
     pub zfs: Zfs,
     pub runtime: Runtime,
@@ -47,9 +53,11 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(home: PathBuf, shell: Shell) -> Result<Self> {
+        let config = Config::load(&Config::path())?;
         Ok(Self {
+            zfs: Zfs::new(config.zfs.clone(), config.zpool.clone()),
+            config,
             store: Store::new(home),
-            zfs: Zfs::default(),
             runtime: Runtime::new(),
             shell,
         })

@@ -1,7 +1,6 @@
 //! Projects: create (with its main branch), list, get, delete.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{PermissionsExt, chown};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -30,9 +29,11 @@ pub fn image_for(pg_version: &str) -> String {
     format!("postgres:{pg_version}-alpine")
 }
 
-/// The pool to use: the one asked for, else the only imported pool.
-async fn choose_pool(ctx: &Ctx, asked: Option<String>) -> Result<String> {
+/// The pool to use: the one asked for, else the one `velo setup` recorded, else the only
+/// imported pool.
+pub async fn choose_pool(ctx: &Ctx, asked: Option<String>) -> Result<String> {
     let pools = ctx.zfs.pools().await.context("listing ZFS pools")?;
+    let asked = asked.or_else(|| ctx.config.pool.clone());
     match asked {
         Some(p) if pools.contains(&p) => Ok(p),
         Some(p) => bail!(
@@ -134,18 +135,7 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
         let mountpoint = mounted_at(ctx, &main_ds).await?;
         super::create_archive(ctx, &project, &main_ref, main.generation)?;
         undo.push(UndoStep::RemoveDir(ctx.archives().project_dir(&name)));
-        let pgdata = super::data_dir(&mountpoint);
-        std::fs::create_dir(&pgdata)
-            .and_then(|()| chown(&pgdata, Some(pg_user.uid), Some(pg_user.gid)))
-            .and_then(|()| {
-                std::fs::set_permissions(&pgdata, std::fs::Permissions::from_mode(0o700))
-            })
-            .with_context(|| {
-                format!(
-                    "preparing {pgdata} for the image's postgres user (uid {})",
-                    pg_user.uid
-                )
-            })?;
+        super::owner::prepare_data_dir(ctx, &image, &mountpoint, pg_user).await?;
         super::launch_new(
             ctx,
             &project,

@@ -4,4 +4,5 @@
 mod branches;
 mod failures;
 mod history;
+mod host;
 mod util;

@@ -121,7 +121,9 @@ impl Sandbox {
 
     pub fn run(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_velo"));
-        cmd.args(args).env("VELO_HOME", self.home.path());
+        cmd.args(args)
+            .env("VELO_HOME", self.home.path())
+            .env("VELO_CONFIG", self.home.path().join("config.json"));
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
@@ -256,6 +258,10 @@ impl Sandbox {
             .collect();
         names.sort();
         names
+    }
+
+    pub fn home(&self) -> &std::path::Path {
+        self.home.path()
     }
 
     pub fn state(&self) -> Value {
