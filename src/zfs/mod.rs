@@ -203,7 +203,8 @@ impl Zfs {
         self.mounted_after(dataset, self.zfs(&args).await).await
     }
 
-    /// A non-root create or clone makes the dataset but cannot mount it: mount it through sudo.
+    /// A non-root create or clone makes the dataset but cannot mount it (OpenZFS then exits 1
+    /// with "successfully created"): mount it through sudo.
     async fn mounted_after(
         &self,
         dataset: &str,
@@ -211,6 +212,7 @@ impl Zfs {
     ) -> Result<(), ZfsError> {
         match made {
             Err(e) if e.kind() == ZfsErrorKind::CreatedNotMounted => self.mount(dataset).await,
+            Ok(_) if self.sudo => self.mount(dataset).await,
             other => other.map(drop),
         }
     }
