@@ -33,8 +33,12 @@ if [ ! -s "$SHARE/velo-image.tar" ] || [ "$(cat "$SHARE/velo-image.id" 2>/dev/nu
 	docker image inspect -f '{{.Id}}' "$IMAGE" >"$SHARE/velo-image.id"
 fi
 
-log "booting the VM"
-"$T/run.sh"
+if [ -e "$OZVM_DIR/run/ssh_config" ] && "$T/exec.sh" true 2>/dev/null; then
+	log "the VM is already up (a previous run's boot outlasted run.sh's timeout): using it"
+else
+	log "booting the VM"
+	OZVM_BOOT_TIMEOUT="${OZVM_BOOT_TIMEOUT:-1800}" "$T/run.sh"
+fi
 trap 'log "stopping the VM"; "$T/stop.sh" >/dev/null 2>&1 || true' EXIT
 
 log "as root: install velo and the image, take tester's own sudo and docker access away, log sudo"

@@ -124,7 +124,7 @@ struct PoolGuard<'a> {
 impl Drop for PoolGuard<'_> {
     fn drop(&mut self) {
         let _ = sh(&format!(
-            "zpool import -d {dir} {pool} 2>/dev/null; zpool destroy -f {pool}",
+            "zpool list {pool} >/dev/null 2>&1 || zpool import -d {dir} {pool}; zpool destroy -f {pool}",
             dir = self.file.parent().unwrap().display(),
             pool = self.pool
         ));
