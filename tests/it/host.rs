@@ -124,7 +124,8 @@ struct PoolGuard<'a> {
 impl Drop for PoolGuard<'_> {
     fn drop(&mut self) {
         let _ = sh(&format!(
-            "zpool list {pool} >/dev/null 2>&1 || zpool import -d {dir} {pool}; zpool destroy -f {pool}",
+            // zfs-fuse finishes unmounts asynchronously: a destroy right after may be "busy".
+            "zpool list {pool} >/dev/null 2>&1 || zpool import -d {dir} {pool}; for i in $(seq 20); do zpool destroy -f {pool} && break; sleep 0.5; done",
             dir = self.file.parent().unwrap().display(),
             pool = self.pool
         ));
