@@ -4,7 +4,7 @@
 # `velo setup` as root for the user `tester`, then as `tester` the README walk-through and
 # `velo doctor`, and checks that nothing ran as root except velo's sudoers entries. Stops the VM.
 #
-#   scripts/openzfs-vm-test.sh            # as root on the build host; ~10 min under TCG
+#   scripts/openzfs-vm-test.sh            # as root on the build host; slow under TCG (see README)
 #
 # Env: OZVM_SCRIPTS (default /work/shared/openzfs-vm), OZVM_DIR (default /var/tmp/openzfs-vm),
 # VELO_TEST_IMAGE (default velo-test/postgres:15), VELO_BIN (default: build target/debug/velo).
