@@ -6,8 +6,11 @@
 //! after a reset for that reason). A PITR branch reads its source's directory and writes only its
 //! own, so a recovered branch never adds a timeline to its source's archive.
 //!
-//! Directories belong to the image's postgres uid with mode 0700. This module knows nothing of
-//! ZFS or Docker.
+//! Directories have mode 0700 and only the image's postgres uid may write them: run as root,
+//! velo gives them to that uid (`chown`); run as a user, it cannot, so it keeps them and grants
+//! the uid `rwx` with a POSIX ACL (access and default), which an owner may set without any
+//! privilege (see docs/setup.md). Either way no other user has access. This module knows nothing
+//! of ZFS or Docker.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown};
@@ -133,10 +136,72 @@ fn make_private_dir(dir: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
         Err(e) => return Err(e),
     }
-    if let Some((uid, gid)) = owner {
-        chown(dir, Some(uid), Some(gid))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
+    match owner {
+        Some((uid, gid)) if rustix::process::geteuid().is_root() => {
+            chown(dir, Some(uid), Some(gid))
+        }
+        Some((uid, _)) => grant_dir_to(dir, uid),
+        None => Ok(()),
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+}
+
+/// Gives `uid` full access to a directory its owner keeps (mode 0700), and to everything
+/// created in it, with POSIX ACLs: `user:<uid>:rwx` and `mask::rwx` as the access ACL; the
+/// same plus `user:<owner>:rwx` as the default ACL. Group and others keep no access.
+fn grant_dir_to(dir: &Path, uid: u32) -> std::io::Result<()> {
+    let me = rustix::process::geteuid().as_raw();
+    let named = |uids: &[u32]| {
+        let mut uids = uids.to_vec();
+        uids.sort_unstable();
+        uids.dedup();
+        uids
+    };
+    let set = |name: &str, users: Vec<u32>| {
+        rustix::fs::setxattr(
+            dir,
+            name,
+            &posix_acl_xattr(&users),
+            rustix::fs::XattrFlags::empty(),
+        )
+        .map_err(|e| {
+            std::io::Error::new(
+                std::io::Error::from(e).kind(),
+                format!(
+                    "cannot give uid {uid} access to {} with a POSIX ACL ({e}); velo's home must be on a file system with ACLs (ext4, xfs, btrfs do)",
+                    dir.display()
+                ),
+            )
+        })
+    };
+    set("system.posix_acl_access", named(&[uid]))?;
+    set("system.posix_acl_default", named(&[uid, me]))
+}
+
+/// The Linux `system.posix_acl_*` xattr value: version 2, then (tag, perm, id) entries in tag
+/// order: the owner, the named users, the owning group (no access), the mask, others (none).
+fn posix_acl_xattr(users: &[u32]) -> Vec<u8> {
+    const USER_OBJ: u16 = 0x01;
+    const USER: u16 = 0x02;
+    const GROUP_OBJ: u16 = 0x04;
+    const MASK: u16 = 0x10;
+    const OTHER: u16 = 0x20;
+    const RWX: u16 = 7;
+    const UNDEFINED_ID: u32 = u32::MAX;
+    let entries = std::iter::once((USER_OBJ, RWX, UNDEFINED_ID))
+        .chain(users.iter().map(|&u| (USER, RWX, u)))
+        .chain([
+            (GROUP_OBJ, 0, UNDEFINED_ID),
+            (MASK, RWX, UNDEFINED_ID),
+            (OTHER, 0, UNDEFINED_ID),
+        ]);
+    let mut out = 2u32.to_le_bytes().to_vec();
+    for (tag, perm, id) in entries {
+        out.extend_from_slice(&tag.to_le_bytes());
+        out.extend_from_slice(&perm.to_le_bytes());
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
 }
 
 fn list_dir(dir: &Path) -> std::io::Result<Vec<ArchivedFile>> {
@@ -251,6 +316,29 @@ mod tests {
                 )
             ]
         );
+    }
+
+    #[test]
+    fn acl_grants_one_uid_and_nobody_else() {
+        let dir = tempfile::tempdir().unwrap();
+        grant_dir_to(dir.path(), 4242).unwrap();
+        // getfacl (package `acl`, installed by scripts/rig-up.sh) reads it back.
+        let out = std::process::Command::new("getfacl")
+            .args(["-cp", &dir.path().display().to_string()])
+            .output()
+            .expect("getfacl runs");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for line in [
+            "user::rwx",
+            "user:4242:rwx",
+            "group::---",
+            "mask::rwx",
+            "other::---",
+            "default:user:4242:rwx",
+            "default:other::---",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
+        }
     }
 
     #[test]

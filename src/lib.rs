@@ -6,6 +6,7 @@
 
 pub mod archive;
 pub mod cli;
+pub mod config;
 pub mod docker;
 pub mod names;
 pub mod ops;

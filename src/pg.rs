@@ -102,6 +102,14 @@ impl Endpoint {
         })
     }
 
+    /// One attempt to reach the server: `Ok` when it answers `SELECT 1` (in recovery or not).
+    pub async fn ping(&self) -> Result<(), PgError> {
+        self.probe()
+            .await
+            .map(drop)
+            .map_err(self.query_err("connecting"))
+    }
+
     /// One readiness attempt: `Ok(true)` when `SELECT 1` answers and recovery is over.
     async fn probe(&self) -> Result<bool, tokio_postgres::Error> {
         let client = self.connect(Duration::from_secs(1)).await?;

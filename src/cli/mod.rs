@@ -52,6 +52,27 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// One-time host set-up (as root) so that a user runs velo without root.
+    Setup {
+        /// The user to prepare (default: the user who ran sudo).
+        #[arg(long)]
+        user: Option<String>,
+        /// ZFS pool for velo (default: the only imported pool).
+        #[arg(long)]
+        pool: Option<String>,
+        /// Print every change without making it.
+        #[arg(long)]
+        dry_run: bool,
+        /// Remove what setup added for the user.
+        #[arg(long)]
+        undo: bool,
+    },
+    /// Check that the host and every branch are ready; exit 0 only if nothing is broken.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 impl Cli {
@@ -66,6 +87,21 @@ impl Cli {
                 let opts = ops::drift::RepairOptions { fix, force, json };
                 ops::drift::repair(ctx, opts).await
             }
+            Command::Setup {
+                user,
+                pool,
+                dry_run,
+                undo,
+            } => {
+                let req = ops::setup::SetupRequest {
+                    user,
+                    pool,
+                    dry_run,
+                    undo,
+                };
+                ops::setup::setup(ctx, req).await
+            }
+            Command::Doctor { json } => ops::doctor::doctor(ctx, json).await,
         }
     }
 }

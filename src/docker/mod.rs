@@ -15,7 +15,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
     ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::TryStreamExt;
 
@@ -52,6 +52,12 @@ pub enum DockerError {
     Api {
         action: String,
         source: BollardError,
+    },
+    #[error("a helper container from `{image}` failed (exit code {code}): {logs}")]
+    HelperFailed {
+        image: String,
+        code: i64,
+        logs: String,
     },
     #[error("image `{image}` has no `postgres` user in /etc/passwd")]
     NoPostgresUser { image: String },
@@ -214,21 +220,80 @@ impl Runtime {
         })
     }
 
+    /// Runs `script` with `/bin/sh` as root in a throw-away container of `image` with `mounts`,
+    /// and waits for it. velo uses it to prepare host directories the image's postgres user must
+    /// own when velo itself is not root (Docker access is root-equivalent anyway).
+    pub async fn run_as_root(
+        &self,
+        image: &str,
+        mounts: &[BindMount],
+        script: &str,
+    ) -> Result<(), DockerError> {
+        let body = ContainerCreateBody {
+            image: Some(image.to_string()),
+            user: Some("0".into()),
+            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
+            cmd: Some(vec![script.to_string()]),
+            labels: Some(HashMap::from([(LABEL_MANAGED.into(), "helper".into())])),
+            host_config: Some(HostConfig {
+                mounts: Some(mounts.iter().map(bind_mount).collect()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let client = self.client().await?;
+        let created = client
+            .create_container(None, body)
+            .await
+            .map_err(api(format!("creating a helper container from {image}")))?;
+        let outcome: Result<i64, DockerError> = async {
+            client
+                .start_container(&created.id, None)
+                .await
+                .map_err(api("starting a helper container"))?;
+            let opts = WaitContainerOptionsBuilder::new()
+                .condition("not-running")
+                .build();
+            match client
+                .wait_container(&created.id, Some(opts))
+                .try_collect::<Vec<_>>()
+                .await
+            {
+                Ok(r) => Ok(r.last().map(|w| w.status_code).unwrap_or_default()),
+                Err(BollardError::DockerContainerWaitError { code, .. }) => Ok(code),
+                Err(e) => Err(api("waiting for a helper container")(e)),
+            }
+        }
+        .await;
+        let logs = match &outcome {
+            Ok(0) => String::new(),
+            _ => self.logs_tail(&created.id, 10).await,
+        };
+        let rm = RemoveContainerOptionsBuilder::new().force(true).build();
+        let _ = client.remove_container(&created.id, Some(rm)).await;
+        match outcome? {
+            0 => Ok(()),
+            code => Err(DockerError::HelperFailed {
+                image: image.to_string(),
+                code,
+                logs: logs.trim().to_string(),
+            }),
+        }
+    }
+
+    /// True when the image is on this host.
+    pub async fn has_image(&self, image: &str) -> Result<bool, DockerError> {
+        match self.require_image(image).await {
+            Ok(()) => Ok(true),
+            Err(DockerError::ImageMissing { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     pub async fn create(&self, spec: &ContainerSpec) -> Result<(), DockerError> {
         let port_key = "5432/tcp".to_string();
         let host_config = HostConfig {
-            mounts: Some(
-                spec.mounts
-                    .iter()
-                    .map(|m| Mount {
-                        target: Some(m.target.clone()),
-                        source: Some(m.source.clone()),
-                        typ: Some(MountType::BIND),
-                        read_only: Some(m.read_only),
-                        ..Default::default()
-                    })
-                    .collect(),
-            ),
+            mounts: Some(spec.mounts.iter().map(bind_mount).collect()),
             port_bindings: Some(HashMap::from([(
                 port_key.clone(),
                 Some(vec![PortBinding {
@@ -384,6 +449,16 @@ impl Runtime {
                 }
             })
             .collect())
+    }
+}
+
+fn bind_mount(m: &BindMount) -> Mount {
+    Mount {
+        target: Some(m.target.clone()),
+        source: Some(m.source.clone()),
+        typ: Some(MountType::BIND),
+        read_only: Some(m.read_only),
+        ..Default::default()
     }
 }
 

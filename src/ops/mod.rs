@@ -12,9 +12,12 @@
 //! A command that dies mid-way is ended by the next one ([`journal::recover`]).
 
 pub mod branch;
+pub mod doctor;
 pub mod drift;
 pub mod journal;
+mod owner;
 pub mod project;
+pub mod setup;
 pub mod snapshot;
 pub mod status;
 pub mod wal;
@@ -28,6 +31,7 @@ use chrono::Utc;
 use rand::RngExt;
 
 use crate::archive::{self, Archives};
+use crate::config::Config;
 use crate::docker::{self, BindMount, ContainerSpec, ContainerStatus, DockerError, Runtime};
 use crate::names::{self, BranchRef, ProjectName};
 use crate::pg::Endpoint;
@@ -50,6 +54,8 @@ pub const HOME_PROPERTY: &str = "dev.velo:home";
 
 /// What an operation may touch.
 pub struct Ctx {
+    /// The host configuration `velo setup` wrote (empty before setup).
+    pub config: Config,
     pub store: Store,
     pub zfs: Zfs,
     pub runtime: Runtime,
@@ -58,9 +64,11 @@ pub struct Ctx {
 
 impl Ctx {
     pub fn new(home: PathBuf, shell: Shell) -> Result<Self> {
+        let config = Config::load(&Config::path())?;
         Ok(Self {
+            zfs: Zfs::new(config.zfs.clone(), config.zpool.clone()),
+            config,
             store: Store::new(home),
-            zfs: Zfs::default(),
             runtime: Runtime::new(),
             shell,
         })

@@ -1,7 +1,6 @@
 //! Projects: create (with its main branch), list, get, delete.
 
 use std::collections::BTreeMap;
-use std::os::unix::fs::{PermissionsExt, chown};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -29,9 +28,11 @@ pub fn image_for(pg_version: &str) -> String {
     format!("postgres:{pg_version}-alpine")
 }
 
-/// The pool to use: the one asked for, else the only imported pool.
-async fn choose_pool(ctx: &Ctx, asked: Option<String>) -> Result<String> {
+/// The pool to use: the one asked for, else the one `velo setup` recorded, else the only
+/// imported pool.
+pub async fn choose_pool(ctx: &Ctx, asked: Option<String>) -> Result<String> {
     let pools = ctx.zfs.pools().await.context("listing ZFS pools")?;
+    let asked = asked.or_else(|| ctx.config.pool.clone());
     match asked {
         Some(p) if pools.contains(&p) => Ok(p),
         Some(p) => bail!(
@@ -155,18 +156,7 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
         undo.intend(ctx, "archive", UndoStep::RemoveDir { path })
             .await?;
         super::create_archive(ctx, &project, &main_ref, main.generation)?;
-        let pgdata = super::data_dir(&mountpoint);
-        std::fs::create_dir(&pgdata)
-            .and_then(|()| chown(&pgdata, Some(pg_user.uid), Some(pg_user.gid)))
-            .and_then(|()| {
-                std::fs::set_permissions(&pgdata, std::fs::Permissions::from_mode(0o700))
-            })
-            .with_context(|| {
-                format!(
-                    "preparing {pgdata} for the image's postgres user (uid {})",
-                    pg_user.uid
-                )
-            })?;
+        super::owner::prepare_data_dir(ctx, &image, &mountpoint, pg_user).await?;
         super::launch_new(
             ctx,
             &project,

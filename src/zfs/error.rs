@@ -19,6 +19,13 @@ pub enum ZfsErrorKind {
     /// not running.
     NotRunning,
     NoSuchPool,
+    /// A non-root `zfs create`/`zfs clone` made the dataset but could not mount it (only root
+    /// may mount on Linux): velo mounts it through its sudoers entry.
+    CreatedNotMounted,
+    AlreadyMounted,
+    NotMounted,
+    /// This ZFS has no such command (zfs-fuse has no `zfs allow` and no `zfs version`).
+    Unsupported,
     Other,
 }
 
@@ -67,7 +74,7 @@ fn hint(kind: ZfsErrorKind) -> &'static str {
             "\nhint: start ZFS: `modprobe zfs` for OpenZFS, or start the `zfs-fuse` daemon"
         }
         ZfsErrorKind::PermissionDenied => {
-            "\nhint: run `sudo velo setup` once to delegate velo's ZFS permissions to your user"
+            "\nhint: run `sudo velo setup` once to delegate velo's ZFS permissions to your user, then `velo doctor`"
         }
         ZfsErrorKind::NoSuchPool => "\nhint: check `zpool list`; import the pool or pass --pool",
         _ => "",
@@ -84,6 +91,14 @@ pub fn classify(stderr: &str) -> ZfsErrorKind {
         || has("/dev/zfs and /proc/self/mounts are required")
     {
         ZfsErrorKind::NotRunning
+    } else if has("successfully created") {
+        ZfsErrorKind::CreatedNotMounted
+    } else if has("already mounted") {
+        ZfsErrorKind::AlreadyMounted
+    } else if has("not currently mounted") {
+        ZfsErrorKind::NotMounted
+    } else if has("pyzfs.py not found") || has("unrecognized command") {
+        ZfsErrorKind::Unsupported
     } else if has("no such pool") {
         ZfsErrorKind::NoSuchPool
     } else if has("dependent clones") {
@@ -154,6 +169,27 @@ mod tests {
                 NotRunning,
             ),
             ("cannot open 'nopool': no such pool", NoSuchPool),
+            (
+                "filesystem successfully created, but it may only be mounted by root",
+                CreatedNotMounted,
+            ),
+            (
+                "cannot mount '/tank/velo/a/dev.1': permission denied\nclone successfully created, but not mounted",
+                CreatedNotMounted,
+            ),
+            (
+                "cannot mount 'tank/velo/a': filesystem already mounted",
+                AlreadyMounted,
+            ),
+            (
+                "cannot unmount 'tank/velo/a': not currently mounted",
+                NotMounted,
+            ),
+            (
+                "internal error: /usr/lib/zfs/pyzfs.py not found",
+                Unsupported,
+            ),
+            ("unrecognized command 'version'", Unsupported),
             ("internal error: Invalid argument", Other),
         ];
         for (stderr, want) in samples {

@@ -7,6 +7,10 @@
 //! dataset names made by [`crate::names`].
 //!
 //! `VELO_ZFS` and `VELO_ZPOOL` override the binaries (tests use this to inject failures).
+//!
+//! Run by a non-root user, dataset work goes through ZFS delegation (`zfs allow`, granted by
+//! `velo setup`) and only mounting and unmounting, which Linux reserves to root, run as
+//! `sudo -n <zfs> mount|unmount <dataset>`: the one command velo's sudoers entry allows.
 
 mod error;
 pub mod parse;
@@ -32,20 +36,37 @@ const BUSY_RETRY_FOR: Duration = Duration::from_secs(10);
 /// records; access times are pure overhead for a database.
 pub const BASE_PROPERTIES: &[(&str, &str)] = &[("recordsize", "8k"), ("atime", "off")];
 
+/// The permissions velo's commands use, delegated by `velo setup` on the base dataset (each
+/// is justified in docs/setup.md). velo never renames, rolls back, promotes or sets properties.
+pub const DELEGATED_PERMISSIONS: &[&str] = &["create", "clone", "destroy", "snapshot", "mount"];
+
 /// The ZFS command-line tools.
 #[derive(Debug, Clone)]
 pub struct Zfs {
     zfs: String,
     zpool: String,
+    /// Mount and unmount through `sudo -n` (velo is not running as root).
+    sudo: bool,
 }
 
 impl Default for Zfs {
     fn default() -> Self {
-        Self {
-            zfs: std::env::var("VELO_ZFS").unwrap_or_else(|_| "zfs".into()),
-            zpool: std::env::var("VELO_ZPOOL").unwrap_or_else(|_| "zpool".into()),
-        }
+        Self::new(None, None)
     }
+}
+
+/// Which ZFS this host runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Implementation {
+    /// OpenZFS, with the first line of `zfs version` (e.g. `zfs-2.1.11-1`).
+    OpenZfs(String),
+    /// zfs-fuse: no `zfs version`, no `zfs allow`, so velo runs as root only.
+    ZfsFuse,
+}
+
+/// True when this process runs as root.
+pub fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
 }
 
 /// Space figures of a pool, in bytes, from its root dataset.
@@ -56,6 +77,31 @@ pub struct PoolSpace {
 }
 
 impl Zfs {
+    /// The tools at the given paths (from velo's config), unless `VELO_ZFS`/`VELO_ZPOOL` say
+    /// otherwise; `zfs` and `zpool` on PATH when neither does.
+    pub fn new(zfs: Option<String>, zpool: Option<String>) -> Self {
+        Self {
+            zfs: std::env::var("VELO_ZFS")
+                .ok()
+                .or(zfs)
+                .unwrap_or_else(|| "zfs".into()),
+            zpool: std::env::var("VELO_ZPOOL")
+                .ok()
+                .or(zpool)
+                .unwrap_or_else(|| "zpool".into()),
+            sudo: !is_root(),
+        }
+    }
+
+    /// The `zfs` program velo runs (the path the sudoers entry must name).
+    pub fn zfs_program(&self) -> &str {
+        &self.zfs
+    }
+
+    pub fn zpool_program(&self) -> &str {
+        &self.zpool
+    }
+
     async fn run(&self, program: &str, args: &[&str]) -> Result<String, ZfsError> {
         let argv = std::iter::once(program)
             .chain(args.iter().copied())
@@ -152,13 +198,52 @@ impl Zfs {
         }
     }
 
-    /// Creates a filesystem with the given properties; parents must exist.
+    /// Creates a filesystem with the given properties, mounted; parents must exist.
     pub async fn create(&self, dataset: &str, props: &[(&str, &str)]) -> Result<(), ZfsError> {
         let opts = props_args(props);
         let mut args = vec!["create"];
         args.extend(opts.iter().map(String::as_str));
         args.push(dataset);
-        self.zfs(&args).await.map(drop)
+        self.mounted_after(dataset, self.zfs(&args).await).await
+    }
+
+    /// A non-root create or clone makes the dataset but cannot mount it (OpenZFS then exits 1
+    /// with "successfully created"): mount it through sudo.
+    async fn mounted_after(
+        &self,
+        dataset: &str,
+        made: Result<String, ZfsError>,
+    ) -> Result<(), ZfsError> {
+        match made {
+            Err(e) if e.kind() == ZfsErrorKind::CreatedNotMounted => self.mount(dataset).await,
+            Ok(_) if self.sudo => self.mount(dataset).await,
+            other => other.map(drop),
+        }
+    }
+
+    /// Runs `zfs <verb> <dataset>`, through `sudo -n` unless velo runs as root.
+    async fn privileged(&self, verb: &str, dataset: &str) -> Result<String, ZfsError> {
+        if self.sudo {
+            self.run("sudo", &["-n", &self.zfs, verb, dataset]).await
+        } else {
+            self.zfs(&[verb, dataset]).await
+        }
+    }
+
+    /// Mounts a filesystem; one that is already mounted is success.
+    pub async fn mount(&self, dataset: &str) -> Result<(), ZfsError> {
+        match self.privileged("mount", dataset).await {
+            Err(e) if e.kind() == ZfsErrorKind::AlreadyMounted => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    /// Unmounts a filesystem; one that is not mounted is success.
+    pub async fn unmount(&self, dataset: &str) -> Result<(), ZfsError> {
+        match self.privileged("unmount", dataset).await {
+            Err(e) if e.kind() == ZfsErrorKind::NotMounted => Ok(()),
+            other => other.map(drop),
+        }
     }
 
     /// Creates `dataset` if it is missing (a racing creator is not an error).
@@ -187,12 +272,8 @@ impl Zfs {
         let mut args = vec!["clone"];
         args.extend(opts.iter().map(String::as_str));
         args.extend([snapshot, dataset]);
-        self.zfs(&args).await.map(drop)
-    }
-
-    /// Mounts a filesystem at its mountpoint.
-    pub async fn mount(&self, dataset: &str) -> Result<(), ZfsError> {
-        self.zfs(&["mount", dataset]).await.map(drop)
+        let made = self.zfs(&args).await;
+        self.mounted_after(dataset, made).await
     }
 
     /// Every filesystem and snapshot at or under `root`, with its mount state, origin and the
@@ -229,8 +310,24 @@ impl Zfs {
         self.run("umount", &["-l", path]).await.map(drop)
     }
 
-    /// Destroys a filesystem and its snapshots. Missing is success.
+    /// Destroys a filesystem and its snapshots. Missing is success. Not as root, the
+    /// filesystems are unmounted first (deepest first), since `zfs destroy` cannot.
     pub async fn destroy_dataset(&self, dataset: &str) -> Result<(), ZfsError> {
+        if self.sudo {
+            let tree = self.get_tree(dataset, &["mounted"]).await?;
+            let mut mounted: Vec<&String> = tree
+                .iter()
+                .filter(|(name, p)| {
+                    !name.contains('@')
+                        && p.get("mounted").cloned().flatten().as_deref() == Some("yes")
+                })
+                .map(|(name, _)| name)
+                .collect();
+            mounted.sort_by_key(|name| std::cmp::Reverse(name.matches('/').count()));
+            for name in mounted {
+                self.unmount(name).await?;
+            }
+        }
         self.destroy_retrying(&["destroy", "-r", dataset]).await
     }
 
@@ -333,6 +430,57 @@ impl Zfs {
             Err(e) if e.kind() == ZfsErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(e),
         }
+    }
+}
+
+/// Host set-up and health: what `velo setup` and `velo doctor` ask of ZFS.
+impl Zfs {
+    /// OpenZFS (with its version) or zfs-fuse.
+    pub async fn implementation(&self) -> Result<Implementation, ZfsError> {
+        match self.zfs(&["version"]).await {
+            Ok(out) => Ok(Implementation::OpenZfs(
+                out.lines().next().unwrap_or_default().trim().to_string(),
+            )),
+            Err(e) if e.kind() == ZfsErrorKind::Unsupported => Ok(Implementation::ZfsFuse),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A pool property (`zpool list -H -o`, which zfs-fuse also has).
+    pub async fn pool_property(&self, pool: &str, property: &str) -> Result<String, ZfsError> {
+        let out = self.zpool(&["list", "-H", "-o", property, pool]).await?;
+        Ok(out.trim().to_string())
+    }
+
+    pub async fn set_pool_property(
+        &self,
+        pool: &str,
+        property: &str,
+        value: &str,
+    ) -> Result<(), ZfsError> {
+        self.zpool(&["set", &format!("{property}={value}"), pool])
+            .await
+            .map(drop)
+    }
+
+    /// The permissions delegated to `user` on `dataset` itself (local and descendent), from
+    /// `zfs allow <dataset>`.
+    pub async fn allowed(&self, dataset: &str, user: &str) -> Result<Vec<String>, ZfsError> {
+        let out = self.zfs(&["allow", dataset]).await?;
+        Ok(parse::allowed_for_user(&out, dataset, user))
+    }
+
+    /// `zfs allow -u USER perms dataset`: local and descendent permissions.
+    pub async fn allow(&self, dataset: &str, user: &str, perms: &[&str]) -> Result<(), ZfsError> {
+        self.zfs(&["allow", "-u", user, &perms.join(","), dataset])
+            .await
+            .map(drop)
+    }
+
+    pub async fn unallow(&self, dataset: &str, user: &str, perms: &[&str]) -> Result<(), ZfsError> {
+        self.zfs(&["unallow", "-u", user, &perms.join(","), dataset])
+            .await
+            .map(drop)
     }
 }
 

@@ -131,6 +131,35 @@ fn unescape_mount_path(path: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The permissions `zfs allow <dataset>` lists for `user` in the dataset's own
+/// "Local+Descendent" section (what `zfs allow -u USER perms dataset` grants), sorted.
+///
+/// ```text
+/// ---- Permissions on tank/velo ----------------------------------------
+/// Local+Descendent permissions:
+/// <TAB>user tester clone,create,destroy,mount,snapshot
+/// ```
+pub fn allowed_for_user(out: &str, dataset: &str, user: &str) -> Vec<String> {
+    let mut on_dataset = false;
+    let mut in_section = false;
+    let mut perms = Vec::new();
+    for line in out.lines() {
+        if let Some(rest) = line.strip_prefix("---- Permissions on ") {
+            on_dataset = rest.split_whitespace().next() == Some(dataset);
+            in_section = false;
+        } else if !line.starts_with(char::is_whitespace) {
+            in_section = on_dataset && line.trim() == "Local+Descendent permissions:";
+        } else if in_section
+            && let ["user", who, list] = line.split_whitespace().collect::<Vec<_>>().as_slice()
+            && *who == user
+        {
+            perms.extend(list.split(',').map(str::to_string));
+        }
+    }
+    perms.sort();
+    perms
+}
+
 fn dash_is_none(value: &str) -> Option<String> {
     match value {
         "-" | "" => None,
@@ -192,6 +221,18 @@ velotest/velo/a\\040b /velotest/velo/a\\040b fuse.zfs rw 0 0\ntank/x /tank/x zfs
             fuse_mountpoints(table),
             vec!["/velotest".to_string(), "/velotest/velo/a b".to_string()]
         );
+    }
+
+    #[test]
+    fn delegated_permissions() {
+        // OpenZFS 2.1 `zfs allow tank/velo`, with an inherited section of the pool above it.
+        let out = "---- Permissions on tank/velo ----------------------------------------\nLocal+Descendent permissions:\n\tuser tester clone,create,destroy,mount,snapshot\n\tuser other create\nLocal permissions:\n\tuser tester rename\n---- Permissions on tank -----------------------------------------------\nLocal+Descendent permissions:\n\tuser tester promote\n";
+        assert_eq!(
+            allowed_for_user(out, "tank/velo", "tester"),
+            vec!["clone", "create", "destroy", "mount", "snapshot"]
+        );
+        assert_eq!(allowed_for_user(out, "tank/velo", "other"), vec!["create"]);
+        assert!(allowed_for_user("", "tank/velo", "tester").is_empty());
     }
 
     #[test]

@@ -8,4 +8,5 @@ mod drift;
 mod failures;
 mod hardening;
 mod history;
+mod host;
 mod util;

@@ -126,7 +126,9 @@ impl Sandbox {
 
     pub fn run(&self, args: &[&str]) -> Output {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_velo"));
-        cmd.args(args).env("VELO_HOME", self.home.path());
+        cmd.args(args)
+            .env("VELO_HOME", self.home.path())
+            .env("VELO_CONFIG", self.home.path().join("config.json"));
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
@@ -353,7 +355,6 @@ impl Sandbox {
         names.sort();
         names
     }
-
     pub fn state(&self) -> Value {
         let path = self.home.path().join("state.json");
         match std::fs::read_to_string(&path) {

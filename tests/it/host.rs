@@ -1,0 +1,325 @@
+//! `velo doctor` and `velo setup` on the rig (root, zfs-fuse).
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+
+use serde_json::Value;
+
+use crate::util::Sandbox;
+
+/// `velo doctor --json`: (exit status success, checks).
+fn doctor(sb: &Sandbox) -> (bool, Vec<Value>) {
+    let out = sb.run(&["doctor", "--json"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("doctor prints JSON");
+    assert_eq!(v["ok"].as_bool(), Some(out.status.success()), "{v:#}");
+    (
+        out.status.success(),
+        v["checks"].as_array().unwrap().clone(),
+    )
+}
+
+fn find<'a>(checks: &'a [Value], name: &str) -> &'a Value {
+    checks
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no check {name} in {checks:#?}"))
+}
+
+fn failed(checks: &[Value]) -> Vec<String> {
+    checks
+        .iter()
+        .filter(|c| c["status"] == "fail")
+        .map(|c| c["check"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn sh(cmd: &str) -> std::process::Output {
+    Command::new("sh").args(["-c", cmd]).output().unwrap()
+}
+
+#[test]
+fn doctor_sees_a_healthy_rig_and_each_breakage() {
+    let mut sb = Sandbox::new();
+    let p = sb.create_project("doc");
+    sb.ok(&["branch", "create", &format!("{p}/dev")]);
+
+    let (ok, checks) = doctor(&sb);
+    assert!(ok, "{checks:#?}");
+    assert!(
+        checks.iter().all(|c| c["status"] == "ok"),
+        "all ✓ on a healthy rig: {checks:#?}"
+    );
+    for name in ["dataset", "container", "port"] {
+        find(&checks, &format!("{p}/dev {name}"));
+    }
+    let text = sb.ok(&["doctor"]);
+    assert!(
+        text.contains(&format!("  ✓ {p}/main port: PostgreSQL answers")),
+        "{text}"
+    );
+    assert!(!text.contains('✗'), "{text}");
+
+    // A branch's container removed behind velo's back.
+    let gone = sh(&format!("docker rm -f velo-{p}.dev"));
+    assert!(gone.status.success());
+    let (ok, checks) = doctor(&sb);
+    assert!(!ok);
+    assert_eq!(
+        failed(&checks),
+        vec![format!("{p}/dev container"), format!("{p}/dev port")]
+    );
+    assert!(
+        find(&checks, &format!("{p}/dev container"))["fix"]
+            .as_str()
+            .unwrap()
+            .contains("velo branch start")
+    );
+    let out = sb.run(&["doctor"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("✗ {p}/dev container: velo-{p}.dev is missing")),
+        "{text}"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("velo doctor found 2 problem(s)"));
+    sb.ok(&["branch", "start", &format!("{p}/dev")]);
+    assert!(doctor(&sb).0);
+
+    // The state file readable by others.
+    let state = sb.home().join("state.json");
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, checks) = doctor(&sb);
+    assert!(!ok);
+    assert_eq!(failed(&checks), vec!["permissions"]);
+    assert!(
+        find(&checks, "permissions")["fix"]
+            .as_str()
+            .unwrap()
+            .starts_with("chmod 600 ")
+    );
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Docker unreachable: to the client a stopped daemon is a socket nobody answers on, so a
+    // DOCKER_HOST with no daemon behind it tests the same without stopping the shared dockerd.
+    let dead = sb.home().join("no-docker.sock");
+    sb.set_env("DOCKER_HOST", &format!("unix://{}", dead.display()));
+    let (ok, checks) = doctor(&sb);
+    assert!(!ok);
+    let daemon = find(&checks, "daemon");
+    assert_eq!(daemon["group"], "docker");
+    assert_eq!(daemon["status"], "fail");
+    assert!(daemon["fix"].as_str().unwrap().contains("start Docker"));
+    assert!(failed(&checks).contains(&format!("{p}/main container")));
+    sb.clear_env();
+    assert!(doctor(&sb).0);
+}
+
+/// Destroys the test's own pool even when the test fails, and puts the rig back in case
+/// the export disturbed zfs-fuse.
+struct PoolGuard<'a> {
+    sb: &'a Sandbox,
+    pool: String,
+    file: std::path::PathBuf,
+}
+
+impl Drop for PoolGuard<'_> {
+    fn drop(&mut self) {
+        let _ = sh(&format!(
+            // zfs-fuse finishes unmounts asynchronously: a destroy right after may be "busy".
+            "zpool list {pool} >/dev/null 2>&1 || zpool import -d {dir} {pool}; for i in $(seq 20); do zpool destroy -f {pool} && break; sleep 0.5; done",
+            dir = self.file.parent().unwrap().display(),
+            pool = self.pool
+        ));
+        let _ = std::fs::remove_file(&self.file);
+        self.sb.rig_up();
+    }
+}
+
+#[test]
+fn doctor_sees_an_exported_pool() {
+    // Exclusive: while a second pool exists, "the only pool" is ambiguous for other tests.
+    let sb = Sandbox::exclusive();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pool.img");
+    let pool = format!("velodoc{}", std::process::id());
+    let _guard = PoolGuard {
+        sb: &sb,
+        pool: pool.clone(),
+        file: file.clone(),
+    };
+    assert!(
+        sh(&format!("truncate -s 128M {}", file.display()))
+            .status
+            .success()
+    );
+    let made = sh(&format!("zpool create {pool} {}", file.display()));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let p = sb.project("exp");
+    sb.ok(&[
+        "project",
+        "create",
+        &p,
+        "--pool",
+        &pool,
+        "--image",
+        &sb.rig.image,
+    ]);
+    sb.ok(&["branch", "stop", &format!("{p}/main")]);
+    assert!(doctor(&sb).0);
+
+    let exported = sh(&format!("zpool export {pool}"));
+    assert!(
+        exported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&exported.stderr)
+    );
+    let (ok, checks) = doctor(&sb);
+    assert!(!ok);
+    let c = find(&checks, &format!("pool {pool}"));
+    assert_eq!(c["status"], "fail");
+    assert_eq!(c["detail"], format!("pool {pool} is not imported"));
+    assert_eq!(c["fix"], format!("import it: `zpool import {pool}`"));
+    assert_eq!(
+        find(&checks, &format!("{p}/main dataset"))["status"],
+        "fail"
+    );
+
+    let imported = sh(&format!("zpool import -d {} {pool}", dir.path().display()));
+    assert!(
+        imported.status.success(),
+        "{}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+    assert!(doctor(&sb).0);
+    sb.ok(&["project", "delete", &p]);
+}
+
+/// A throw-away user, and whatever setup left for it, removed even when the test fails.
+struct UserGuard(String);
+
+impl Drop for UserGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(format!("/etc/sudoers.d/velo-{}", self.0));
+        let _ = sh(&format!("userdel {}", self.0));
+    }
+}
+
+fn allowed(user: &str, command: &str) -> bool {
+    sh(&format!("sudo -n -l -U {user} {command} >/dev/null 2>&1"))
+        .status
+        .success()
+}
+
+#[test]
+fn setup_dry_run_twice_and_undo() {
+    let sb = Sandbox::new();
+    let user = format!("velot{:06}", std::process::id() % 1_000_000);
+    let added = sh(&format!("useradd --no-create-home {user}"));
+    assert!(
+        added.status.success(),
+        "{}",
+        String::from_utf8_lossy(&added.stderr)
+    );
+    let _guard = UserGuard(user.clone());
+    let pool = sb.rig.pool.clone();
+    let sudoers = std::path::PathBuf::from(format!("/etc/sudoers.d/velo-{user}"));
+    let config = sb.home().join("config.json");
+    let in_docker = |u: &str| {
+        String::from_utf8_lossy(&sh("getent group docker").stdout)
+            .trim()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .split(',')
+            .any(|m| m == u)
+    };
+    let setup = |extra: &[&str]| {
+        let mut args = vec!["setup", "--user", &user, "--pool", &pool];
+        args.extend_from_slice(extra);
+        let out = sb.run(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let dry = setup(&["--dry-run"]);
+    assert!(
+        dry.contains(&format!("would: install {}", sudoers.display())),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!("would: add {user} to the docker group")),
+        "{dry}"
+    );
+    assert!(
+        dry.contains(&format!(
+            "would: record pool {pool} in {}",
+            config.display()
+        )),
+        "{dry}"
+    );
+    assert!(dry.contains("zfs-fuse, which has no `zfs allow`"), "{dry}");
+    assert!(dry.contains("root-equivalent"), "{dry}");
+    assert!(dry.contains("Dry run: 3 change(s) would be made"), "{dry}");
+    assert!(!sudoers.exists() && !config.exists() && !in_docker(&user));
+
+    let first = setup(&[]);
+    assert!(first.contains("Done: 3 change(s)"), "{first}");
+    let meta = std::fs::metadata(&sudoers).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o440);
+    assert!(in_docker(&user));
+    let recorded: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+    assert_eq!(recorded["pool"], pool.as_str());
+    let zfs = recorded["zfs"].as_str().unwrap().to_string();
+
+    // Exactly velo's mounts and unmounts, of velo's datasets, and nothing else.
+    for ok in [
+        format!("{zfs} mount {pool}/velo/demo"),
+        format!("{zfs} mount {pool}/velo/demo/dev.0"),
+        format!("{zfs} unmount {pool}/velo/demo/main-2.17"),
+    ] {
+        assert!(allowed(&user, &ok), "should be allowed: {ok}");
+    }
+    for denied in [
+        format!("{zfs} mount -a"),
+        format!("{zfs} mount {pool}/velo"),
+        format!("{zfs} mount {pool}/other"),
+        format!("{zfs} mount {pool}/velo/demo -a"),
+        format!("{zfs} mount {pool}/velo/demo {pool}/other"),
+        format!("{zfs} mount -o remount {pool}/velo/demo"),
+        format!("{zfs} mount {pool}/velo/demo/dev.0@snap"),
+        format!("{zfs} mount {pool}/velo/demo/../../other"),
+        format!("{zfs} destroy {pool}/velo/demo"),
+        format!("{zfs} mount {pool}x/velo/demo"),
+        format!("/bin/sh -c {zfs}"),
+        format!("/usr/bin/env {zfs} mount {pool}/velo/demo"),
+    ] {
+        assert!(!allowed(&user, &denied), "should be denied: {denied}");
+    }
+
+    let second = setup(&[]);
+    assert!(
+        second.contains(&format!("Nothing to change: {user} is already set up.")),
+        "{second}"
+    );
+    assert!(
+        !second.contains("would:") && !second.contains("▸"),
+        "{second}"
+    );
+
+    let undone = setup(&["--undo"]);
+    assert!(undone.contains("Undone: 3 change(s)."), "{undone}");
+    assert!(!sudoers.exists() && !config.exists() && !in_docker(&user));
+    assert!(!allowed(&user, &format!("{zfs} mount {pool}/velo/demo")));
+    let again = setup(&["--undo"]);
+    assert!(
+        again.contains(&format!("Nothing to undo for {user}.")),
+        "{again}"
+    );
+}
