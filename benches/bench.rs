@@ -57,7 +57,11 @@ impl Opts {
         };
         let list = |v: &str| -> Result<Vec<usize>> {
             v.split(',')
-                .map(|x| x.trim().parse().with_context(|| format!("not a number: {x}")))
+                .map(|x| {
+                    x.trim()
+                        .parse()
+                        .with_context(|| format!("not a number: {x}"))
+                })
                 .collect()
         };
         let mut args = std::env::args().skip(1);
@@ -450,7 +454,13 @@ impl Bench {
         for _ in 0..runs {
             snap.push(self.timed(&["snapshot", "create", &b], None)?);
         }
-        self.push(figure("snapshot create (idle branch)", &label, "s", snap, ""));
+        self.push(figure(
+            "snapshot create (idle branch)",
+            &label,
+            "s",
+            snap,
+            "",
+        ));
         let resets = runs.max(10);
         let mut reset = Vec::new();
         for _ in 0..resets {
@@ -526,7 +536,7 @@ impl Bench {
     fn idle_memory(&self, branch: &str) -> Result<f64> {
         std::thread::sleep(Duration::from_secs(2));
         let (project, name) = branch.split_once('/').expect("project/branch");
-        let container = format!("velo-{project}-{name}");
+        let container = format!("velo-{project}.{name}");
         let out = Command::new("docker")
             .args([
                 "stats",
@@ -547,7 +557,15 @@ impl Bench {
         let mut cmd = Command::new("pgbench");
         c.env(&mut cmd);
         let out = cmd
-            .args(["-c", "2", "-j", "2", "-n", "-T", &self.o.pgbench_secs.to_string()])
+            .args([
+                "-c",
+                "2",
+                "-j",
+                "2",
+                "-n",
+                "-T",
+                &self.o.pgbench_secs.to_string(),
+            ])
             .output()?;
         let text = String::from_utf8_lossy(&out.stdout);
         text.lines()
@@ -596,6 +614,14 @@ impl Bench {
             dump.push(start.elapsed().as_secs_f64());
             self.psql(&admin, "DROP DATABASE bench_copy")?;
 
+            // CREATE DATABASE … TEMPLATE refuses while anyone is connected to the source.
+            self.psql(
+                &admin,
+                &format!(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{}'",
+                    main.database
+                ),
+            )?;
             let start = Instant::now();
             self.psql(
                 &admin,
@@ -749,8 +775,20 @@ impl Bench {
             child.wait()?;
             stops.push(start.elapsed().as_secs_f64());
         }
-        self.push(figure("floor: bare postgres start, to ready", "empty", "s", starts, "on the host, a cleanly stopped data directory"));
-        self.push(figure("floor: bare postgres fast shutdown", "empty", "s", stops, "SIGINT until the postmaster exits"));
+        self.push(figure(
+            "floor: bare postgres start, to ready",
+            "empty",
+            "s",
+            starts,
+            "on the host, a cleanly stopped data directory",
+        ));
+        self.push(figure(
+            "floor: bare postgres fast shutdown",
+            "empty",
+            "s",
+            stops,
+            "SIGINT until the postmaster exits",
+        ));
         self.velo(&["branch", "delete", &b])?;
         Ok(())
     }
@@ -836,11 +874,24 @@ fn sh(cmd: &str) -> String {
 fn machine() -> BTreeMap<&'static str, String> {
     BTreeMap::from([
         ("cores", sh("nproc")),
-        ("cpu", sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2")),
+        (
+            "cpu",
+            sh("grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"),
+        ),
         ("memory", sh("free -h | awk '/^Mem:/ { print $2 }'")),
         ("kernel", sh("uname -sr")),
-        ("zfs", sh("if command -v zfs-fuse >/dev/null; then echo \"zfs-fuse $(dpkg-query -W -f='${Version}' zfs-fuse 2>/dev/null)\"; else zfs version 2>/dev/null | head -1; fi")),
-        ("docker", sh("docker version --format 'client {{.Client.Version}}, server {{.Server.Version}} (API {{.Server.APIVersion}})'")),
+        (
+            "zfs",
+            sh(
+                "if command -v zfs-fuse >/dev/null; then echo \"zfs-fuse $(dpkg-query -W -f='${Version}' zfs-fuse 2>/dev/null)\"; else zfs version 2>/dev/null | head -1; fi",
+            ),
+        ),
+        (
+            "docker",
+            sh(
+                "docker version --format 'client {{.Client.Version}}, server {{.Server.Version}} (API {{.Server.APIVersion}})'",
+            ),
+        ),
         ("load average at start", sh("cut -d' ' -f1-3 /proc/loadavg")),
         ("other containers at start", sh("docker ps -q | wc -l")),
     ])
@@ -880,10 +931,7 @@ fn write_results(b: &Bench, machine: &BTreeMap<&str, String>, started: &str) -> 
     });
     let out: &Path = &b.o.out;
     std::fs::write(out.join("bench.json"), serde_json::to_string_pretty(&json)?)?;
-    std::fs::write(
-        out.join("bench.md"),
-        markdown(&b.figures, machine, started),
-    )?;
+    std::fs::write(out.join("bench.md"), markdown(&b.figures, machine, started))?;
     Ok(())
 }
 
