@@ -261,8 +261,12 @@ impl Bench {
                     .connect_timeout(Duration::from_secs(2));
                 let attempt = async {
                     let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
-                    tokio::spawn(conn);
-                    client.query_one("SELECT 1", &[]).await.map(drop)
+                    let conn = tokio::spawn(conn);
+                    let answered = client.query_one("SELECT 1", &[]).await.map(drop);
+                    // Close the session now: a lingering one blocks DROP DATABASE.
+                    drop(client);
+                    let _ = conn.await;
+                    answered
                 };
                 match attempt.await {
                     Ok(()) => return Ok(()),
