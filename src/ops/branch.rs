@@ -534,12 +534,10 @@ async fn swap_container(
         },
     )
     .await?;
-    ctx.shell
-        .step("Stop", async {
-            ctx.runtime.stop(&name, STOP_TIMEOUT_SECS).await?;
-            ctx.runtime.remove(&name).await
-        })
-        .await?;
+    // The old generation's server is thrown away, so it is killed rather than shut down (a fast
+    // shutdown took 0.2-0.8 s here). Its data stays safe: if this command fails, the undo step
+    // above starts it again and PostgreSQL recovers it from its WAL, as after a power cut.
+    ctx.shell.step("Stop", ctx.runtime.remove(&name)).await?;
     let spec = container_spec(ctx, project, r, new, new_mount);
     ctx.shell
         .step("Create container", ctx.runtime.create(&spec))
