@@ -6,12 +6,12 @@
 #
 #   scripts/openzfs-vm-test.sh            # as root on the build host; slow under TCG (see README)
 #
-# Env: OZVM_SCRIPTS (default /work/shared/openzfs-vm), OZVM_DIR (default /var/tmp/openzfs-vm),
+# Env: OZVM_SCRIPTS (default ../shared/openzfs-vm beside the repository), OZVM_DIR (default /var/tmp/openzfs-vm),
 # VELO_TEST_IMAGE (default velo-test/postgres:15), VELO_BIN (default: build target/debug/velo).
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-T="${OZVM_SCRIPTS:-/work/shared/openzfs-vm}"
+T="${OZVM_SCRIPTS:-$ROOT/../shared/openzfs-vm}"
 export OZVM_DIR="${OZVM_DIR:-/var/tmp/openzfs-vm}"
 IMAGE="${VELO_TEST_IMAGE:-velo-test/postgres:15}"
 SHARE="$OZVM_DIR/share"

@@ -191,7 +191,7 @@ async fn apply(
                 )
                 .await?;
             next.enabled_delegation |= delegation != "on";
-            let have = ctx.zfs.allowed(&base, user).await?;
+            let have = delegated(ctx, &base, user).await?;
             let complete = DELEGATED_PERMISSIONS
                 .iter()
                 .all(|p| have.iter().any(|h| h == p));
@@ -275,11 +275,7 @@ async fn undo(
     if let Some(pool) = &pool {
         let base = names::base_dataset(pool);
         if let Implementation::OpenZfs(_) = ctx.zfs.implementation().await? {
-            let have = if ctx.zfs.exists(&base).await? {
-                ctx.zfs.allowed(&base, user).await?
-            } else {
-                Vec::new()
-            };
+            let have = delegated(ctx, &base, user).await?;
             steps
                 .step(
                     have.is_empty(),
@@ -454,6 +450,15 @@ async fn install_sudoers(path: &Path, rule: &str) -> Result<()> {
         return Err(e.context("the generated sudoers rule did not validate; nothing was installed"));
     }
     std::fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))
+}
+
+/// The permissions delegated to `user` on `base`; none while `base` does not exist (a dry run
+/// before the first setup, or after an undo).
+async fn delegated(ctx: &Ctx, base: &str, user: &str) -> Result<Vec<String>> {
+    if !ctx.zfs.exists(base).await? {
+        return Ok(Vec::new());
+    }
+    Ok(ctx.zfs.allowed(base, user).await?)
 }
 
 #[cfg(test)]
