@@ -283,6 +283,13 @@ async fn run_undo(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
                 ctx.runtime
                     .start(&spec.name, &spec.host_ip, spec.host_port)
                     .await?;
+                // The branch is as it was only once it answers again: a server that was killed
+                // replays its WAL first, and a command that waited for this one (a snapshot's
+                // CHECKPOINT, say) must not meet it half started. Not cut short by a signal:
+                // this is the roll-back a signal asked for.
+                super::endpoint(project, b)
+                    .wait_ready(super::branch::BRANCH_READY, || async { Ok(()) })
+                    .await?;
             }
         }
     }

@@ -38,7 +38,9 @@ pub const BASE_PROPERTIES: &[(&str, &str)] = &[("recordsize", "8k"), ("atime", "
 
 /// The permissions velo's commands use, delegated by `velo setup` on the base dataset (each
 /// is justified in docs/setup.md). velo never renames, rolls back, promotes or sets properties.
-pub const DELEGATED_PERMISSIONS: &[&str] = &["create", "clone", "destroy", "snapshot", "mount"];
+pub const DELEGATED_PERMISSIONS: &[&str] = &[
+    "create", "clone", "destroy", "snapshot", "mount", "userprop",
+];
 
 /// The ZFS command-line tools.
 #[derive(Debug, Clone)]
