@@ -244,6 +244,13 @@ fn a_reboot_of_both_daemons_is_found_and_repaired() {
     let dockerd = pid_in("/var/run/docker.pid");
     sh("kill", &[&dockerd]);
     wait_until("dockerd stops", || !succeeds("kill", &["-0", &dockerd]));
+    // A host going down lets its file systems write out what was fsynced. zfs-fuse, killed
+    // with -9, loses what it has not yet committed to a transaction group, fsynced or not
+    // (PostgreSQL's shutdown checkpoint then fails to start: "could not read file
+    // pg_logical/replorigin_checkpoint"). A snapshot commits the pool's open transaction group.
+    let flush = format!("{}@reboot-flush", sb.rig.pool);
+    sh("zfs", &["snapshot", &flush]);
+    sh("zfs", &["destroy", &flush]);
     let zfs_fuse = pid_in("/run/zfs-fuse.pid");
     sh("kill", &["-9", &zfs_fuse]);
     wait_until("zfs-fuse dies", || !succeeds("kill", &["-0", &zfs_fuse]));
