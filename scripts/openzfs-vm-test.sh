@@ -95,10 +95,10 @@ time velo project create demo --image velo-test/postgres:15
 psql "$(url demo/main)" -c "CREATE TABLE users (id serial PRIMARY KEY, name text); INSERT INTO users (name) VALUES ('Alice'), ('Bob'), ('Charlie');"
 time velo branch create demo/dev
 psql "$(url demo/dev)" -c "INSERT INTO users (name) VALUES ('Dave'), ('Eve'); DELETE FROM users WHERE name = 'Bob';"
-[ "$(psql -At "$(url demo/dev)" -c 'SELECT string_agg(name, \$\$,\$\$ ORDER BY name) FROM users')" = "Alice,Charlie,Dave,Eve" ]
-[ "$(psql -At "$(url demo/main)" -c 'SELECT string_agg(name, \$\$,\$\$ ORDER BY name) FROM users')" = "Alice,Bob,Charlie" ]
+[ "$(psql -At "$(url demo/dev)" -c 'SELECT string_agg(name, $$,$$ ORDER BY name) FROM users')" = "Alice,Charlie,Dave,Eve" ]
+[ "$(psql -At "$(url demo/main)" -c 'SELECT string_agg(name, $$,$$ ORDER BY name) FROM users')" = "Alice,Bob,Charlie" ]
 time velo branch reset demo/dev
-[ "$(psql -At "$(url demo/dev)" -c 'SELECT string_agg(name, \$\$,\$\$ ORDER BY name) FROM users')" = "Alice,Bob,Charlie" ]
+[ "$(psql -At "$(url demo/dev)" -c 'SELECT string_agg(name, $$,$$ ORDER BY name) FROM users')" = "Alice,Bob,Charlie" ]
 time velo snapshot create demo/main --label before-migration
 velo snapshot list
 velo status
