@@ -35,7 +35,7 @@ struct Opts {
 }
 
 const USAGE: &str = "usage: bench --velo PATH --home DIR --pool POOL --image IMAGE --out DIR
-  [--sizes 100M,1G,5G] [--runs 5] [--alt-runs-large 1] [--list 1,10,50] [--concurrency 10,20]
+  [--sizes 100M,1G,5G|none] [--runs 5] [--alt-runs-large 1] [--list 1,10,50] [--concurrency 10,20]
   [--pgbench-secs 10] [--keep-data] [--quick]
   --quick = --sizes 15M --runs 3 --list 1,10 --concurrency 5 --pgbench-secs 3";
 
@@ -91,6 +91,7 @@ impl Opts {
                 "--pool" => o.pool = v,
                 "--image" => o.image = v,
                 "--out" => o.out = v.into(),
+                "--sizes" if v == "none" => o.sizes.clear(),
                 "--sizes" => o.sizes = v.split(',').map(|s| s.trim().to_string()).collect(),
                 "--runs" => o.runs = v.parse()?,
                 "--alt-runs-large" => o.alt_runs_large = v.parse()?,
@@ -232,6 +233,14 @@ impl Bench {
     fn json(&self, args: &[&str]) -> Result<Value> {
         let text = self.velo(args)?;
         serde_json::from_str(&text).with_context(|| format!("velo {}: not JSON", args.join(" ")))
+    }
+
+    /// Runs `velo branch create branch` and returns how to reach the new branch: its port from
+    /// the URL velo prints, the rest from `project` (every branch of a project has main's
+    /// credentials). Nothing but velo runs between the start and the caller's `SELECT 1`.
+    fn create_branch(&self, branch: &str, project: &Conn) -> Result<Conn> {
+        let out = self.velo(&["branch", "create", branch])?;
+        branch_conn(project, branch, &out)
     }
 
     fn conn(&self, branch: &str) -> Result<Conn> {
@@ -424,16 +433,14 @@ impl Bench {
         for i in 0..runs {
             let b = format!("{project}/c{i}");
             let start = Instant::now();
-            self.velo(&["branch", "create", &b])?;
-            let conn = self.conn(&b)?;
+            let conn = self.create_branch(&b, &main)?;
             self.select1(&conn)?;
             create.push(start.elapsed().as_secs_f64());
             used.push(self.fresh_used(&b)?);
             memory.push(self.idle_memory(&b)?);
             delete.push(self.timed(&["branch", "delete", &b], None)?);
         }
-        let note = "includes `velo branch password` to learn the port";
-        self.push(figure("branch create", &label, "s", create, note));
+        self.push(figure("branch create", &label, "s", create, ""));
         self.push(figure("branch delete", &label, "s", delete, ""));
         self.push(figure(
             "fresh branch ZFS used",
@@ -742,7 +749,55 @@ impl Bench {
             self.push(figure(name, "empty", "s", samples, ""));
         }
 
+        // What project create waits for: the image's first start on an empty data directory
+        // (initdb, the entrypoint's temporary server, the real start), on a dataset of its own.
         let owner = sh(&format!("stat -c %u:%g {pgdata}"));
+        let scratch = format!("{}/velo-bench-initdb", self.o.pool);
+        let mut inits = Vec::new();
+        for _ in 0..self.o.runs {
+            sh(&format!(
+                "zfs destroy -r {scratch} 2>/dev/null; zfs create {scratch}"
+            ));
+            let dir = format!(
+                "{}/pgdata",
+                sh(&format!("zfs get -H -o value mountpoint {scratch}"))
+            );
+            sh(&format!("mkdir -m 700 {dir} && chown {owner} {dir}"));
+            let password = "bench-floor";
+            let start = Instant::now();
+            let out = Command::new("docker")
+                .args(["run", "-d", "--name", "velo-bench-floor", "--network=host"])
+                .args(["-v", &format!("{dir}:/var/lib/postgresql/data")])
+                .args(["-e", &format!("POSTGRES_PASSWORD={password}")])
+                .arg(&self.o.image)
+                .args([
+                    "-c",
+                    &format!("port={port}"),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                ])
+                .output()?;
+            if !out.status.success() {
+                bail!("docker run: {}", String::from_utf8_lossy(&out.stderr));
+            }
+            self.select1(&Conn {
+                password: password.into(),
+                ..conn.clone()
+            })?;
+            inits.push(start.elapsed().as_secs_f64());
+            Command::new("docker")
+                .args(["rm", "-f", "velo-bench-floor"])
+                .output()?;
+        }
+        sh(&format!("zfs destroy -r {scratch}"));
+        self.push(figure(
+            "floor: docker run --network host on an empty data directory, to ready",
+            "empty",
+            "s",
+            inits,
+            "what project create waits for: initdb and the entrypoint's temporary server",
+        ));
+
         let (uid, gid) = owner
             .split_once(':')
             .ok_or_else(|| anyhow!("stat {pgdata}: {owner}"))?;
@@ -798,6 +853,7 @@ impl Bench {
     }
 
     fn concurrent_creates(&mut self, project: &str, k: usize) -> Result<()> {
+        let main = self.conn(&format!("{project}/main"))?;
         let mut samples = Vec::new();
         for _ in 0..self.o.runs {
             let names: Vec<String> = (0..k).map(|j| format!("{project}/p{j}")).collect();
@@ -806,12 +862,12 @@ impl Bench {
                 .iter()
                 .map(|b| {
                     self.velo_cmd(&["branch", "create", b])
-                        .stdout(Stdio::null())
+                        .stdout(Stdio::piped())
                         .stderr(Stdio::piped())
                         .spawn()
                 })
                 .collect::<Result<_, _>>()?;
-            for child in children {
+            for (child, b) in children.into_iter().zip(&names) {
                 let out = child.wait_with_output()?;
                 if !out.status.success() {
                     bail!(
@@ -819,9 +875,7 @@ impl Bench {
                         String::from_utf8_lossy(&out.stderr)
                     );
                 }
-            }
-            for b in &names {
-                let c = self.conn(b)?;
+                let c = branch_conn(&main, b, &String::from_utf8_lossy(&out.stdout))?;
                 self.select1(&c)?;
             }
             samples.push(start.elapsed().as_secs_f64());
@@ -838,6 +892,22 @@ impl Bench {
         ));
         Ok(())
     }
+}
+
+/// How to reach a branch that `velo branch create` just made, from the URL it printed (`out`)
+/// and its project's credentials.
+fn branch_conn(project: &Conn, branch: &str, out: &str) -> Result<Conn> {
+    let port = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("postgresql://"))
+        .and_then(|rest| rest.split('/').next())
+        .and_then(|authority| authority.rsplit(':').next())
+        .and_then(|port| port.parse().ok())
+        .ok_or_else(|| anyhow!("`velo branch create {branch}` printed no URL: {out}"))?;
+    Ok(Conn {
+        port,
+        ..project.clone()
+    })
 }
 
 fn parse_docker_size(text: &str) -> Option<f64> {

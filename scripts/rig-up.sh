@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Brings up velo's test rig on a Debian 12 machine (run as root):
-#   * apt packages: zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo
+#   * apt packages: zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo iproute2
 #   * the zfs-fuse daemon (userspace ZFS; the kernel has no ZFS module)
 #   * a file-backed pool $VELO_TEST_POOL (default velotest), imported and mounted
 #   * dockerd (started by hand: there is no systemd)
@@ -36,7 +36,7 @@ ROOTFS_TAR="$CACHE_DIR/rootfs-$SUITE-postgresql-15-v$ROOTFS_VERSION.tar"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 IMAGE_CTX="$HERE/postgres-image"
 if [[ "${IMAGE##*/}" == *:* ]]; then BASE_IMAGE="$IMAGE-base"; else BASE_IMAGE="$IMAGE:base"; fi
-PACKAGES=(zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo)
+PACKAGES=(zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo iproute2)
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
 export DOCKER_BUILDKIT=0 # the legacy builder is all a registry-less 20.10 daemon needs
 

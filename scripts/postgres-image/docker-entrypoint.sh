@@ -119,8 +119,10 @@ fi
 printf "\nlisten_addresses = '*'\n" >>"$PGDATA/postgresql.conf"
 printf '\nhost all all all %s\n' "$POSTGRES_HOST_AUTH_METHOD" >>"$PGDATA/pg_hba.conf"
 
-# Temporary server on the unix socket only.
-pg_ctl -D "$PGDATA" -o "-c listen_addresses=''" -w start >&2
+# Temporary server on the unix socket only. Like the official image, it gets the container's
+# own server arguments too (`postgres -c …`), with the listen address and port overridden.
+temp_args=("${@:2}" -c "listen_addresses=" -p 5432)
+pg_ctl -D "$PGDATA" -o "$(printf '%q ' "${temp_args[@]}")" -w start >&2
 
 psql_cmd=(psql -v ON_ERROR_STOP=1 --no-psqlrc --no-password --username "$POSTGRES_USER")
 export PGPASSWORD="${PGPASSWORD:-$POSTGRES_PASSWORD}"

@@ -72,6 +72,9 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// How long each branch's port may take to answer before it is called dead.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: std::time::Duration,
     },
 }
 
@@ -101,7 +104,7 @@ impl Cli {
                 };
                 ops::setup::setup(ctx, req).await
             }
-            Command::Doctor { json } => ops::doctor::doctor(ctx, json).await,
+            Command::Doctor { json, timeout } => ops::doctor::doctor(ctx, json, timeout).await,
         }
     }
 }

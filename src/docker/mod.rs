@@ -10,7 +10,7 @@ use std::io::Read;
 use bollard::Docker;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, Mount, MountType, PortBinding,
+    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, Mount, MountType,
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
@@ -38,14 +38,6 @@ pub enum DockerError {
     Unreachable { source: BollardError },
     #[error("image `{image}` is not on this host: `docker pull {image}`, or pass --image")]
     ImageMissing { image: String },
-    #[error(
-        "port {port} on {ip} is already in use by another program: stop it, or let velo pick another port"
-    )]
-    PortInUse {
-        ip: String,
-        port: u16,
-        source: BollardError,
-    },
     #[error("container `{name}` does not exist")]
     NoSuchContainer { name: String },
     #[error("docker: {action}")]
@@ -73,9 +65,8 @@ pub struct ContainerSpec {
     /// Host directories to mount. Bind mounts fail if the source does not exist, so an
     /// unmounted dataset can never be initialised as an empty database.
     pub mounts: Vec<BindMount>,
-    pub host_ip: String,
-    pub host_port: u16,
-    /// Arguments after `postgres` (`-c name=value` pairs).
+    /// Arguments after `postgres` (`-c name=value` pairs). The container shares the host's
+    /// network, so these say where PostgreSQL listens (see `ops::container_spec`).
     pub postgres_args: Vec<String>,
 }
 
@@ -291,16 +282,9 @@ impl Runtime {
     }
 
     pub async fn create(&self, spec: &ContainerSpec) -> Result<(), DockerError> {
-        let port_key = "5432/tcp".to_string();
         let host_config = HostConfig {
             mounts: Some(spec.mounts.iter().map(bind_mount).collect()),
-            port_bindings: Some(HashMap::from([(
-                port_key.clone(),
-                Some(vec![PortBinding {
-                    host_ip: Some(spec.host_ip.clone()),
-                    host_port: Some(spec.host_port.to_string()),
-                }]),
-            )])),
+            network_mode: Some("host".to_string()),
             ..Default::default()
         };
         let mut cmd = vec!["postgres".to_string()];
@@ -310,7 +294,6 @@ impl Runtime {
             cmd: Some(cmd),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(spec.labels.iter().cloned().collect()),
-            exposed_ports: Some(vec![port_key]),
             stop_signal: Some("SIGINT".to_string()),
             host_config: Some(host_config),
             ..Default::default()
@@ -332,17 +315,12 @@ impl Runtime {
         }
     }
 
-    pub async fn start(&self, name: &str, host_ip: &str, port: u16) -> Result<(), DockerError> {
+    pub async fn start(&self, name: &str) -> Result<(), DockerError> {
         match self.client().await?.start_container(name, None).await {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 304) => Ok(()),
             Err(e) if is_status(&e, 404) => Err(DockerError::NoSuchContainer {
                 name: name.to_string(),
-            }),
-            Err(e) if is_port_conflict(&e) => Err(DockerError::PortInUse {
-                ip: host_ip.to_string(),
-                port,
-                source: e,
             }),
             Err(e) => Err(api(format!("starting container {name}"))(e)),
         }
@@ -362,7 +340,8 @@ impl Runtime {
         }
     }
 
-    /// Removes a container, stopping it first if needed. Missing is success.
+    /// Removes a container, stopping it first if needed. Missing is success, and so is a
+    /// removal already in progress (a killed velo's, say) once it has finished.
     pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
         let opts = RemoveContainerOptionsBuilder::new().force(true).build();
         match self
@@ -373,6 +352,16 @@ impl Runtime {
         {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 404) => Ok(()),
+            Err(e) if is_status(&e, 409) => {
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+                while self.status(name).await? != ContainerStatus::Missing {
+                    if std::time::Instant::now() > deadline {
+                        return Err(api(format!("removing container {name}"))(e));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Ok(())
+            }
             Err(e) => Err(api(format!("removing container {name}"))(e)),
         }
     }
@@ -459,16 +448,6 @@ fn bind_mount(m: &BindMount) -> Mount {
         typ: Some(MountType::BIND),
         read_only: Some(m.read_only),
         ..Default::default()
-    }
-}
-
-fn is_port_conflict(e: &BollardError) -> bool {
-    match e {
-        BollardError::DockerResponseServerError { message, .. } => {
-            message.contains("port is already allocated")
-                || message.contains("address already in use")
-        }
-        _ => false,
     }
 }
 

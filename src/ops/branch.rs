@@ -257,11 +257,19 @@ pub async fn take_snapshot(
     undo: &mut Undo,
 ) -> Result<Origin> {
     let running = ctx.runtime.status(&names::container_name(r)).await? == ContainerStatus::Running;
-    if running {
-        ctx.shell
+    // The CHECKPOINT only shortens the replay of a server started on the snapshot: a ZFS
+    // snapshot is atomic, so it is a crash-consistent image whatever the server is doing. A
+    // server that cannot be asked (being killed by its own reset, say) is no reason to fail.
+    if running
+        && let Err(e) = ctx
+            .shell
             .step("Checkpoint", endpoint(project, b).checkpoint())
             .await
-            .with_context(|| format!("checkpointing `{r}` before its snapshot"))?;
+    {
+        ctx.shell.warn(&format!(
+            "could not CHECKPOINT `{r}` ({:#}); the snapshot is crash-consistent all the same, and a server started on it replays more WAL",
+            anyhow::Error::new(e)
+        ));
     }
     let dataset = b.dataset(&project.pool, r);
     let wal_from = match ctx.zfs.mountpoint(&dataset).await? {
@@ -366,11 +374,12 @@ pub async fn reset(ctx: &Ctx, r: &BranchRef) -> Result<()> {
         .expect("checked above")
         .clone();
     let snap = super::new_snapshot_id();
-    let result = async {
-        let origin = take_snapshot(ctx, &project, &parent_ref, &parent, &snap, &mut undo).await?;
-        replace_generation(ctx, &project, r, &old, origin, &mut undo).await
-    }
-    .await;
+    let origin = NewOrigin::SnapshotOf {
+        r: &parent_ref,
+        branch: &parent,
+        id: &snap,
+    };
+    let result = replace_generation(ctx, &project, r, &old, origin, &mut undo).await;
     commit_generation(ctx, r, &old, result, undo).await?;
     ctx.shell
         .note(&format!("Branch `{r}` now matches `{parent_ref}`."));
@@ -400,7 +409,15 @@ pub async fn restore(ctx: &Ctx, r: &BranchRef, key: &str) -> Result<()> {
         Ok::<_, anyhow::Error>((project, old, origin, undo))
     })?;
     let label = origin.snapshot.clone();
-    let result = replace_generation(ctx, &project, r, &old, origin, &mut undo).await;
+    let result = replace_generation(
+        ctx,
+        &project,
+        r,
+        &old,
+        NewOrigin::Existing(origin),
+        &mut undo,
+    )
+    .await;
     commit_generation(ctx, r, &old, result, undo).await?;
     ctx.shell
         .note(&format!("Branch `{r}` is back at snapshot {label}."));
@@ -446,21 +463,70 @@ fn claim_alone(ctx: &Ctx, r: &BranchRef, operation: &str) -> Result<(Project, Br
         .update(|s| claim_branch(s, r, operation, Vec::new()))
 }
 
-/// Serves a branch from a new generation cloned from `origin`. Returns the branch as it will
-/// be once committed.
+/// Where a branch's new generation is cloned from.
+enum NewOrigin<'a> {
+    /// A snapshot that exists (restore).
+    Existing(Origin),
+    /// A new snapshot `id` of branch `r` (reset: the parent).
+    SnapshotOf {
+        r: &'a BranchRef,
+        branch: &'a Branch,
+        id: &'a str,
+    },
+}
+
+/// Serves a branch from a new generation cloned from `origin`, on the same port with the same
+/// password. Returns the branch as it will be once committed.
+///
+/// The old generation's server is thrown away, so it is killed rather than shut down (a fast
+/// shutdown took 0.2-0.8 s here), and killed while the new generation is being made: the two
+/// touch different datasets. Its data stays safe: if this command fails, the `swap` undo step
+/// starts it again and PostgreSQL recovers it from its WAL, as after a power cut.
 async fn replace_generation(
     ctx: &Ctx,
     project: &Project,
     r: &BranchRef,
     old: &Branch,
-    origin: Origin,
+    origin: NewOrigin<'_>,
     undo: &mut Undo,
 ) -> Result<Branch> {
-    let mut new = old.clone();
-    new.generation = next_generation(old);
-    new.origin = Some(origin.clone());
-    let mountpoint = new_generation(ctx, project, r, &new, &origin, undo).await?;
-    swap_container(ctx, project, r, old, &new, &mountpoint, undo).await?;
+    let name = names::container_name(r);
+    let was_running = ctx.runtime.status(&name).await? == ContainerStatus::Running;
+    mounted_at(ctx, &old.dataset(&project.pool, r)).await?;
+    undo.intend(
+        ctx,
+        "swap",
+        UndoStep::RestoreContainer {
+            branch: r.branch.clone(),
+            start: was_running,
+        },
+    )
+    .await?;
+    let stop = ctx.shell.step("Stop", ctx.runtime.remove(&name));
+    let make = async {
+        let origin = match origin {
+            NewOrigin::Existing(origin) => origin,
+            NewOrigin::SnapshotOf { r, branch, id } => {
+                take_snapshot(ctx, project, r, branch, id, undo).await?
+            }
+        };
+        let mut new = old.clone();
+        new.generation = next_generation(old);
+        new.origin = Some(origin.clone());
+        let mountpoint = new_generation(ctx, project, r, &new, &origin, undo).await?;
+        Ok::<_, anyhow::Error>((new, mountpoint))
+    };
+    let (stopped, made) = tokio::join!(stop, make);
+    stopped?;
+    let (new, mountpoint) = made?;
+    let spec = container_spec(ctx, project, r, &new, &mountpoint)?;
+    // Its undo runs before the new generation is destroyed (undo runs in reverse), so the new
+    // server is gone first; the `swap` step then brings the old one back.
+    super::create_container(ctx, &spec, undo).await?;
+    if new.desired == RunState::Running {
+        undo.step(ctx, "start").await?;
+        start_and_wait(ctx, project, r, &new, BRANCH_READY).await?;
+    }
     undo.step(ctx, "commit").await?;
     Ok(new)
 }
@@ -510,43 +576,6 @@ fn next_generation(b: &Branch) -> u32 {
         .max()
         .unwrap_or(0)
         + 1
-}
-
-/// Moves a branch's container from the old generation's data to the new one and waits for it.
-async fn swap_container(
-    ctx: &Ctx,
-    project: &Project,
-    r: &BranchRef,
-    old: &Branch,
-    new: &Branch,
-    new_mount: &str,
-    undo: &mut Undo,
-) -> Result<()> {
-    let name = names::container_name(r);
-    let was_running = ctx.runtime.status(&name).await? == ContainerStatus::Running;
-    mounted_at(ctx, &old.dataset(&project.pool, r)).await?;
-    undo.intend(
-        ctx,
-        "swap",
-        UndoStep::RestoreContainer {
-            branch: r.branch.clone(),
-            start: was_running,
-        },
-    )
-    .await?;
-    // The old generation's server is thrown away, so it is killed rather than shut down (a fast
-    // shutdown took 0.2-0.8 s here). Its data stays safe: if this command fails, the undo step
-    // above starts it again and PostgreSQL recovers it from its WAL, as after a power cut.
-    ctx.shell.step("Stop", ctx.runtime.remove(&name)).await?;
-    let spec = container_spec(ctx, project, r, new, new_mount);
-    ctx.shell
-        .step("Create container", ctx.runtime.create(&spec))
-        .await?;
-    if new.desired == RunState::Running {
-        undo.step(ctx, "start").await?;
-        start_and_wait(ctx, project, r, new, BRANCH_READY).await?;
-    }
-    Ok(())
 }
 
 /// Destroys, in a whole project, the retired generations nothing depends on any more, until a
@@ -988,7 +1017,7 @@ async fn ensure_running(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch)
         ContainerStatus::Running => return wait_ready(ctx, project, r, b, BRANCH_READY).await,
         ContainerStatus::Missing => {
             let mountpoint = ensure_mounted(ctx, &b.dataset(&project.pool, r)).await?;
-            let spec = container_spec(ctx, project, r, b, &mountpoint);
+            let spec = container_spec(ctx, project, r, b, &mountpoint)?;
             ctx.shell
                 .step("Re-create container", ctx.runtime.create(&spec))
                 .await?;
@@ -1067,11 +1096,15 @@ pub async fn observe(
     name: &crate::names::ProjectName,
     p: &Project,
 ) -> Result<Vec<(BranchRef, String, Option<u64>)>> {
-    let live = ctx.runtime.list_managed(&ctx.home_label()).await?;
-    let sizes = ctx
-        .zfs
-        .get_tree(&names::project_dataset(&p.pool, name), &["used"])
-        .await?;
+    let (live, sizes) = tokio::try_join!(
+        async { Ok::<_, anyhow::Error>(ctx.runtime.list_managed(&ctx.home_label()).await?) },
+        async {
+            Ok(ctx
+                .zfs
+                .get_tree(&names::project_dataset(&p.pool, name), &["used"])
+                .await?)
+        },
+    )?;
     Ok(p.branches
         .iter()
         .map(|(bn, b)| {

@@ -105,7 +105,7 @@ impl Check {
     }
 }
 
-pub async fn doctor(ctx: &Ctx, as_json: bool) -> Result<()> {
+pub async fn doctor(ctx: &Ctx, as_json: bool, probe_timeout: Duration) -> Result<()> {
     let state = ctx.store.read();
     let known = state.as_ref().ok();
     let (system, zfs, docker, sudo, branches) = tokio::join!(
@@ -115,7 +115,7 @@ pub async fn doctor(ctx: &Ctx, as_json: bool) -> Result<()> {
         sudo_checks(ctx),
         async {
             match known {
-                Some(s) => branch_checks(ctx, s).await,
+                Some(s) => branch_checks(ctx, s, probe_timeout).await,
                 None => Vec::new(),
             }
         },
@@ -554,7 +554,7 @@ fn state_checks(ctx: &Ctx, state: &Result<State, crate::state::StoreError>) -> V
 
 /// Every branch in the state against what is really there: its dataset present and mounted,
 /// its container present and in the recorded state, and its port answering when it should run.
-pub async fn branch_checks(ctx: &Ctx, state: &State) -> Vec<Check> {
+pub async fn branch_checks(ctx: &Ctx, state: &State, probe_timeout: Duration) -> Vec<Check> {
     const G: &str = "branches";
     let per_branch = state.projects.iter().flat_map(|(pname, p)| {
         p.branches.iter().map(move |(bname, b)| async move {
@@ -609,7 +609,7 @@ pub async fn branch_checks(ctx: &Ctx, state: &State) -> Vec<Check> {
             });
             if b.desired == RunState::Running {
                 let endpoint = super::endpoint(p, b);
-                let answered = tokio::time::timeout(Duration::from_secs(2), endpoint.ping()).await;
+                let answered = tokio::time::timeout(probe_timeout, endpoint.ping()).await;
                 checks.push(match answered {
                     Ok(Ok(())) => Check::ok(
                         G,
@@ -625,8 +625,14 @@ pub async fn branch_checks(ctx: &Ctx, state: &State) -> Vec<Check> {
                     Err(_) => Check::fail(
                         G,
                         format!("{r} port"),
-                        format!("no answer on {} within 2 s", b.port),
-                        format!("`velo branch restart {r}`; `docker logs {container}` says why"),
+                        format!(
+                            "no answer on {} within {}",
+                            b.port,
+                            humantime::format_duration(probe_timeout)
+                        ),
+                        format!(
+                            "a slow host needs `velo doctor --timeout 30s`; else `velo branch restart {r}`"
+                        ),
                     ),
                 });
             }

@@ -276,13 +276,11 @@ async fn run_undo(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
             let r = BranchRef::new(project_name.clone(), branch.clone());
             let b = super::get_branch(project, &r)?;
             let mountpoint = super::mounted_at(ctx, &b.dataset(&project.pool, &r)).await?;
-            let spec = super::container_spec(ctx, project, &r, b, &mountpoint);
+            let spec = super::container_spec(ctx, project, &r, b, &mountpoint)?;
             ctx.runtime.remove(&spec.name).await?;
             ctx.runtime.create(&spec).await?;
             if *start {
-                ctx.runtime
-                    .start(&spec.name, &spec.host_ip, spec.host_port)
-                    .await?;
+                ctx.runtime.start(&spec.name).await?;
                 // The branch is as it was only once it answers again: a server that was killed
                 // replays its WAL first, and a command that waited for this one (a snapshot's
                 // CHECKPOINT, say) must not meet it half started. Not cut short by a signal:

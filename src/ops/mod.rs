@@ -32,7 +32,7 @@ use rand::RngExt;
 
 use crate::archive::{self, Archives};
 use crate::config::Config;
-use crate::docker::{self, BindMount, ContainerSpec, ContainerStatus, DockerError, Runtime};
+use crate::docker::{self, BindMount, ContainerSpec, ContainerStatus, Runtime};
 use crate::names::{self, BranchRef, ProjectName};
 use crate::pg::Endpoint;
 pub use journal::Undo;
@@ -44,8 +44,37 @@ use crate::zfs::Zfs;
 /// Host ports velo hands out, on 127.0.0.1.
 pub const PORT_RANGE: std::ops::RangeInclusive<u16> = 54320..=54999;
 
-/// Where containers publish their port unless the user asks otherwise.
+/// The one host address every branch's PostgreSQL listens on.
 pub const DEFAULT_HOST_IP: &str = "127.0.0.1";
+
+/// The client authentication file every branch's server uses (`hba_file`), in place of the
+/// `pg_hba.conf` in its data directory. Branch containers share the host's network (no
+/// bridge, NAT or docker-proxy: that was 0.3 s of every start here, docs/benchmarks.md), and
+/// the `pg_hba.conf` that initdb and the official image write trusts every TCP connection from
+/// 127.0.0.1, which on the host's network means every local user. Here TCP always needs the
+/// password. `md5` does SCRAM for SCRAM-hashed passwords (PostgreSQL 14+), and still accepts an
+/// older image's MD5 hashes. The Unix socket stays inside the container, as in the image.
+const HBA: &str = "\
+# Written by velo; every branch server reads it (hba_file). Edits are overwritten.
+local all all trust
+host all all all md5
+host replication all all md5
+";
+
+/// Where a branch's container sees [`HBA`].
+const HBA_IN_CONTAINER: &str = "/etc/velo/pg_hba.conf";
+
+/// What PostgreSQL logs when another program holds its port.
+const PORT_TAKEN_LOG: &str = "Address already in use";
+
+/// Another program holds the port a branch's server should listen on.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "port {port} on {DEFAULT_HOST_IP} is already in use by another program: stop it, or let `velo repair --fix` move the branch to a free port"
+)]
+pub struct PortTaken {
+    pub port: u16,
+}
 
 /// The ZFS user property velo sets on every dataset it creates, naming the velo home that owns
 /// it: several velo homes (users) can share one pool, and only a dataset with this home's mark
@@ -292,14 +321,15 @@ pub fn container_spec(
     r: &BranchRef,
     branch: &Branch,
     mountpoint: &str,
-) -> ContainerSpec {
+) -> Result<ContainerSpec> {
+    let hba = write_hba(ctx)?;
     let archives = ctx.archives();
     let bind = |source: PathBuf, target: &str, read_only| BindMount {
         source: source.display().to_string(),
         target: target.to_string(),
         read_only,
     };
-    ContainerSpec {
+    Ok(ContainerSpec {
         name: names::container_name(r),
         image: project.image.clone(),
         labels: vec![
@@ -326,19 +356,42 @@ pub fn container_spec(
                 archive::PROJECT_ARCHIVES_IN_CONTAINER,
                 true,
             ),
+            bind(hba, HBA_IN_CONTAINER, true),
         ],
-        host_ip: DEFAULT_HOST_IP.into(),
-        host_port: branch.port,
-        postgres_args: postgres_args(),
-    }
+        postgres_args: postgres_args(branch.port),
+    })
 }
 
-/// Server settings every branch runs with: WAL archiving into its own archive.
-fn postgres_args() -> Vec<String> {
+/// Writes [`HBA`] into the velo home unless it is there already; returns its path.
+fn write_hba(ctx: &Ctx) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = ctx.store.dir().join("pg_hba.conf");
+    if std::fs::read_to_string(&path).is_ok_and(|text| text == HBA) {
+        return Ok(path);
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, HBA)
+        // The image's postgres user reads it through the bind mount: it holds no secret.
+        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)))
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Server settings every branch runs with: listening on `port` of the host's 127.0.0.1 only,
+/// with velo's client authentication ([`HBA`]); WAL archiving into its own archive; and a crash
+/// recovery that syncs the data directory's file system with one `syncfs` instead of an
+/// `fsync` of every file. A clone of a running server always starts with crash recovery, and
+/// on this rig the per-file walk was 0.3 s of a branch's start (docs/benchmarks.md).
+fn postgres_args(port: u16) -> Vec<String> {
     [
+        format!("listen_addresses={DEFAULT_HOST_IP}"),
+        format!("port={port}"),
+        format!("hba_file={HBA_IN_CONTAINER}"),
         "wal_level=replica".to_string(),
         "archive_mode=on".to_string(),
         format!("archive_command={}", archive::archive_command()),
+        "recovery_init_sync_method=syncfs".to_string(),
     ]
     .into_iter()
     .flat_map(|setting| ["-c".to_string(), setting])
@@ -424,11 +477,27 @@ pub async fn start_and_wait(
 ) -> Result<()> {
     let name = names::container_name(r);
     ctx.shell
-        .step("Start container", async {
-            ctx.runtime.start(&name, DEFAULT_HOST_IP, branch.port).await
-        })
+        .step("Start container", ctx.runtime.start(&name))
         .await?;
     wait_ready(ctx, project, r, branch, deadline).await
+}
+
+/// Creates a branch's container, having recorded first that the undo removes it. The undo
+/// removes only a container labelled with this velo home, so a name clash with someone else's
+/// container never removes theirs.
+pub async fn create_container(ctx: &Ctx, spec: &ContainerSpec, undo: &mut Undo) -> Result<()> {
+    undo.intend(
+        ctx,
+        "container",
+        UndoStep::RemoveContainer {
+            name: spec.name.clone(),
+        },
+    )
+    .await?;
+    ctx.shell
+        .step("Create container", ctx.runtime.create(spec))
+        .await?;
+    Ok(())
 }
 
 /// Creates and starts the container of a branch that is new (nobody relies on its port yet)
@@ -447,36 +516,19 @@ pub async fn launch_new(
     let mut branch = branch.clone();
     let mut tried = Vec::new();
     loop {
-        let spec = container_spec(ctx, project, r, &branch, mountpoint);
-        if tried.is_empty() {
-            // The undo removes only a container labelled with this velo home, so a name clash
-            // with someone else's container never removes theirs.
-            undo.intend(
-                ctx,
-                "container",
-                UndoStep::RemoveContainer {
-                    name: spec.name.clone(),
-                },
-            )
-            .await?;
-        }
-        ctx.shell
-            .step("Create container", ctx.runtime.create(&spec))
-            .await?;
+        let spec = container_spec(ctx, project, r, &branch, mountpoint)?;
+        create_container(ctx, &spec, undo).await?;
         undo.step(ctx, "start").await?;
-        let started = ctx
-            .shell
-            .step("Start container", async {
-                ctx.runtime
-                    .start(&spec.name, &spec.host_ip, spec.host_port)
-                    .await
-            })
-            .await;
-        match started {
-            Ok(()) => break,
-            Err(DockerError::PortInUse { port, .. }) if tried.len() < ATTEMPTS => {
+        ctx.shell
+            .step("Start container", ctx.runtime.start(&spec.name))
+            .await?;
+        undo.step(ctx, "ready").await?;
+        match wait_ready(ctx, project, r, &branch, deadline).await {
+            Ok(()) => return Ok(branch),
+            Err(e) if tried.len() < ATTEMPTS && e.downcast_ref::<PortTaken>().is_some() => {
                 ctx.runtime.remove(&spec.name).await?;
-                tried.push(port);
+                tried.push(branch.port);
+                let taken = branch.port;
                 branch.port = ctx.store.update(|s| {
                     let port = allocate_port(s, &tried)?;
                     let b = branch_mut(s, r)?;
@@ -484,16 +536,13 @@ pub async fn launch_new(
                     Ok::<_, anyhow::Error>(port)
                 })?;
                 ctx.shell.note(&format!(
-                    "port {port} was taken meanwhile; using {}",
+                    "port {taken} was taken meanwhile; using {}",
                     branch.port
                 ));
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(e),
         }
     }
-    undo.step(ctx, "ready").await?;
-    wait_ready(ctx, project, r, &branch, deadline).await?;
-    Ok(branch)
 }
 
 /// Waits until a branch's PostgreSQL answers `SELECT 1`; on failure the error carries the
@@ -522,6 +571,11 @@ pub async fn wait_ready(
     };
     if let Err(e) = ready {
         let logs = ctx.runtime.logs_tail(&name, 15).await;
+        if logs.contains(PORT_TAKEN_LOG)
+            && ctx.runtime.status(&name).await.ok() != Some(ContainerStatus::Running)
+        {
+            return Err(PortTaken { port: branch.port }.into());
+        }
         return Err(anyhow::Error::new(e).context(format!(
             "PostgreSQL for `{r}` did not become ready; its last log lines:\n{}",
             logs.trim_end()

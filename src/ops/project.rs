@@ -76,11 +76,14 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
     let name = req.name.clone();
     let main_ref = BranchRef::new(name.clone(), BranchName::main());
 
-    let pool = choose_pool(ctx, req.pool).await?;
-    ctx.shell
-        .step("Check image", ctx.runtime.require_image(&image))
-        .await?;
-    let pg_user = ctx.runtime.postgres_user(&image).await?;
+    // The image's postgres uid (read from a created, never started, container) is asked while
+    // the pool is chosen; a bad pool is reported first, whichever answer comes first.
+    let (pool, pg_user) = tokio::join!(
+        choose_pool(ctx, req.pool),
+        ctx.shell
+            .step("Check image", ctx.runtime.postgres_user(&image))
+    );
+    let (pool, pg_user) = (pool?, pg_user?);
 
     let (project, main, mut undo) = ctx.store.update(|s| {
         if s.projects.contains_key(&name) {

@@ -60,11 +60,12 @@ fn kill_9_at_each_step_of_reset_and_restore_leaves_the_branch_as_it_was() {
     let snap = sb.ok(&["snapshot", "create", &dev]).trim().to_string();
     sb.sql(&dev, "INSERT INTO users VALUES (3, 'after-snap')");
     let port = sb.port(&dev);
-    let cases: [(&[&str], &str); 8] = [
+    let cases: [(&[&str], &str); 9] = [
         (&["branch", "reset", &dev], "snapshot"),
         (&["branch", "reset", &dev], "clone"),
         (&["branch", "reset", &dev], "archive"),
         (&["branch", "reset", &dev], "swap"),
+        (&["branch", "reset", &dev], "container"),
         (&["branch", "reset", &dev], "start"),
         (&["branch", "reset", &dev], "commit"),
         (&["branch", "restore", &dev, &snap], "swap"),
@@ -77,6 +78,8 @@ fn kill_9_at_each_step_of_reset_and_restore_leaves_the_branch_as_it_was() {
             said.contains("rolling it back"),
             "{args:?} at {step}: {said}"
         );
+        // Shown only if a check below fails.
+        eprintln!("{args:?} killed at {step}; the next command said: {said}");
         sb.assert_consistent(&p);
         // Running again, on the same port, with the same data.
         sb.ok(&["branch", "start", &dev]);

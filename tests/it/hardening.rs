@@ -1,4 +1,4 @@
-//! Security (private files, no secret in argv or logs, loopback only) and resource exhaustion
+//! Security (private files, no secret in argv or logs, loopback only, a password for TCP) and resource exhaustion
 //! (tools or daemons missing): each a clear error naming the fix, nothing half-made.
 
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -40,16 +40,33 @@ fn no_secret_in_process_arguments_logs_or_readable_files() {
     for text in [&out.stdout, &out.stderr] {
         assert!(!String::from_utf8_lossy(text).contains(&password));
     }
-    // Containers publish on the loopback address only.
-    let port = Command::new("docker")
-        .args(["port", &format!("velo-{p}.dev")])
+    // The branch's server listens on the host's loopback address only...
+    let port = sb.port(&format!("{p}/dev"));
+    let listening = Command::new("ss")
+        .args(["-Hltn", &format!("sport = :{port}")])
         .output()
         .unwrap();
-    let port = String::from_utf8_lossy(&port.stdout).into_owned();
+    let listening = String::from_utf8_lossy(&listening.stdout).into_owned();
+    let locals: Vec<&str> = listening
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert_eq!(locals, [format!("127.0.0.1:{port}")], "{listening}");
+    // ...and, though the initdb's pg_hba.conf trusts 127.0.0.1, a TCP connection needs the
+    // password (velo's hba_file).
+    let no_password = Command::new("psql")
+        .args(["-X", "-w", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-c", "SELECT 1"])
+        .env_remove("PGPASSWORD")
+        .env("PGPASSFILE", "/nonexistent")
+        .output()
+        .unwrap();
+    let refused = String::from_utf8_lossy(&no_password.stderr).into_owned();
     assert!(
-        port.contains("127.0.0.1:") && !port.contains("0.0.0.0"),
-        "{port}"
+        !no_password.status.success(),
+        "connected without a password"
     );
+    assert!(refused.contains("password"), "{refused}");
     // State and WAL archives are readable by their owner only.
     assert_eq!(mode(sb.home()), 0o700);
     assert_eq!(mode(&sb.home().join("state.json")), 0o600);

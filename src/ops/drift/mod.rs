@@ -361,7 +361,7 @@ async fn fix_branch(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Result<(
         });
     if recreate {
         let mountpoint = super::ensure_mounted(ctx, &dataset).await?;
-        let spec = super::container_spec(ctx, &project, r, &b, &mountpoint);
+        let spec = super::container_spec(ctx, &project, r, &b, &mountpoint)?;
         ctx.shell
             .step("Re-create container", async {
                 ctx.runtime.remove(&container).await?;
