@@ -202,6 +202,12 @@ pub fn container_name(branch: &BranchRef) -> String {
     format!("velo-{}.{}", branch.project, branch.branch)
 }
 
+/// The name a branch's old container carries while a reset or restore removes it. Names have
+/// no dot, so it is never another branch's container name.
+pub fn retired_container_name(branch: &BranchRef) -> String {
+    format!("{}.old", container_name(branch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

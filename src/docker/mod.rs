@@ -14,8 +14,9 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    ListContainersOptionsBuilder, LogsOptionsBuilder, RemoveContainerOptionsBuilder,
-    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
+    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
+    WaitContainerOptionsBuilder,
 };
 use futures_util::TryStreamExt;
 
@@ -337,6 +338,27 @@ impl Runtime {
             Ok(()) => Ok(()),
             Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
             Err(e) => Err(api(format!("stopping container {name}"))(e)),
+        }
+    }
+
+    /// Renames a container; `Ok(false)` if there is none called `from`.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<bool, DockerError> {
+        let opts = RenameContainerOptionsBuilder::new().name(to).build();
+        match self.client().await?.rename_container(from, opts).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_status(&e, 404) => Ok(false),
+            Err(e) => Err(api(format!("renaming container {from} to {to}"))(e)),
+        }
+    }
+
+    /// SIGKILLs a container's processes; Docker answers once they are gone. Missing or not
+    /// running is success.
+    pub async fn kill(&self, name: &str) -> Result<(), DockerError> {
+        let opts = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
+        match self.client().await?.kill_container(name, Some(opts)).await {
+            Ok(()) => Ok(()),
+            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
+            Err(e) => Err(api(format!("killing container {name}"))(e)),
         }
     }
 

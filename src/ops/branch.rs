@@ -19,7 +19,7 @@ use super::{
     wait_ready,
 };
 use crate::archive::{self, conf_quote};
-use crate::docker::ContainerStatus;
+use crate::docker::{ContainerStatus, DockerError};
 use crate::names::{self, BranchName, BranchRef};
 use crate::state::{
     Branch, Finish, Forget, Generation, Origin, Pin, Project, Recovery as JournalRecovery,
@@ -481,7 +481,8 @@ enum NewOrigin<'a> {
 /// The old generation's server is thrown away, so it is killed rather than shut down (a fast
 /// shutdown took 0.2-0.8 s here), and killed while the new generation is being made: the two
 /// touch different datasets. Its data stays safe: if this command fails, the `swap` undo step
-/// starts it again and PostgreSQL recovers it from its WAL, as after a power cut.
+/// starts it again and PostgreSQL recovers it from its WAL, as after a power cut. Its container
+/// is renamed out of the way first, so that Docker removes it while the new one starts.
 async fn replace_generation(
     ctx: &Ctx,
     project: &Project,
@@ -502,7 +503,15 @@ async fn replace_generation(
         },
     )
     .await?;
-    let stop = ctx.shell.step("Stop", ctx.runtime.remove(&name));
+    let retired = names::retired_container_name(r);
+    let stop = ctx.shell.step("Stop", async {
+        // A leftover of a reset killed at this point, which its recovery would have removed.
+        ctx.runtime.remove(&retired).await?;
+        if ctx.runtime.rename(&name, &retired).await? {
+            ctx.runtime.kill(&retired).await?;
+        }
+        Ok::<_, DockerError>(())
+    });
     let make = async {
         let origin = match origin {
             NewOrigin::Existing(origin) => origin,
@@ -523,10 +532,16 @@ async fn replace_generation(
     // Its undo runs before the new generation is destroyed (undo runs in reverse), so the new
     // server is gone first; the `swap` step then brings the old one back.
     super::create_container(ctx, &spec, undo).await?;
-    if new.desired == RunState::Running {
-        undo.step(ctx, "start").await?;
-        start_and_wait(ctx, project, r, &new, BRANCH_READY).await?;
-    }
+    let launch = async {
+        if new.desired == RunState::Running {
+            undo.step(ctx, "start").await?;
+            start_and_wait(ctx, project, r, &new, BRANCH_READY).await?;
+        }
+        Ok::<_, anyhow::Error>(())
+    };
+    let (launched, removed) = tokio::join!(launch, ctx.runtime.remove(&retired));
+    launched?;
+    removed?;
     undo.step(ctx, "commit").await?;
     Ok(new)
 }
@@ -900,13 +915,44 @@ async fn delete_one(
     undo: &Undo,
 ) -> Result<()> {
     let pool = &project.pool;
+    let container = names::container_name(r);
     undo.step(ctx, "delete-container").await?;
+    // Once its server is dead the data is free: Docker removes the container while ZFS
+    // destroys the datasets.
     ctx.shell
-        .step(
-            &format!("Remove container {r}"),
-            ctx.runtime.remove(&names::container_name(r)),
-        )
+        .step(&format!("Stop {r}"), ctx.runtime.kill(&container))
         .await?;
+    let remove_step = format!("Remove container {r}");
+    let (removed, destroyed) = tokio::join!(
+        ctx.shell.step(&remove_step, ctx.runtime.remove(&container)),
+        destroy_generations(ctx, pool, r, b, undo)
+    );
+    removed?;
+    let origins = destroyed?;
+    remove_dir(&ctx.archives().branch_dir(&r.project, &r.branch))?;
+    undo.step(ctx, "delete-forget").await?;
+    ctx.store.update(|s| {
+        if let Some(p) = s.projects.get_mut(&r.project) {
+            p.branches.remove(&r.branch);
+            p.snapshots.retain(|x| x.branch != r.branch);
+        }
+        // Forgetting the branch and noting what is left to release is one transaction.
+        if let Some(Finish::DeleteBranches { release }) = undo.finish_mut(s) {
+            release.extend(origins);
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+/// Destroys every generation of a branch being deleted, newest first; returns the origins
+/// velo made for them, to release once the branch is forgotten.
+async fn destroy_generations(
+    ctx: &Ctx,
+    pool: &str,
+    r: &BranchRef,
+    b: &Branch,
+    undo: &Undo,
+) -> Result<Vec<Origin>> {
     let mut origins = Vec::new();
     let mut generations: Vec<_> = b
         .retired
@@ -923,19 +969,7 @@ async fn delete_one(
             .await?;
         origins.extend(origin.filter(|o| o.owned));
     }
-    remove_dir(&ctx.archives().branch_dir(&r.project, &r.branch))?;
-    undo.step(ctx, "delete-forget").await?;
-    ctx.store.update(|s| {
-        if let Some(p) = s.projects.get_mut(&r.project) {
-            p.branches.remove(&r.branch);
-            p.snapshots.retain(|x| x.branch != r.branch);
-        }
-        // Forgetting the branch and noting what is left to release is one transaction.
-        if let Some(Finish::DeleteBranches { release }) = undo.finish_mut(s) {
-            release.extend(origins);
-        }
-        Ok::<_, anyhow::Error>(())
-    })
+    Ok(origins)
 }
 
 pub async fn start(ctx: &Ctx, r: &BranchRef) -> Result<()> {

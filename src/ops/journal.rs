@@ -20,7 +20,7 @@ use anyhow::{Context as _, Result, anyhow};
 use chrono::Utc;
 
 use super::Ctx;
-use crate::names::{BranchName, BranchRef, ProjectName};
+use crate::names::{self, BranchName, BranchRef, ProjectName};
 use crate::state::{Finish, Forget, Operation, Owner, Pin, Recovery, State, UndoStep};
 
 /// Test-only: the step name at which velo prints [`PAUSE_MARKER`] and waits (until killed or
@@ -277,6 +277,9 @@ async fn run_undo(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
             let b = super::get_branch(project, &r)?;
             let mountpoint = super::mounted_at(ctx, &b.dataset(&project.pool, &r)).await?;
             let spec = super::container_spec(ctx, project, &r, b, &mountpoint)?;
+            ctx.runtime
+                .remove(&names::retired_container_name(&r))
+                .await?;
             ctx.runtime.remove(&spec.name).await?;
             ctx.runtime.create(&spec).await?;
             if *start {
