@@ -752,9 +752,11 @@ impl Bench {
         // What project create waits for: the image's first start on an empty data directory
         // (initdb, the entrypoint's temporary server, the real start), on a dataset of its own.
         let owner = sh(&format!("stat -c %u:%g {pgdata}"));
-        let scratch = format!("{}/velo-bench-initdb", self.o.pool);
         let mut inits = Vec::new();
-        for _ in 0..self.o.runs {
+        for run in 0..self.o.runs {
+            // A dataset per run: zfs-fuse may still call the last one busy just after its
+            // container went away.
+            let scratch = format!("{}/velo-bench-initdb-{run}", self.o.pool);
             sh(&format!(
                 "zfs destroy -r {scratch} 2>/dev/null; zfs create {scratch}"
             ));
@@ -763,6 +765,9 @@ impl Bench {
                 sh(&format!("zfs get -H -o value mountpoint {scratch}"))
             );
             sh(&format!("mkdir -m 700 {dir} && chown {owner} {dir}"));
+            if std::fs::read_dir(&dir).map_or(true, |mut d| d.next().is_some()) {
+                bail!("{dir} is not a new, empty directory");
+            }
             let password = "bench-floor";
             let start = Instant::now();
             let out = Command::new("docker")
@@ -789,7 +794,12 @@ impl Bench {
                 .args(["rm", "-f", "velo-bench-floor"])
                 .output()?;
         }
-        sh(&format!("zfs destroy -r {scratch}"));
+        for run in 0..self.o.runs {
+            sh(&format!(
+                "zfs destroy -r {}/velo-bench-initdb-{run}",
+                self.o.pool
+            ));
+        }
         self.push(figure(
             "floor: docker run --network host on an empty data directory, to ready",
             "empty",
