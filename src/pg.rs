@@ -7,6 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::{Client, Config, NoTls};
 
+/// How long one readiness attempt may take, connection and query.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How to reach one server.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -82,10 +85,13 @@ impl Endpoint {
         let mut last = String::from("no attempt made");
         let mut asked_alive = Instant::now();
         while start.elapsed() < deadline {
-            match self.probe().await {
-                Ok(true) => return Ok(()),
-                Ok(false) => last = "still in recovery".into(),
-                Err(e) => last = e.to_string(),
+            // The connect timeout covers only the TCP connect: something that accepts and
+            // never answers must not hold the wait past its deadline.
+            match tokio::time::timeout(PROBE_TIMEOUT, self.probe()).await {
+                Ok(Ok(true)) => return Ok(()),
+                Ok(Ok(false)) => last = "still in recovery".into(),
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = format!("no answer within {PROBE_TIMEOUT:?}"),
             }
             if asked_alive.elapsed() > Duration::from_millis(200) {
                 asked_alive = Instant::now();

@@ -424,6 +424,42 @@ impl Runtime {
         chunks.iter().map(|c| c.to_string()).collect::<String>()
     }
 
+    /// Whether the container's log, since its last start, has a line containing `needle`.
+    /// Lines from an earlier run of the same container do not count.
+    pub async fn logged_since_start(&self, name: &str, needle: &str) -> Result<bool, DockerError> {
+        let inspect = match self.client().await?.inspect_container(name, None).await {
+            Ok(i) => i,
+            Err(e) if is_status(&e, 404) => return Ok(false),
+            Err(e) => return Err(api(format!("inspecting container {name}"))(e)),
+        };
+        let Some(started) = inspect
+            .state
+            .and_then(|s| s.started_at)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
+        else {
+            return Ok(false);
+        };
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .timestamps(true)
+            .since(i32::try_from(started.timestamp()).unwrap_or(0))
+            .build();
+        let chunks: Vec<_> = self
+            .client()
+            .await?
+            .logs(name, Some(opts))
+            .try_collect()
+            .await
+            .map_err(api(format!("reading the log of container {name}")))?;
+        let text: String = chunks.iter().map(|c| c.to_string()).collect();
+        Ok(text.lines().any(|line| {
+            let (stamp, rest) = line.split_once(' ').unwrap_or_default();
+            rest.contains(needle)
+                && chrono::DateTime::parse_from_rfc3339(stamp).is_ok_and(|t| t >= started)
+        }))
+    }
+
     /// Every container carrying velo's labels for the given velo home.
     pub async fn list_managed(&self, home: &str) -> Result<Vec<ManagedContainer>, DockerError> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_HOME}={home}")])]);

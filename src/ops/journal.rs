@@ -288,6 +288,8 @@ async fn run_undo(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
                 // replays its WAL first, and a command that waited for this one (a snapshot's
                 // CHECKPOINT, say) must not meet it half started. Not cut short by a signal:
                 // this is the roll-back a signal asked for.
+                super::until_listening(ctx, &spec.name, b.port, super::branch::BRANCH_READY)
+                    .await?;
                 super::endpoint(project, b)
                     .wait_ready(super::branch::BRANCH_READY, || async { Ok(()) })
                     .await?;

@@ -369,7 +369,8 @@ fn write_hba(ctx: &Ctx) -> Result<PathBuf> {
     if std::fs::read_to_string(&path).is_ok_and(|text| text == HBA) {
         return Ok(path);
     }
-    let tmp = path.with_extension("tmp");
+    // A name of its own: two commands may write it at once (it is the same text).
+    let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
     std::fs::write(&tmp, HBA)
         // The image's postgres user reads it through the bind mount: it holds no secret.
         .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644)))
@@ -545,6 +546,33 @@ pub async fn launch_new(
     }
 }
 
+/// Waits until the log of container `name` says, since its last start, that its server
+/// listens on `port`. Only then does velo connect with the password: on the host's network
+/// another local program could take the port before the server does (during a reset, say),
+/// and the password, which tokio-postgres would send in clear if asked, must never reach it.
+/// Once the server listens, nothing else can bind the port.
+pub async fn until_listening(ctx: &Ctx, name: &str, port: u16, deadline: Duration) -> Result<()> {
+    let needle = format!("listening on IPv4 address \"{DEFAULT_HOST_IP}\", port {port}");
+    let start = std::time::Instant::now();
+    let mut asked_alive = start;
+    while !ctx.runtime.logged_since_start(name, &needle).await? {
+        if start.elapsed() > deadline {
+            bail!(
+                "PostgreSQL in {name} did not listen on {DEFAULT_HOST_IP}:{port} within {deadline:?}"
+            );
+        }
+        if asked_alive.elapsed() > Duration::from_millis(200) {
+            asked_alive = std::time::Instant::now();
+            let status = ctx.runtime.status(name).await?;
+            if status != ContainerStatus::Running {
+                bail!("container {name} is not running: {status:?}");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
 /// Waits until a branch's PostgreSQL answers `SELECT 1`; on failure the error carries the
 /// container's last log lines.
 pub async fn wait_ready(
@@ -555,15 +583,18 @@ pub async fn wait_ready(
     deadline: Duration,
 ) -> Result<()> {
     let name = names::container_name(r);
+    let deadline = ctx.ready_timeout(deadline);
     let waiting = ctx.shell.step("Ready", async {
+        until_listening(ctx, &name, branch.port, deadline).await?;
         endpoint(project, branch)
-            .wait_ready(ctx.ready_timeout(deadline), || async {
+            .wait_ready(deadline, || async {
                 match ctx.runtime.status(&name).await {
                     Ok(ContainerStatus::Running) | Err(_) => Ok(()),
                     Ok(other) => Err(format!("container {name} is not running: {other:?}")),
                 }
             })
             .await
+            .map_err(anyhow::Error::new)
     });
     let ready = tokio::select! {
         ready = waiting => ready,
@@ -576,7 +607,7 @@ pub async fn wait_ready(
         {
             return Err(PortTaken { port: branch.port }.into());
         }
-        return Err(anyhow::Error::new(e).context(format!(
+        return Err(e.context(format!(
             "PostgreSQL for `{r}` did not become ready; its last log lines:\n{}",
             logs.trim_end()
         )));

@@ -16,6 +16,9 @@ use crate::zfs::BASE_PROPERTIES;
 /// The image used when neither `--image` nor `--pg-version` says otherwise.
 pub const DEFAULT_PG_VERSION: &str = "17";
 
+/// The oldest PostgreSQL velo's branch settings work with.
+pub const MIN_PG_VERSION: u32 = 14;
+
 pub struct CreateProject {
     pub name: ProjectName,
     pub pool: Option<String>,
@@ -64,10 +67,16 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
     if let (Some(_), Some(_)) = (&req.image, &req.pg_version) {
         bail!("give either --image or --pg-version, not both (the image decides the version)");
     }
-    if let Some(v) = &req.pg_version
-        && (v.is_empty() || !v.chars().all(|c| c.is_ascii_digit()))
-    {
-        bail!("--pg-version must be a major version number such as 17, not `{v}`");
+    if let Some(v) = &req.pg_version {
+        match v.parse::<u32>() {
+            Err(_) => bail!("--pg-version must be a major version number such as 17, not `{v}`"),
+            // Branch servers run with settings PostgreSQL 14 introduced
+            // (`recovery_init_sync_method`); 13 and older are past their end of life.
+            Ok(n) if n < MIN_PG_VERSION => bail!(
+                "velo needs PostgreSQL {MIN_PG_VERSION} or newer (older versions are past their end of life); pass --pg-version {DEFAULT_PG_VERSION}"
+            ),
+            Ok(_) => {}
+        }
     }
     let image = req
         .image

@@ -202,6 +202,10 @@ fn bad_names_are_refused_and_change_nothing() {
     assert!(err.contains("no parent"), "{err}");
     let err = sb.fails(&["project", "create", "x", "--pool", "no-such-pool"]);
     assert!(err.contains("not imported"), "{err}");
+    let err = sb.fails(&["project", "create", "x", "--pg-version", "13"]);
+    assert!(err.contains("PostgreSQL 14 or newer"), "{err}");
+    let err = sb.fails(&["project", "create", "x", "--pg-version", "fifteen"]);
+    assert!(err.contains("major version number"), "{err}");
     assert_eq!(sb.state()["projects"].as_object().unwrap().len(), 1);
 }
 
