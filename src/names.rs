@@ -35,6 +35,8 @@ pub enum NameError {
     Reserved { kind: &'static str, name: String },
     #[error("`{0}` is not a branch: write it as <project>/<branch>, for example demo/dev")]
     NotBranchRef(String),
+    #[error("`{0}` is not a snapshot id (12 hexadecimal digits)")]
+    BadSnapshotId(String),
 }
 
 fn validate(kind: &'static str, name: &str) -> Result<(), NameError> {
@@ -167,6 +169,142 @@ impl FromStr for BranchRef {
 impl fmt::Display for BranchRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.project, self.branch)
+    }
+}
+
+/// A snapshot's id: 12 lowercase hex digits (48 random bits), unique within a project.
+#[derive(
+    Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct SnapshotId(String);
+
+impl SnapshotId {
+    /// A new random id.
+    pub fn random() -> Self {
+        use rand::RngExt;
+        let n: u64 = rand::rng().random_range(0..(1u64 << 48));
+        Self(format!("{n:012x}"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for SnapshotId {
+    type Err = NameError;
+    fn from_str(s: &str) -> Result<Self, NameError> {
+        if s.len() == 12
+            && s.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            Ok(Self(s.to_string()))
+        } else {
+            Err(NameError::BadSnapshotId(s.to_string()))
+        }
+    }
+}
+
+impl TryFrom<String> for SnapshotId {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Self, NameError> {
+        s.parse()
+    }
+}
+
+impl From<SnapshotId> for String {
+    fn from(n: SnapshotId) -> String {
+        n.0
+    }
+}
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One generation of a branch's data: what a storage backend calls a volume.
+///
+/// A branch gets a new generation each time it is reset or restored, so the new data can be
+/// prepared beside the old and the old kept intact until the new one serves.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VolumeId {
+    pub project: ProjectName,
+    pub branch: BranchName,
+    pub generation: u32,
+}
+
+impl VolumeId {
+    pub fn new(r: &BranchRef, generation: u32) -> Self {
+        Self {
+            project: r.project.clone(),
+            branch: r.branch.clone(),
+            generation,
+        }
+    }
+
+    /// `<project>.<branch>.<generation>`: unique within a storage, and one path component
+    /// (names have no `.`, so the parts separate again).
+    pub fn leaf(&self) -> String {
+        format!("{}.{}.{}", self.project, self.branch, self.generation)
+    }
+
+    /// `<branch>.<generation>`: unique within a project.
+    pub fn in_project(&self) -> String {
+        format!("{}.{}", self.branch, self.generation)
+    }
+
+    /// Reads back a [`VolumeId::leaf`].
+    pub fn parse_leaf(leaf: &str) -> Option<VolumeId> {
+        let mut parts = leaf.split('.');
+        let (project, branch, generation) = (parts.next()?, parts.next()?, parts.next()?);
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(VolumeId {
+            project: project.parse().ok()?,
+            branch: branch.parse().ok()?,
+            generation: parse_generation(generation)?,
+        })
+    }
+
+    /// Reads back a [`VolumeId::in_project`].
+    pub fn parse_in_project(project: &ProjectName, name: &str) -> Option<VolumeId> {
+        let (branch, generation) = name.split_once('.')?;
+        Some(VolumeId {
+            project: project.clone(),
+            branch: branch.parse().ok()?,
+            generation: parse_generation(generation)?,
+        })
+    }
+}
+
+/// A generation number as velo writes it: decimal, no sign, no leading zero.
+fn parse_generation(text: &str) -> Option<u32> {
+    let canonical = !text.is_empty()
+        && text.bytes().all(|b| b.is_ascii_digit())
+        && (text == "0" || !text.starts_with('0'));
+    canonical.then(|| text.parse().ok()).flatten()
+}
+
+impl fmt::Display for VolumeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}.{}", self.project, self.branch, self.generation)
+    }
+}
+
+/// A snapshot of a volume.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SnapshotRef {
+    pub volume: VolumeId,
+    pub id: SnapshotId,
+}
+
+impl fmt::Display for SnapshotRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.volume, self.id)
     }
 }
 

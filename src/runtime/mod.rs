@@ -1,0 +1,166 @@
+//! What runs a branch's PostgreSQL server: one interface, [`Runtime`], over a Docker engine
+//! and the host's own PostgreSQL binaries.
+//!
+//! A runtime is asked for servers by a neutral [`ServerSpec`]: host directories (data, Unix
+//! socket, WAL archives, the client authentication file), a port and settings. Each runtime
+//! decides how its server sees those directories ([`Runtime::view`]): Docker mounts them at
+//! fixed paths inside the container, the native runtime uses them as they are.
+//!
+//! Servers are addressed by name (`velo-<project>.<branch>`, derived by [`crate::names`]); a
+//! runtime remembers the servers it made with velo's labels (project, branch, home), so that
+//! `velo repair` can list them, and a server outlives the velo command that started it.
+//!
+//! This module knows nothing of storage or velo's state.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+/// Host directories a server uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerPaths {
+    /// The data directory (`<volume>/pgdata`).
+    pub data_dir: PathBuf,
+    /// Where the server makes its Unix socket: a directory only velo's user (and the server)
+    /// can enter. velo talks to its servers through it, never over TCP.
+    pub socket_dir: PathBuf,
+    /// This generation's WAL archive, written by `archive_command`.
+    pub archive_dir: PathBuf,
+    /// The project's archives, read by a point-in-time recovery's `restore_command`.
+    pub archives_root: PathBuf,
+    /// velo's `pg_hba.conf`, in place of the one in the data directory.
+    pub hba_file: PathBuf,
+}
+
+/// Everything a runtime needs to make a server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSpec {
+    pub name: String,
+    pub labels: Labels,
+    pub paths: ServerPaths,
+    /// `-c name=value` settings, in order (later ones win).
+    pub settings: Vec<(String, String)>,
+}
+
+/// What a server is, for the runtime's own records and `velo repair`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Labels {
+    pub project: String,
+    pub branch: String,
+    /// The velo home that made it: another home's servers are never this one's orphans.
+    pub home: String,
+}
+
+/// Who a runtime's servers run as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// A server's state as the runtime sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ServerStatus {
+    Missing,
+    Running,
+    Stopped { exit_code: Option<i64> },
+    Other(String),
+}
+
+impl ServerStatus {
+    /// The word `branch list` and `--json` show.
+    pub fn word(&self) -> String {
+        match self {
+            ServerStatus::Missing => "missing".into(),
+            ServerStatus::Running => "running".into(),
+            ServerStatus::Stopped { .. } => "stopped".into(),
+            ServerStatus::Other(o) => o.clone(),
+        }
+    }
+}
+
+/// A server velo made, as its runtime lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagedServer {
+    pub name: String,
+    pub project: String,
+    pub branch: String,
+    pub running: bool,
+    /// The host data directory it serves.
+    pub data_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Docker(#[from] crate::docker::DockerError),
+    #[error("{action} {path}")]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("server `{name}` does not exist")]
+    NoSuchServer { name: String },
+    #[error("{0}")]
+    Failed(String),
+}
+
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// Makes, starts, stops and removes PostgreSQL servers.
+///
+/// Removing or killing a missing server is success (the journal may replay it).
+#[async_trait]
+pub trait Runtime: Send + Sync + std::fmt::Debug {
+    /// One line for `project get` and `velo doctor`: the engine and the PostgreSQL it runs.
+    fn describe(&self) -> String;
+
+    /// Makes the server software ready (the image is there, the binaries exist) and says who
+    /// its servers run as.
+    async fn prepare(&self) -> Result<ServerUser>;
+
+    /// Makes the empty data directory of a new volume whose root is `volume_root`, owned by
+    /// the server's user, mode 0700; returns its path.
+    async fn make_data_dir(&self, volume_root: &Path, user: ServerUser) -> Result<PathBuf>;
+
+    /// Runs initdb in an empty data directory: superuser `superuser` without a password, the
+    /// Unix socket trusted. velo sets the password over the socket before anyone else can log in.
+    async fn init(&self, data_dir: &Path, superuser: &str, user: ServerUser) -> Result<()>;
+
+    /// Where the server sees each host path of `paths`.
+    fn view(&self, paths: &ServerPaths) -> ServerPaths;
+
+    /// Makes a server (stopped). Fails if one of that name exists.
+    async fn create(&self, spec: &ServerSpec) -> Result<()>;
+
+    /// Creates an empty file (such as `recovery.signal`) in a server's data directory, as the
+    /// server's own user: never following a link the database's superuser may have planted.
+    async fn signal_file(&self, spec: &ServerSpec, name: &str, user: ServerUser) -> Result<()>;
+
+    async fn start(&self, name: &str) -> Result<()>;
+
+    /// A fast shutdown, then a kill after `timeout`. Missing or stopped is success.
+    async fn stop(&self, name: &str, timeout: Duration) -> Result<()>;
+
+    /// Kills the server and everything it started, at once; returns when they are gone.
+    async fn kill(&self, name: &str) -> Result<()>;
+
+    /// Renames a server out of the way (to `to`) so that a new one can take its name while
+    /// the old is removed; `Ok(false)` if there is none called `name`.
+    async fn rename(&self, name: &str, to: &str) -> Result<bool>;
+
+    async fn remove(&self, name: &str) -> Result<()>;
+
+    async fn status(&self, name: &str) -> Result<ServerStatus>;
+
+    /// The last lines of the server's log (empty if there is none).
+    async fn logs_tail(&self, name: &str, lines: usize) -> String;
+
+    /// The servers this velo home made.
+    async fn list_managed(&self) -> Result<Vec<ManagedServer>>;
+
+    /// The engine's version, which also proves it answers (`velo doctor`).
+    async fn version(&self) -> Result<String>;
+}
