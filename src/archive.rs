@@ -6,24 +6,18 @@
 //! after a reset for that reason). A PITR branch reads its source's directory and writes only its
 //! own, so a recovered branch never adds a timeline to its source's archive.
 //!
-//! Directories have mode 0700 and only the image's postgres uid may write them: run as root,
-//! velo gives them to that uid (`chown`); run as a user, it cannot, so it keeps them and grants
-//! the uid `rwx` with a POSIX ACL (access and default), which an owner may set without any
-//! privilege (see docs/setup.md). Either way no other user has access. This module knows nothing
-//! of ZFS or Docker.
+//! Directories are private to velo's user; the server's uid may write its own generation's
+//! archive and read the others ([`crate::hostdir`]). This module knows nothing of storage or
+//! runtimes: commands name directories as the server sees them.
 
 use std::fs;
-use std::os::unix::fs::{PermissionsExt, chown};
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use chrono::{DateTime, Utc};
 
+use crate::hostdir::{self, Access};
 use crate::names::{BranchName, ProjectName};
-
-/// Where containers see the archives: their own (read-write) and the project's (read-only).
-pub const OWN_ARCHIVE_IN_CONTAINER: &str = "/var/lib/postgresql/wal-archive";
-pub const PROJECT_ARCHIVES_IN_CONTAINER: &str = "/var/lib/postgresql/wal-archives";
 
 /// The archive layout under one velo home.
 #[derive(Debug, Clone)]
@@ -95,7 +89,8 @@ impl Archives {
             .join(generation.to_string())
     }
 
-    /// Creates the directory chain for a generation, each owned by `uid:gid`, mode 0700.
+    /// Creates the directory chain for a generation: the server's uid may write the
+    /// generation's own directory and read the rest.
     pub fn create(
         &self,
         project: &ProjectName,
@@ -104,10 +99,9 @@ impl Archives {
         uid: u32,
         gid: u32,
     ) -> std::io::Result<PathBuf> {
-        make_private_dir(&self.root, None)?;
-        let owner = Some((uid, gid));
-        make_private_dir(&self.project_dir(project), owner)?;
-        make_private_dir(&self.branch_dir(project, branch), owner)?;
+        hostdir::private_dir(&self.root)?;
+        hostdir::server_dir(&self.project_dir(project), uid, gid, Access::Read)?;
+        hostdir::server_dir(&self.branch_dir(project, branch), uid, gid, Access::Read)?;
         let dir = self.generation_dir(project, branch, generation);
         // A new generation's archive starts empty: anything there is debris of an earlier
         // branch of the same name, whose segments would clash with this one's.
@@ -115,7 +109,7 @@ impl Archives {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        make_private_dir(&dir, owner)?;
+        hostdir::server_dir(&dir, uid, gid, Access::ReadWrite)?;
         Ok(dir)
     }
 
@@ -128,80 +122,6 @@ impl Archives {
     ) -> std::io::Result<Vec<ArchivedFile>> {
         list_dir(&self.generation_dir(project, branch, generation))
     }
-}
-
-fn make_private_dir(dir: &Path, owner: Option<(u32, u32)>) -> std::io::Result<()> {
-    match fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
-    match owner {
-        Some((uid, gid)) if rustix::process::geteuid().is_root() => {
-            chown(dir, Some(uid), Some(gid))
-        }
-        Some((uid, _)) => grant_dir_to(dir, uid),
-        None => Ok(()),
-    }
-}
-
-/// Gives `uid` full access to a directory its owner keeps (mode 0700), and to everything
-/// created in it, with POSIX ACLs: `user:<uid>:rwx` and `mask::rwx` as the access ACL; the
-/// same plus `user:<owner>:rwx` as the default ACL. Group and others keep no access.
-fn grant_dir_to(dir: &Path, uid: u32) -> std::io::Result<()> {
-    let me = rustix::process::geteuid().as_raw();
-    let named = |uids: &[u32]| {
-        let mut uids = uids.to_vec();
-        uids.sort_unstable();
-        uids.dedup();
-        uids
-    };
-    let set = |name: &str, users: Vec<u32>| {
-        rustix::fs::setxattr(
-            dir,
-            name,
-            &posix_acl_xattr(&users),
-            rustix::fs::XattrFlags::empty(),
-        )
-        .map_err(|e| {
-            std::io::Error::new(
-                std::io::Error::from(e).kind(),
-                format!(
-                    "cannot give uid {uid} access to {} with a POSIX ACL ({e}); velo's home must be on a file system with ACLs (ext4, xfs, btrfs do)",
-                    dir.display()
-                ),
-            )
-        })
-    };
-    set("system.posix_acl_access", named(&[uid]))?;
-    set("system.posix_acl_default", named(&[uid, me]))
-}
-
-/// The Linux `system.posix_acl_*` xattr value: version 2, then (tag, perm, id) entries in tag
-/// order: the owner, the named users, the owning group (no access), the mask, others (none).
-fn posix_acl_xattr(users: &[u32]) -> Vec<u8> {
-    const USER_OBJ: u16 = 0x01;
-    const USER: u16 = 0x02;
-    const GROUP_OBJ: u16 = 0x04;
-    const MASK: u16 = 0x10;
-    const OTHER: u16 = 0x20;
-    const RWX: u16 = 7;
-    const UNDEFINED_ID: u32 = u32::MAX;
-    let entries = std::iter::once((USER_OBJ, RWX, UNDEFINED_ID))
-        .chain(users.iter().map(|&u| (USER, RWX, u)))
-        .chain([
-            (GROUP_OBJ, 0, UNDEFINED_ID),
-            (MASK, RWX, UNDEFINED_ID),
-            (OTHER, 0, UNDEFINED_ID),
-        ]);
-    let mut out = 2u32.to_le_bytes().to_vec();
-    for (tag, perm, id) in entries {
-        out.extend_from_slice(&tag.to_le_bytes());
-        out.extend_from_slice(&perm.to_le_bytes());
-        out.extend_from_slice(&id.to_le_bytes());
-    }
-    out
 }
 
 fn list_dir(dir: &Path) -> std::io::Result<Vec<ArchivedFile>> {
@@ -229,17 +149,6 @@ fn list_dir(dir: &Path) -> std::io::Result<Vec<ArchivedFile>> {
     Ok(files)
 }
 
-/// The oldest WAL segment in a data directory's pg_wal: PITR from a snapshot taken now needs
-/// archived WAL from this segment on (a safe lower bound: PostgreSQL only ever removes older ones).
-pub fn oldest_segment_in(pgdata: &Path) -> Option<String> {
-    list_dir(&pgdata.join("pg_wal"))
-        .ok()?
-        .into_iter()
-        .filter(|f| f.segment().is_some())
-        .map(|f| f.name)
-        .min()
-}
-
 /// Gaps in a run of segments: each (after, before) pair of consecutive segments on one timeline
 /// with missing segments between them.
 pub fn gaps(files: &[ArchivedFile]) -> Vec<(String, String)> {
@@ -254,21 +163,24 @@ pub fn gaps(files: &[ArchivedFile]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Quotes a value for a postgresql.conf line.
-pub fn conf_quote(value: &str) -> String {
-    format!("'{}'", value.replace('\'', "''"))
+/// Quotes a path for a shell command PostgreSQL runs.
+fn shell_quote(path: &str) -> String {
+    format!("'{}'", path.replace('\'', "'\\''"))
 }
 
-/// The `archive_command` for a branch: copy each finished segment into its own archive,
-/// atomically (temp name, then rename), succeeding if an identical copy is already there.
-pub fn archive_command() -> String {
-    let f = format!("{OWN_ARCHIVE_IN_CONTAINER}/%f");
+/// The `archive_command` for a branch whose server sees its archive at `dir`: copy each
+/// finished segment into it atomically (temp name, then rename), succeeding if an identical
+/// copy is already there.
+pub fn archive_command(dir: &str) -> String {
+    let f = format!("{}/%f", shell_quote(dir));
     format!("if [ -f {f} ]; then cmp -s %p {f}; else cp %p {f}.tmp && mv {f}.tmp {f}; fi")
 }
 
-/// The `restore_command` that reads a source generation's archive.
-pub fn restore_command(branch: &BranchName, generation: u32) -> String {
-    format!("cp {PROJECT_ARCHIVES_IN_CONTAINER}/{branch}/{generation}/%f %p")
+/// The `restore_command` that reads a source generation's archive, for a server that sees the
+/// project's archives at `root`.
+pub fn restore_command(root: &str, branch: &BranchName, generation: u32) -> String {
+    let dir = shell_quote(&format!("{root}/{branch}/{generation}"));
+    format!("cp {dir}/%f %p")
 }
 
 #[cfg(test)]
@@ -319,30 +231,10 @@ mod tests {
     }
 
     #[test]
-    fn acl_grants_one_uid_and_nobody_else() {
-        let dir = tempfile::tempdir().unwrap();
-        grant_dir_to(dir.path(), 4242).unwrap();
-        // getfacl (package `acl`, installed by scripts/rig-up.sh) reads it back.
-        let out = std::process::Command::new("getfacl")
-            .args(["-cp", &dir.path().display().to_string()])
-            .output()
-            .expect("getfacl runs");
-        let text = String::from_utf8_lossy(&out.stdout);
-        for line in [
-            "user::rwx",
-            "user:4242:rwx",
-            "group::---",
-            "mask::rwx",
-            "other::---",
-            "default:user:4242:rwx",
-            "default:other::---",
-        ] {
-            assert!(text.lines().any(|l| l == line), "{line} in\n{text}");
-        }
-    }
-
-    #[test]
     fn quoting() {
-        assert_eq!(conf_quote("it's"), "'it''s'");
+        assert_eq!(
+            archive_command("/h/it's"),
+            "if [ -f '/h/it'\\''s'/%f ]; then cmp -s %p '/h/it'\\''s'/%f; else cp %p '/h/it'\\''s'/%f.tmp && mv '/h/it'\\''s'/%f.tmp '/h/it'\\''s'/%f; fi"
+        );
     }
 }

@@ -60,6 +60,12 @@ pub struct UserSetup {
     /// Setup added the user to the docker group (undo removes them again).
     #[serde(default)]
     pub added_to_docker_group: bool,
+    /// The user's uid, which names their sudoers file and rule.
+    #[serde(default)]
+    pub uid: Option<u32>,
+    /// The user's base dataset, where all their datasets are.
+    #[serde(default)]
+    pub base: Option<String>,
 }
 
 impl Config {
@@ -146,6 +152,7 @@ mod tests {
             "ann".into(),
             UserSetup {
                 added_to_docker_group: true,
+                ..UserSetup::default()
             },
         );
         c.save(&path).unwrap();

@@ -25,19 +25,41 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// Opens the directory `name` inside `dir`, refusing a link.
-pub fn open_dir_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<OwnedFd> {
+pub fn open_dir_at(dir: impl AsFd, name: &str) -> io::Result<OwnedFd> {
     Ok(rustix::fs::openat(
-        dir,
+        dir.as_fd(),
         one_component(name)?,
         OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
         Mode::empty(),
     )?)
 }
 
+/// Creates the directory `name` in `dir` (it must not exist), mode `mode` exactly, owned by
+/// `owner` when given; returns a handle on it.
+pub fn make_dir_at(
+    dir: impl AsFd,
+    name: &str,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<OwnedFd> {
+    let name = one_component(name)?;
+    rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(mode as RawMode))?;
+    let fd = open_dir_at(dir.as_fd(), name)?;
+    if let Some((uid, gid)) = owner {
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )?;
+    }
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode as RawMode))?;
+    Ok(fd)
+}
+
 /// Creates `name` in `dir` as a new regular file (it must not exist, as anything), mode `mode`.
-pub fn create_new_at(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<File> {
+pub fn create_new_at(dir: impl AsFd, name: &str, mode: u32) -> io::Result<File> {
     let fd = rustix::fs::openat(
-        dir,
+        dir.as_fd(),
         one_component(name)?,
         OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::WRONLY,
         Mode::from_raw_mode(mode as RawMode),
@@ -47,8 +69,8 @@ pub fn create_new_at(dir: BorrowedFd<'_>, name: &str, mode: u32) -> io::Result<F
 
 /// Removes `name` from `dir` if it is anything but a directory (a link is removed, never
 /// followed). Missing is success.
-pub fn remove_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
-    match rustix::fs::unlinkat(dir, one_component(name)?, AtFlags::empty()) {
+pub fn remove_at(dir: impl AsFd, name: &str) -> io::Result<()> {
+    match rustix::fs::unlinkat(dir.as_fd(), one_component(name)?, AtFlags::empty()) {
         Err(rustix::io::Errno::NOENT) => Ok(()),
         other => Ok(other?),
     }
@@ -58,12 +80,13 @@ pub fn remove_at(dir: BorrowedFd<'_>, name: &str) -> io::Result<()> {
 /// was there: the new file is written under a temporary name created with `O_EXCL`, synced,
 /// then renamed over `name`. Owned by `owner` (through the open file) when given.
 pub fn replace_at(
-    dir: BorrowedFd<'_>,
+    dir: impl AsFd,
     name: &str,
     contents: &[u8],
     mode: u32,
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
+    let dir = dir.as_fd();
     let name = one_component(name)?;
     let tmp = format!(".{name}.velo-{}", std::process::id());
     remove_at(dir, &tmp)?;
@@ -92,9 +115,9 @@ pub fn replace_at(
 
 /// Reads the regular file `name` in `dir`, at most `limit` bytes; `None` if it does not exist.
 /// A link, FIFO, device or directory there is an error, never followed or opened for reading.
-pub fn read_regular_at(dir: BorrowedFd<'_>, name: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
+pub fn read_regular_at(dir: impl AsFd, name: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
     let fd = match rustix::fs::openat(
-        dir,
+        dir.as_fd(),
         one_component(name)?,
         OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::RDONLY,
         Mode::empty(),

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use velo::cli::Cli;
-use velo::ops::{Ctx, journal};
+use velo::cli::{Cli, Command};
+use velo::ops::{Ctx, recover, signal};
 use velo::state::Store;
 use velo::ui::Shell;
 
@@ -29,14 +29,18 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         tokio::spawn(watch_signals(shell.clone()));
         let ctx = Ctx::new(Store::default_dir(), shell.clone())?;
-        journal::recover(&ctx).await;
+        // setup and doctor look at the host: they never act on a journal (run as root, they
+        // might be run with a home someone else prepared).
+        if !matches!(cli.command, Command::Setup { .. } | Command::Doctor { .. }) {
+            recover::recover(&ctx).await;
+        }
         cli.run(&ctx).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             report(&shell, &e);
-            if journal::interrupted() {
+            if signal::interrupted() {
                 ExitCode::from(INTERRUPTED)
             } else {
                 ExitCode::FAILURE
@@ -64,13 +68,13 @@ async fn watch_signals(shell: Shell) {
             _ = int.recv() => {}
             _ = term.recv() => {}
         }
-        if journal::in_flight() == 0 || journal::interrupted() {
-            if journal::in_flight() > 0 {
+        if signal::in_flight() == 0 || signal::interrupted() {
+            if signal::in_flight() > 0 {
                 shell.warn("quitting now: the next velo command finishes the undo");
             }
             std::process::exit(i32::from(INTERRUPTED));
         }
-        journal::interrupt();
+        signal::interrupt();
         shell.warn(
             "interrupted: undoing what this command did (a second Ctrl-C quits at once; the next velo command then finishes the undo)",
         );

@@ -1,7 +1,9 @@
-//! Validated names, and the one place that maps them onto ZFS, Docker and the file system.
+//! Validated names, and the parts every backend builds its own names from.
 //!
 //! Every project name, branch name and label a user types is parsed here once into a newtype;
-//! nothing else in velo builds a dataset, snapshot or container name by hand. A name is
+//! volumes, snapshots and servers are named from these parts ([`VolumeId`], [`SnapshotRef`],
+//! [`server_name`]), and each backend maps those onto its own names, reading them back with
+//! the parsers here. A name is
 //! `[a-z][a-z0-9-]*`, at most [`MAX_NAME_LEN`] characters, not ending in `-` and not reserved.
 //! Because names never contain `.`, `_` or `/`, those characters can separate the parts of a
 //! mapped name, which makes every mapping one-to-one (the original tool's `<project>-<branch>`
@@ -308,42 +310,16 @@ impl fmt::Display for SnapshotRef {
     }
 }
 
-/// The dataset under which velo keeps everything in a pool: `<pool>/velo`.
-pub fn base_dataset(pool: &str) -> String {
-    format!("{pool}/velo")
-}
-
-/// The dataset that holds one project's branches: `<pool>/velo/<project>`.
-pub fn project_dataset(pool: &str, project: &ProjectName) -> String {
-    format!("{}/{project}", base_dataset(pool))
-}
-
-/// The dataset of one generation of a branch: `<pool>/velo/<project>/<branch>.<gen>`.
-///
-/// A branch gets a new generation each time it is reset or restored, so the new data can be
-/// prepared beside the old and the old kept intact until the new one serves.
-pub fn branch_dataset(pool: &str, branch: &BranchRef, generation: u32) -> String {
-    format!(
-        "{}/{}.{generation}",
-        project_dataset(pool, &branch.project),
-        branch.branch
-    )
-}
-
-/// A snapshot of a branch generation: `<dataset>@<id>`.
-pub fn snapshot_name(pool: &str, branch: &BranchRef, generation: u32, id: &str) -> String {
-    format!("{}@{id}", branch_dataset(pool, branch, generation))
-}
-
-/// The Docker container that serves a branch: `velo-<project>.<branch>`.
-pub fn container_name(branch: &BranchRef) -> String {
+/// The server that serves a branch (a Docker container, a native server's record):
+/// `velo-<project>.<branch>`.
+pub fn server_name(branch: &BranchRef) -> String {
     format!("velo-{}.{}", branch.project, branch.branch)
 }
 
-/// The name a branch's old container carries while a reset or restore removes it. Names have
-/// no dot, so it is never another branch's container name.
-pub fn retired_container_name(branch: &BranchRef) -> String {
-    format!("{}.old", container_name(branch))
+/// The name a branch's old server carries while a reset or restore removes it. Names have
+/// no dot, so it is never another branch's server name.
+pub fn retired_server_name(branch: &BranchRef) -> String {
+    format!("{}.old", server_name(branch))
 }
 
 #[cfg(test)]
@@ -419,8 +395,44 @@ mod tests {
     #[test]
     fn mapping_separates_what_the_original_tool_merged() {
         let (a, b) = (r("a/b-c"), r("a-b/c"));
-        assert_ne!(branch_dataset("p", &a, 0), branch_dataset("p", &b, 0));
-        assert_ne!(container_name(&a), container_name(&b));
+        assert_ne!(VolumeId::new(&a, 0).leaf(), VolumeId::new(&b, 0).leaf());
+        assert_ne!(server_name(&a), server_name(&b));
+    }
+
+    #[test]
+    fn snapshot_ids_are_twelve_hex_digits() {
+        assert!("0123456789ab".parse::<SnapshotId>().is_ok());
+        assert_eq!(SnapshotId::random().as_str().len(), 12);
+        for bad in [
+            "",
+            "0123456789AB",
+            "0123456789a",
+            "0123456789abc",
+            "../../etc/x",
+            "x; rm -rf",
+        ] {
+            assert!(bad.parse::<SnapshotId>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn generations_read_back_only_as_written() {
+        assert_eq!(
+            VolumeId::parse_leaf("a.b.10"),
+            Some(VolumeId::new(&r("a/b"), 10))
+        );
+        for bad in [
+            "a.b.01",
+            "a.b.-1",
+            "a.b.+1",
+            "a.b.",
+            "a.b",
+            "a.b.1.2",
+            "A.b.1",
+            "a.b.99999999999",
+        ] {
+            assert_eq!(VolumeId::parse_leaf(bad), None, "{bad}");
+        }
     }
 
     /// Short names drawn from few letters, so that look-alikes (`a-b` vs `a`, `b`) are common.
@@ -442,10 +454,11 @@ mod tests {
                 // ZFS and Docker names: only characters both allow, none of their separators.
                 proptest::prop_assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'));
                 let r = BranchRef::new(n.parse().unwrap(), n.parse().unwrap());
-                let dataset = branch_dataset("tank", &r, 0);
-                proptest::prop_assert_eq!(dataset.matches('/').count(), 3);
-                proptest::prop_assert!(!dataset.contains(".."));
-                proptest::prop_assert_eq!(container_name(&r).matches('.').count(), 1);
+                let leaf = VolumeId::new(&r, 0).leaf();
+                proptest::prop_assert!(!leaf.contains('/'));
+                proptest::prop_assert_eq!(leaf.matches('.').count(), 2);
+                proptest::prop_assert_eq!(VolumeId::parse_leaf(&leaf), Some(VolumeId::new(&r, 0)));
+                proptest::prop_assert_eq!(server_name(&r).matches('.').count(), 1);
             }
         }
 
@@ -454,17 +467,16 @@ mod tests {
             let x = BranchRef::new(a.parse().unwrap(), b.parse().unwrap());
             let y = BranchRef::new(c.parse().unwrap(), d.parse().unwrap());
             if (&x, g) != (&y, h) {
-                proptest::prop_assert_ne!(branch_dataset("p", &x, g), branch_dataset("p", &y, h));
-                proptest::prop_assert_ne!(snapshot_name("p", &x, g, "0a"), snapshot_name("p", &y, h, "0a"));
+                proptest::prop_assert_ne!(VolumeId::new(&x, g).leaf(), VolumeId::new(&y, h).leaf());
+                if x.project == y.project {
+                    proptest::prop_assert_ne!(VolumeId::new(&x, g).in_project(), VolumeId::new(&y, h).in_project());
+                }
             }
             if x != y {
-                proptest::prop_assert_ne!(container_name(&x), container_name(&y));
+                proptest::prop_assert_ne!(server_name(&x), server_name(&y));
                 let root = std::path::Path::new("/w");
                 let path = |r: &BranchRef| root.join(r.project.as_str()).join(r.branch.as_str());
                 proptest::prop_assert_ne!(path(&x), path(&y));
-            }
-            if x.project != y.project {
-                proptest::prop_assert_ne!(project_dataset("p", &x.project), project_dataset("p", &y.project));
             }
         }
     }

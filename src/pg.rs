@@ -1,58 +1,129 @@
-//! Talking to PostgreSQL itself, with tokio-postgres: readiness, CHECKPOINT, version.
+//! Talking to PostgreSQL itself, with tokio-postgres: readiness, CHECKPOINT, the backup API,
+//! WAL switches, setting the password.
 //!
-//! "Ready" means a real connection that answers `SELECT 1`, never a pid file or an open port.
-//! Credentials travel in a [`tokio_postgres::Config`], never in a process argument.
+//! velo talks to its servers only through the Unix socket each one makes in a directory only
+//! velo's user (and the server) can enter, with no password: nothing secret crosses the
+//! connection, and no other program can stand in for the server, because it would have to
+//! create a socket in that directory. Before connecting, velo opens the socket file without
+//! following links, checks that it is a socket owned by the server's uid, connects through
+//! the open handle, and checks the peer's uid again (`SO_PEERCRED`): a database superuser who
+//! can write in the directory (it is the server's own) cannot point velo at another socket.
+//!
+//! "Ready" means a real connection that answers `SELECT 1`, never a pid file or an open port;
+//! the waiting (how often, how long) is the operations' business ([`crate::ops::server`]).
 
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
+use rustix::fs::{Mode, OFlags};
 use tokio_postgres::{Client, Config, NoTls};
 
-/// How long one readiness attempt may take, connection and query.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+use crate::fsx;
 
 /// How to reach one server.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
-    pub host: String,
+    /// The directory holding the server's socket, as velo (not the server) sees it.
+    pub socket_dir: PathBuf,
     pub port: u16,
     pub user: String,
-    pub password: String,
     pub database: String,
+    /// The uid the server runs as: the socket must belong to it.
+    pub server_uid: u32,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PgError {
-    #[error("PostgreSQL on {host}:{port} was not ready after {waited:?}: {last}")]
+    #[error("PostgreSQL at {socket} was not ready after {waited:?}: {last}")]
     NotReady {
-        host: String,
-        port: u16,
+        socket: String,
         waited: Duration,
         last: String,
     },
-    #[error("PostgreSQL on {host}:{port}: {action}")]
+    #[error("PostgreSQL at {socket}: {action}")]
     Query {
-        host: String,
-        port: u16,
+        socket: String,
         action: &'static str,
         source: tokio_postgres::Error,
     },
+    #[error("PostgreSQL at {socket}: {why}")]
+    Socket { socket: String, why: String },
 }
 
 impl Endpoint {
-    fn config(&self, connect_timeout: Duration) -> Config {
-        let mut c = Config::new();
-        c.host(&self.host)
-            .port(self.port)
-            .user(&self.user)
-            .password(&self.password)
-            .dbname(&self.database)
-            .application_name("velo")
-            .connect_timeout(connect_timeout);
-        c
+    /// The socket's file name in its directory, as libpq names it.
+    pub fn socket_name(&self) -> String {
+        format!(".s.PGSQL.{}", self.port)
     }
 
-    async fn connect(&self, timeout: Duration) -> Result<Client, tokio_postgres::Error> {
-        let (client, connection) = self.config(timeout).connect(NoTls).await?;
+    fn socket_path(&self) -> String {
+        self.socket_dir
+            .join(self.socket_name())
+            .display()
+            .to_string()
+    }
+
+    fn socket_err(&self, why: impl std::fmt::Display) -> PgError {
+        PgError::Socket {
+            socket: self.socket_path(),
+            why: why.to_string(),
+        }
+    }
+
+    /// A Unix stream to the server's socket, after checking that it is what it should be.
+    fn open_stream(&self) -> Result<std::os::unix::net::UnixStream, PgError> {
+        let dir = fsx::open_dir(&self.socket_dir).map_err(|e| self.socket_err(e))?;
+        let sock = rustix::fs::openat(
+            dir.as_fd(),
+            self.socket_name(),
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| self.socket_err(std::io::Error::from(e)))?;
+        let st = rustix::fs::fstat(&sock).map_err(|e| self.socket_err(std::io::Error::from(e)))?;
+        if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Socket {
+            return Err(self.socket_err("not a socket (a link or a file was put in its place)"));
+        }
+        if st.st_uid != self.server_uid {
+            return Err(self.socket_err(format!(
+                "the socket belongs to uid {}, not to the server's uid {}",
+                st.st_uid, self.server_uid
+            )));
+        }
+        // Connecting through the open handle reaches exactly the inode checked above.
+        let via =
+            Path::new("/proc/self/fd").join(std::os::fd::AsRawFd::as_raw_fd(&sock).to_string());
+        let stream =
+            std::os::unix::net::UnixStream::connect(&via).map_err(|e| self.socket_err(e))?;
+        let peer = rustix::net::sockopt::socket_peercred(&stream)
+            .map_err(|e| self.socket_err(std::io::Error::from(e)))?;
+        if peer.uid.as_raw() != self.server_uid {
+            return Err(self.socket_err(format!(
+                "the process listening runs as uid {}, not as the server's uid {}",
+                peer.uid.as_raw(),
+                self.server_uid
+            )));
+        }
+        stream
+            .set_nonblocking(true)
+            .map_err(|e| self.socket_err(e))?;
+        Ok(stream)
+    }
+
+    async fn connect(&self) -> Result<Client, PgError> {
+        let stream = self.open_stream()?;
+        let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| self.socket_err(e))?;
+        let mut config = Config::new();
+        config
+            .user(&self.user)
+            .dbname(&self.database)
+            .application_name("velo");
+        let (client, connection) = config
+            .connect_raw(stream, NoTls)
+            .await
+            .map_err(self.query_err("connecting"))?;
         tokio::spawn(async move {
             let _ = connection.await;
         });
@@ -60,120 +131,86 @@ impl Endpoint {
     }
 
     fn query_err(&self, action: &'static str) -> impl FnOnce(tokio_postgres::Error) -> PgError {
-        let (host, port) = (self.host.clone(), self.port);
+        let socket = self.socket_path();
         move |source| PgError::Query {
-            host,
-            port,
+            socket,
             action,
             source,
         }
     }
+}
 
-    /// Polls until a connection answers `SELECT 1` and the server is out of recovery, or the
-    /// deadline passes. `alive` is asked between attempts so a container that died is reported
-    /// at once instead of after the whole deadline.
-    pub async fn wait_ready<F, Fut>(&self, deadline: Duration, mut alive: F) -> Result<(), PgError>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<(), String>>,
-    {
-        let start = Instant::now();
-        // A refused connection costs nothing and a starting server answers "starting up" from
-        // a short-lived backend, so the first seconds are polled tightly: a branch's server is
-        // ready 60-150 ms after its container starts here, and every pause is time lost.
-        let mut pause = Duration::from_millis(5);
-        let mut last = String::from("no attempt made");
-        let mut asked_alive = Instant::now();
-        while start.elapsed() < deadline {
-            // The connect timeout covers only the TCP connect: something that accepts and
-            // never answers must not hold the wait past its deadline.
-            match tokio::time::timeout(PROBE_TIMEOUT, self.probe()).await {
-                Ok(Ok(true)) => return Ok(()),
-                Ok(Ok(false)) => last = "still in recovery".into(),
-                Ok(Err(e)) => last = e.to_string(),
-                Err(_) => last = format!("no answer within {PROBE_TIMEOUT:?}"),
-            }
-            if asked_alive.elapsed() > Duration::from_millis(200) {
-                asked_alive = Instant::now();
-                if let Err(why) = alive().await {
-                    last = why;
-                    break;
-                }
-            }
-            tokio::time::sleep(pause).await;
-            if start.elapsed() > Duration::from_secs(2) {
-                pause = (pause * 2).min(Duration::from_millis(100));
-            }
-        }
-        Err(PgError::NotReady {
-            host: self.host.clone(),
-            port: self.port,
-            waited: start.elapsed(),
-            last,
-        })
-    }
-
-    /// One attempt to reach the server: `Ok` when it answers `SELECT 1` (in recovery or not).
-    pub async fn ping(&self) -> Result<(), PgError> {
-        self.probe()
-            .await
-            .map(drop)
-            .map_err(self.query_err("connecting"))
-    }
-
+/// The SQL side of a server: what velo asks PostgreSQL itself. [`Endpoint`] is the real one;
+/// unit tests of the operations use a fake.
+#[async_trait]
+pub trait Sql: Send + Sync {
     /// One readiness attempt: `Ok(true)` when `SELECT 1` answers and recovery is over.
-    async fn probe(&self) -> Result<bool, tokio_postgres::Error> {
-        let client = self.connect(Duration::from_secs(1)).await?;
+    async fn probe(&self) -> Result<bool, PgError>;
+
+    /// CHECKPOINT; returns the WAL segment a recovery from a snapshot taken next starts at.
+    async fn checkpoint(&self) -> Result<String, PgError>;
+
+    /// Sets a role's password from a SCRAM verifier computed here: the password itself is
+    /// never sent, logged or kept by the server.
+    async fn set_password(&self, role: &str, password: &str) -> Result<(), PgError>;
+
+    /// Commits a transaction (so the WAL holds a commit record stamped now), switches to a
+    /// new WAL segment, and waits (up to `deadline`) until the archiver has archived it;
+    /// false if it did not get there in time. Recovery to a target time stops only at a
+    /// commit record after the target, so without the commit the moments since the last real
+    /// transaction could not be recovered to.
+    async fn flush_wal_archive(&self, deadline: Duration) -> Result<bool, PgError>;
+
+    async fn server_version(&self) -> Result<String, PgError>;
+
+    /// Starts an online backup; the copy made until [`BackupSession::stop`] is consistent.
+    async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError>;
+}
+
+/// An online backup in progress.
+#[async_trait]
+pub trait BackupSession: Send {
+    /// Ends the backup; returns the `backup_label` the copy needs and the WAL segment it
+    /// starts from.
+    async fn stop(self: Box<Self>) -> Result<(String, String), PgError>;
+}
+
+#[async_trait]
+impl Sql for Endpoint {
+    async fn probe(&self) -> Result<bool, PgError> {
+        let client = self.connect().await?;
         let row = client
             .query_one("SELECT 1, pg_is_in_recovery()", &[])
-            .await?;
+            .await
+            .map_err(self.query_err("SELECT 1"))?;
         let one: i32 = row.get(0);
         let in_recovery: bool = row.get(1);
         Ok(one == 1 && !in_recovery)
     }
 
-    /// Writes all dirty buffers so a snapshot taken next needs little WAL replay.
-    pub async fn checkpoint(&self) -> Result<(), PgError> {
-        let client = self
-            .connect(Duration::from_secs(5))
-            .await
-            .map_err(self.query_err("connecting for CHECKPOINT"))?;
+    async fn checkpoint(&self) -> Result<String, PgError> {
+        let client = self.connect().await?;
         client
             .batch_execute("CHECKPOINT")
             .await
-            .map_err(self.query_err("CHECKPOINT"))
+            .map_err(self.query_err("CHECKPOINT"))?;
+        redo_segment(&client)
+            .await
+            .map_err(self.query_err("reading the checkpoint"))
     }
 
-    /// `ALTER SYSTEM RESET` each setting and reload, keeping every other line of
-    /// `postgresql.auto.conf`.
-    pub async fn alter_system_reset(&self, settings: &[&str]) -> Result<(), PgError> {
-        let client = self
-            .connect(Duration::from_secs(5))
-            .await
-            .map_err(self.query_err("connecting"))?;
-        // One statement per call: a multi-statement batch is an implicit transaction, and
-        // ALTER SYSTEM refuses to run inside one.
-        for setting in settings {
-            client
-                .batch_execute(&format!("ALTER SYSTEM RESET {setting}"))
-                .await
-                .map_err(self.query_err("ALTER SYSTEM RESET"))?;
-        }
+    async fn set_password(&self, role: &str, password: &str) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+        let role = quote_ident(role);
         client
-            .batch_execute("SELECT pg_reload_conf()")
+            .batch_execute(&format!("ALTER ROLE {role} PASSWORD '{verifier}'"))
             .await
-            .map_err(self.query_err("pg_reload_conf()"))
+            .map_err(self.query_err("setting the password"))
     }
 
-    /// Commits a transaction (so the WAL holds a commit record stamped now), switches to a new
-    /// WAL segment, and waits (up to `deadline`) until the archiver has archived it. Recovery to
-    /// a target time stops only at a commit record after the target, so without the commit the
-    /// moments since the last real transaction could not be recovered to.
-    pub async fn flush_wal_archive(&self, deadline: Duration) -> Result<bool, PgError> {
-        let client = self
-            .connect(Duration::from_secs(5))
-            .await
-            .map_err(self.query_err("connecting"))?;
+    async fn flush_wal_archive(&self, deadline: Duration) -> Result<bool, PgError> {
+        let client = self.connect().await?;
         client
             .batch_execute("SELECT pg_current_xact_id()")
             .await
@@ -200,16 +237,92 @@ impl Endpoint {
         Ok(false)
     }
 
-    /// `SHOW server_version`.
-    pub async fn server_version(&self) -> Result<String, PgError> {
-        let client = self
-            .connect(Duration::from_secs(5))
-            .await
-            .map_err(self.query_err("connecting"))?;
+    async fn server_version(&self) -> Result<String, PgError> {
+        let client = self.connect().await?;
         let row = client
             .query_one("SHOW server_version", &[])
             .await
             .map_err(self.query_err("SHOW server_version"))?;
         Ok(row.get(0))
     }
+
+    async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError> {
+        let client = self.connect().await?;
+        let major = server_major(&client)
+            .await
+            .map_err(self.query_err("SHOW server_version_num"))?;
+        // A temporary slot holds every WAL segment from now on until this session ends, so a
+        // checkpoint during the copy cannot recycle the WAL the copy needs.
+        client
+            .batch_execute(
+                "SELECT pg_create_physical_replication_slot('velo_backup_' || pg_backend_pid(), true, true)",
+            )
+            .await
+            .map_err(self.query_err("reserving WAL for the copy"))?;
+        client
+            .batch_execute(crate::pgversion::backup_start_sql(major))
+            .await
+            .map_err(self.query_err("starting the backup"))?;
+        Ok(Box::new(Backup {
+            client,
+            major,
+            socket: self.socket_path(),
+        }))
+    }
+}
+
+/// An online backup in progress: its session must stay open until it stops.
+struct Backup {
+    client: Client,
+    major: u32,
+    socket: String,
+}
+
+#[async_trait]
+impl BackupSession for Backup {
+    async fn stop(self: Box<Self>) -> Result<(String, String), PgError> {
+        let err = |action| {
+            let socket = self.socket.clone();
+            move |source| PgError::Query {
+                socket,
+                action,
+                source,
+            }
+        };
+        let row = self
+            .client
+            .query_one(crate::pgversion::backup_stop_sql(self.major), &[])
+            .await
+            .map_err(err("stopping the backup"))?;
+        let label: String = row.get(0);
+        let segment = label
+            .lines()
+            .find_map(|l| l.strip_prefix("START WAL LOCATION: "))
+            .and_then(|l| l.split("(file ").nth(1))
+            .map(|f| f.trim_end_matches(')').to_string())
+            .unwrap_or_default();
+        Ok((label, segment))
+    }
+}
+
+/// The WAL segment of the last checkpoint's redo point.
+async fn redo_segment(client: &Client) -> Result<String, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT pg_walfile_name(redo_lsn) FROM pg_control_checkpoint()",
+            &[],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+async fn server_major(client: &Client) -> Result<u32, tokio_postgres::Error> {
+    let row = client.query_one("SHOW server_version_num", &[]).await?;
+    let num: String = row.get(0);
+    Ok(num.parse::<u32>().unwrap_or(0) / 10000)
+}
+
+/// Quotes an SQL identifier.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
 }

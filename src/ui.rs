@@ -11,12 +11,15 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[derive(Debug, Clone)]
 pub struct Shell {
     interactive: bool,
+    /// Set by [`Shell::captured`]: everything goes here instead of stdout and stderr.
+    captured: Option<std::sync::Arc<std::sync::Mutex<String>>>,
 }
 
 impl Default for Shell {
     fn default() -> Self {
         Self {
             interactive: std::io::stderr().is_terminal(),
+            captured: None,
         }
     }
 }
@@ -52,9 +55,41 @@ impl Shell {
         result
     }
 
+    /// A shell that keeps everything it is given (for tests), readable with [`Shell::output`].
+    pub fn captured() -> Self {
+        Self {
+            interactive: false,
+            captured: Some(Default::default()),
+        }
+    }
+
+    /// What a captured shell was given, stdout and stderr in order.
+    pub fn output(&self) -> String {
+        self.captured
+            .as_ref()
+            .map(|c| c.lock().expect("no panic while held").clone())
+            .unwrap_or_default()
+    }
+
+    fn write(&self, to_stdout: bool, text: &str) {
+        match &self.captured {
+            Some(c) => {
+                let mut c = c.lock().expect("no panic while held");
+                c.push_str(text);
+                c.push('\n');
+            }
+            None if to_stdout => {
+                let _ = writeln!(std::io::stdout(), "{text}");
+            }
+            None => {
+                let _ = writeln!(std::io::stderr(), "{text}");
+            }
+        }
+    }
+
     /// A line of progress or explanation, on stderr.
     pub fn note(&self, text: &str) {
-        let _ = writeln!(std::io::stderr(), "{text}");
+        self.write(false, text);
     }
 
     pub fn warn(&self, text: &str) {
@@ -63,7 +98,7 @@ impl Shell {
 
     /// A result, on stdout.
     pub fn out(&self, text: &str) {
-        let _ = writeln!(std::io::stdout(), "{text}");
+        self.write(true, text);
     }
 
     /// A table of results, on stdout.

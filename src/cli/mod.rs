@@ -2,6 +2,7 @@
 //! Parsing validates names (through their `FromStr`), so operations only see valid input.
 
 mod branch;
+mod parse;
 mod project;
 mod snapshot;
 mod wal;

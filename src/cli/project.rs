@@ -4,20 +4,35 @@ use anyhow::Result;
 use clap::Subcommand;
 
 use crate::names::ProjectName;
+use crate::ops::choose::{RuntimeKind, StorageKind, Wanted};
 use crate::ops::{self, Ctx};
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectCmd {
     /// Create a project and its main branch, and print main's URL.
     Create {
+        /// The new project's name.
         name: ProjectName,
-        /// ZFS pool to keep the project in (default: the only imported pool).
+        /// Where branches keep their data (default: the best this machine offers; see
+        /// `velo doctor`).
+        #[arg(long, value_enum)]
+        storage: Option<StorageKind>,
+        /// What runs their servers (default: Docker if it answers and has the image, else the
+        /// host's PostgreSQL).
+        #[arg(long, value_enum)]
+        runtime: Option<RuntimeKind>,
+        /// ZFS pool for `--storage zfs` (default: the pool `velo setup` recorded, else the only
+        /// imported pool).
         #[arg(long)]
         pool: Option<String>,
-        /// PostgreSQL major version; picks the image postgres:<VERSION>-alpine.
-        #[arg(long, value_name = "VERSION")]
-        pg_version: Option<String>,
-        /// Docker image honouring the official postgres image's contract.
+        /// Directory for btrfs, reflink and copy storage (default: $VELO_HOME/data).
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<std::path::PathBuf>,
+        /// PostgreSQL major version, 14 or newer (default 17): the image postgres:<MAJOR>-alpine
+        /// on Docker, the host's binaries of that major on the native runtime.
+        #[arg(long, value_name = "MAJOR", conflicts_with = "image", value_parser = super::parse::pg_major)]
+        pg_version: Option<u32>,
+        /// Docker image honouring the official postgres image's contract (PostgreSQL 14+).
         #[arg(long)]
         image: Option<String>,
     },
@@ -48,17 +63,22 @@ impl ProjectCmd {
         match self {
             ProjectCmd::Create {
                 name,
+                storage,
+                runtime,
                 pool,
+                data_dir,
                 pg_version,
                 image,
             } => {
-                let req = ops::project::CreateProject {
-                    name,
+                let wanted = Wanted {
+                    storage,
+                    runtime,
                     pool,
+                    data_dir,
                     pg_version,
                     image,
                 };
-                ops::project::create(ctx, req).await
+                ops::project::create(ctx, ops::project::CreateProject { name, wanted }).await
             }
             ProjectCmd::List { json } => ops::project::list(ctx, json).await,
             ProjectCmd::Get { name, json } => ops::project::get(ctx, &name, json).await,

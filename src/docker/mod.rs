@@ -1,24 +1,17 @@
-//! velo's PostgreSQL runtime, on Docker through bollard.
+//! The Docker engine, through bollard: containers, images, logs.
 //!
 //! The interface is velo's own ([`ContainerSpec`], [`ContainerStatus`], [`PostgresUser`]); no
-//! bollard type leaves this module, so a native runtime (no Docker) can take its place. It knows
-//! nothing of ZFS or of velo's state: callers hand it a host directory to mount and a port.
+//! bollard type leaves this module. It knows nothing of PostgreSQL settings, storage or velo's
+//! state: [`crate::runtime::docker`] turns a server into a container here.
+//!
+//! Every container velo makes is hardened the same way: all capabilities dropped (a helper
+//! may add back exactly what it needs), `no-new-privileges`, a process limit, and a tmpfs over
+//! each `VOLUME` its image declares that the container does not mount itself, so that no
+//! container leaves an anonymous Docker volume behind. Removals take anonymous volumes too.
 
-use std::collections::HashMap;
-use std::io::Read;
+mod engine;
 
-use bollard::Docker;
-use bollard::errors::Error as BollardError;
-use bollard::models::{
-    ContainerCreateBody, ContainerStateStatusEnum, HostConfig, Mount, MountType,
-};
-use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
-    KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
-    RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
-    WaitContainerOptionsBuilder,
-};
-use futures_util::TryStreamExt;
+pub use engine::Engine;
 
 /// Labels on every container velo makes.
 pub const LABEL_MANAGED: &str = "dev.velo.managed";
@@ -28,23 +21,26 @@ pub const LABEL_BRANCH: &str = "dev.velo.branch";
 /// never mistake each other's containers for orphans.
 pub const LABEL_HOME: &str = "dev.velo.home";
 
-/// Where the data directory is mounted inside the container (the official image's PGDATA).
-pub const PGDATA: &str = "/var/lib/postgresql/data";
+/// At most this many processes in one container: PostgreSQL's backends and helpers (100
+/// connections by default) fit easily; a fork bomb started with `COPY … TO PROGRAM` does not.
+pub const PIDS_LIMIT: i64 = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error(
         "cannot reach the Docker daemon: start it (`systemctl start docker`, or `dockerd &`), and check that you may use it (`sudo velo setup` adds you to the docker group)"
     )]
-    Unreachable { source: BollardError },
-    #[error("image `{image}` is not on this host: `docker pull {image}`, or pass --image")]
+    Unreachable { source: bollard::errors::Error },
+    #[error(
+        "image `{image}` is not on this host and could not be pulled: `docker pull {image}` or `docker load` it, or pass another --image"
+    )]
     ImageMissing { image: String },
     #[error("container `{name}` does not exist")]
     NoSuchContainer { name: String },
     #[error("docker: {action}")]
     Api {
         action: String,
-        source: BollardError,
+        source: bollard::errors::Error,
     },
     #[error("a helper container from `{image}` failed (exit code {code}): {logs}")]
     HelperFailed {
@@ -56,19 +52,25 @@ pub enum DockerError {
     NoPostgresUser { image: String },
 }
 
-/// Everything needed to create a branch's container.
-#[derive(Debug, Clone)]
+/// Everything needed to create a container.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ContainerSpec {
-    pub name: String,
+    pub name: Option<String>,
     pub image: String,
-    pub labels: Vec<(String, String)>,
+    /// `uid:gid` to run as; the image's default user when `None`.
+    pub user: Option<String>,
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
     pub env: Vec<(String, String)>,
+    pub labels: Vec<(String, String)>,
     /// Host directories to mount. Bind mounts fail if the source does not exist, so an
-    /// unmounted dataset can never be initialised as an empty database.
+    /// unmounted volume can never be initialised as an empty database.
     pub mounts: Vec<BindMount>,
-    /// Arguments after `postgres` (`-c name=value` pairs). The container shares the host's
-    /// network, so these say where PostgreSQL listens (see `ops::container_spec`).
-    pub postgres_args: Vec<String>,
+    /// Capabilities added back after all are dropped (helpers only).
+    pub cap_add: Vec<String>,
+    /// Share the host's network (servers); no network at all otherwise (helpers).
+    pub host_network: bool,
+    pub stop_signal: Option<String>,
 }
 
 /// A host directory mounted into a container.
@@ -95,8 +97,10 @@ pub struct ManagedContainer {
     pub project: String,
     pub branch: String,
     pub running: bool,
-    /// The host directory mounted as PGDATA: the data the container serves.
-    pub data_source: Option<String>,
+    /// Where each host directory is mounted: target → source.
+    pub mounts: Vec<(String, String)>,
+    /// Docker volumes it mounts (anonymous ones are left behind unless removed with it).
+    pub volumes: Vec<String>,
 }
 
 /// The uid and gid an image runs PostgreSQL as.
@@ -104,417 +108,6 @@ pub struct ManagedContainer {
 pub struct PostgresUser {
     pub uid: u32,
     pub gid: u32,
-}
-
-#[derive(Debug)]
-pub struct Runtime {
-    /// The client, connected and version-negotiated on first use, so commands that never touch
-    /// Docker work without it, and older daemons (API 1.41 on Debian 12's docker.io) are spoken
-    /// to in their own version.
-    docker: tokio::sync::OnceCell<Docker>,
-}
-
-fn is_status(e: &BollardError, code: u16) -> bool {
-    matches!(e, BollardError::DockerResponseServerError { status_code, .. } if *status_code == code)
-}
-
-fn api(action: impl Into<String>) -> impl FnOnce(BollardError) -> DockerError {
-    let action = action.into();
-    move |source| match source {
-        BollardError::DockerResponseServerError { .. } => DockerError::Api { action, source },
-        other => DockerError::Unreachable { source: other },
-    }
-}
-
-impl Default for Runtime {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Runtime {
-    /// A runtime that connects on first use; honours `DOCKER_HOST`.
-    pub fn new() -> Self {
-        Self {
-            docker: tokio::sync::OnceCell::new(),
-        }
-    }
-
-    async fn client(&self) -> Result<&Docker, DockerError> {
-        self.docker
-            .get_or_try_init(|| async {
-                Docker::connect_with_local_defaults()
-                    .map_err(|source| DockerError::Unreachable { source })?
-                    .negotiate_version()
-                    .await
-                    .map_err(|source| DockerError::Unreachable { source })
-            })
-            .await
-    }
-
-    /// The daemon's version, which also proves it answers.
-    pub async fn version(&self) -> Result<String, DockerError> {
-        let v = self
-            .client()
-            .await?
-            .version()
-            .await
-            .map_err(|source| DockerError::Unreachable { source })?;
-        Ok(v.version.unwrap_or_default())
-    }
-
-    /// Fails with [`DockerError::ImageMissing`] unless the image is on this host.
-    pub async fn require_image(&self, image: &str) -> Result<(), DockerError> {
-        match self.client().await?.inspect_image(image).await {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 404) => Err(DockerError::ImageMissing {
-                image: image.to_string(),
-            }),
-            Err(e) => Err(api(format!("inspecting image {image}"))(e)),
-        }
-    }
-
-    /// Finds the uid/gid of the image's `postgres` user by reading its /etc/passwd from a
-    /// created (never started) container. The official alpine images use 70, the Debian ones 999.
-    pub async fn postgres_user(&self, image: &str) -> Result<PostgresUser, DockerError> {
-        self.require_image(image).await?;
-        let body = ContainerCreateBody {
-            image: Some(image.to_string()),
-            labels: Some(HashMap::from([(LABEL_MANAGED.into(), "probe".into())])),
-            ..Default::default()
-        };
-        let created = self
-            .client()
-            .await?
-            .create_container(None, body)
-            .await
-            .map_err(api(format!("creating a probe container from {image}")))?;
-        let opts = DownloadFromContainerOptionsBuilder::new()
-            .path("/etc/passwd")
-            .build();
-        let tar: Result<Vec<u8>, _> = self
-            .client()
-            .await?
-            .download_from_container(&created.id, Some(opts))
-            .map_ok(|b| b.to_vec())
-            .try_concat()
-            .await;
-        let rm = RemoveContainerOptionsBuilder::new().force(true).build();
-        let _ = self
-            .client()
-            .await?
-            .remove_container(&created.id, Some(rm))
-            .await;
-        let tar = tar.map_err(api(format!("reading /etc/passwd of {image}")))?;
-        let passwd = first_file_in_tar(&tar).unwrap_or_default();
-        parse_passwd_user(&passwd, "postgres").ok_or_else(|| DockerError::NoPostgresUser {
-            image: image.to_string(),
-        })
-    }
-
-    /// Runs `script` with `/bin/sh` as root in a throw-away container of `image` with `mounts`,
-    /// and waits for it. velo uses it to prepare host directories the image's postgres user must
-    /// own when velo itself is not root (Docker access is root-equivalent anyway).
-    pub async fn run_as_root(
-        &self,
-        image: &str,
-        mounts: &[BindMount],
-        script: &str,
-    ) -> Result<(), DockerError> {
-        let body = ContainerCreateBody {
-            image: Some(image.to_string()),
-            user: Some("0".into()),
-            entrypoint: Some(vec!["/bin/sh".into(), "-c".into()]),
-            cmd: Some(vec![script.to_string()]),
-            labels: Some(HashMap::from([(LABEL_MANAGED.into(), "helper".into())])),
-            host_config: Some(HostConfig {
-                mounts: Some(mounts.iter().map(bind_mount).collect()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let client = self.client().await?;
-        let created = client
-            .create_container(None, body)
-            .await
-            .map_err(api(format!("creating a helper container from {image}")))?;
-        let outcome: Result<i64, DockerError> = async {
-            client
-                .start_container(&created.id, None)
-                .await
-                .map_err(api("starting a helper container"))?;
-            let opts = WaitContainerOptionsBuilder::new()
-                .condition("not-running")
-                .build();
-            match client
-                .wait_container(&created.id, Some(opts))
-                .try_collect::<Vec<_>>()
-                .await
-            {
-                Ok(r) => Ok(r.last().map(|w| w.status_code).unwrap_or_default()),
-                Err(BollardError::DockerContainerWaitError { code, .. }) => Ok(code),
-                Err(e) => Err(api("waiting for a helper container")(e)),
-            }
-        }
-        .await;
-        let logs = match &outcome {
-            Ok(0) => String::new(),
-            _ => self.logs_tail(&created.id, 10).await,
-        };
-        let rm = RemoveContainerOptionsBuilder::new().force(true).build();
-        let _ = client.remove_container(&created.id, Some(rm)).await;
-        match outcome? {
-            0 => Ok(()),
-            code => Err(DockerError::HelperFailed {
-                image: image.to_string(),
-                code,
-                logs: logs.trim().to_string(),
-            }),
-        }
-    }
-
-    /// True when the image is on this host.
-    pub async fn has_image(&self, image: &str) -> Result<bool, DockerError> {
-        match self.require_image(image).await {
-            Ok(()) => Ok(true),
-            Err(DockerError::ImageMissing { .. }) => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    pub async fn create(&self, spec: &ContainerSpec) -> Result<(), DockerError> {
-        let host_config = HostConfig {
-            mounts: Some(spec.mounts.iter().map(bind_mount).collect()),
-            network_mode: Some("host".to_string()),
-            ..Default::default()
-        };
-        let mut cmd = vec!["postgres".to_string()];
-        cmd.extend(spec.postgres_args.iter().cloned());
-        let body = ContainerCreateBody {
-            image: Some(spec.image.clone()),
-            cmd: Some(cmd),
-            env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
-            labels: Some(spec.labels.iter().cloned().collect()),
-            stop_signal: Some("SIGINT".to_string()),
-            host_config: Some(host_config),
-            ..Default::default()
-        };
-        let opts = CreateContainerOptionsBuilder::new()
-            .name(&spec.name)
-            .build();
-        match self
-            .client()
-            .await?
-            .create_container(Some(opts), body)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_status(&e, 404) => Err(DockerError::ImageMissing {
-                image: spec.image.clone(),
-            }),
-            Err(e) => Err(api(format!("creating container {}", spec.name))(e)),
-        }
-    }
-
-    pub async fn start(&self, name: &str) -> Result<(), DockerError> {
-        match self.client().await?.start_container(name, None).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_status(&e, 304) => Ok(()),
-            Err(e) if is_status(&e, 404) => Err(DockerError::NoSuchContainer {
-                name: name.to_string(),
-            }),
-            Err(e) => Err(api(format!("starting container {name}"))(e)),
-        }
-    }
-
-    /// Stops with SIGINT (PostgreSQL's fast shutdown), killing after `timeout_secs`.
-    /// A missing or already stopped container is success.
-    pub async fn stop(&self, name: &str, timeout_secs: i32) -> Result<(), DockerError> {
-        let opts = StopContainerOptionsBuilder::new()
-            .signal("SIGINT")
-            .t(timeout_secs)
-            .build();
-        match self.client().await?.stop_container(name, Some(opts)).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_status(&e, 304) || is_status(&e, 404) => Ok(()),
-            Err(e) => Err(api(format!("stopping container {name}"))(e)),
-        }
-    }
-
-    /// Renames a container; `Ok(false)` if there is none called `from`.
-    pub async fn rename(&self, from: &str, to: &str) -> Result<bool, DockerError> {
-        let opts = RenameContainerOptionsBuilder::new().name(to).build();
-        match self.client().await?.rename_container(from, opts).await {
-            Ok(()) => Ok(true),
-            Err(e) if is_status(&e, 404) => Ok(false),
-            Err(e) => Err(api(format!("renaming container {from} to {to}"))(e)),
-        }
-    }
-
-    /// SIGKILLs a container's processes; Docker answers once they are gone. Missing or not
-    /// running is success.
-    pub async fn kill(&self, name: &str) -> Result<(), DockerError> {
-        let opts = KillContainerOptionsBuilder::new().signal("SIGKILL").build();
-        match self.client().await?.kill_container(name, Some(opts)).await {
-            Ok(()) => Ok(()),
-            Err(e) if is_status(&e, 404) || is_status(&e, 409) => Ok(()),
-            Err(e) => Err(api(format!("killing container {name}"))(e)),
-        }
-    }
-
-    /// Removes a container, stopping it first if needed. Missing is success, and so is a
-    /// removal already in progress (a killed velo's, say) once it has finished.
-    pub async fn remove(&self, name: &str) -> Result<(), DockerError> {
-        let opts = RemoveContainerOptionsBuilder::new().force(true).build();
-        match self
-            .client()
-            .await?
-            .remove_container(name, Some(opts))
-            .await
-        {
-            Ok(()) => Ok(()),
-            Err(e) if is_status(&e, 404) => Ok(()),
-            Err(e) if is_status(&e, 409) => {
-                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-                while self.status(name).await? != ContainerStatus::Missing {
-                    if std::time::Instant::now() > deadline {
-                        return Err(api(format!("removing container {name}"))(e));
-                    }
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-                Ok(())
-            }
-            Err(e) => Err(api(format!("removing container {name}"))(e)),
-        }
-    }
-
-    pub async fn status(&self, name: &str) -> Result<ContainerStatus, DockerError> {
-        let inspect = match self.client().await?.inspect_container(name, None).await {
-            Ok(i) => i,
-            Err(e) if is_status(&e, 404) => return Ok(ContainerStatus::Missing),
-            Err(e) => return Err(api(format!("inspecting container {name}"))(e)),
-        };
-        let state = inspect.state.unwrap_or_default();
-        Ok(match state.status {
-            Some(ContainerStateStatusEnum::RUNNING) => ContainerStatus::Running,
-            Some(ContainerStateStatusEnum::EXITED | ContainerStateStatusEnum::CREATED) => {
-                ContainerStatus::Stopped {
-                    exit_code: state.exit_code,
-                }
-            }
-            other => ContainerStatus::Other(format!("{other:?}").to_lowercase()),
-        })
-    }
-
-    /// The last lines the container printed, for error messages.
-    pub async fn logs_tail(&self, name: &str, lines: usize) -> String {
-        let opts = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .tail(&lines.to_string())
-            .build();
-        let Ok(client) = self.client().await else {
-            return String::new();
-        };
-        let chunks: Vec<_> = client
-            .logs(name, Some(opts))
-            .try_collect()
-            .await
-            .unwrap_or_default();
-        chunks.iter().map(|c| c.to_string()).collect::<String>()
-    }
-
-    /// Whether the container's log, since its last start, has a line containing `needle`.
-    /// Lines from an earlier run of the same container do not count.
-    pub async fn logged_since_start(&self, name: &str, needle: &str) -> Result<bool, DockerError> {
-        let inspect = match self.client().await?.inspect_container(name, None).await {
-            Ok(i) => i,
-            Err(e) if is_status(&e, 404) => return Ok(false),
-            Err(e) => return Err(api(format!("inspecting container {name}"))(e)),
-        };
-        let Some(started) = inspect
-            .state
-            .and_then(|s| s.started_at)
-            .and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok())
-        else {
-            return Ok(false);
-        };
-        let opts = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .timestamps(true)
-            .since(i32::try_from(started.timestamp()).unwrap_or(0))
-            .build();
-        let chunks: Vec<_> = self
-            .client()
-            .await?
-            .logs(name, Some(opts))
-            .try_collect()
-            .await
-            .map_err(api(format!("reading the log of container {name}")))?;
-        let text: String = chunks.iter().map(|c| c.to_string()).collect();
-        Ok(text.lines().any(|line| {
-            let (stamp, rest) = line.split_once(' ').unwrap_or_default();
-            rest.contains(needle)
-                && chrono::DateTime::parse_from_rfc3339(stamp).is_ok_and(|t| t >= started)
-        }))
-    }
-
-    /// Every container carrying velo's labels for the given velo home.
-    pub async fn list_managed(&self, home: &str) -> Result<Vec<ManagedContainer>, DockerError> {
-        let filters = HashMap::from([("label", vec![format!("{LABEL_HOME}={home}")])]);
-        let opts = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let list = self
-            .client()
-            .await?
-            .list_containers(Some(opts))
-            .await
-            .map_err(api("listing containers"))?;
-        Ok(list
-            .into_iter()
-            .map(|c| {
-                let labels = c.labels.unwrap_or_default();
-                let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
-                ManagedContainer {
-                    name: c
-                        .names
-                        .and_then(|n| n.into_iter().next())
-                        .map(|n| n.trim_start_matches('/').to_string())
-                        .unwrap_or_default(),
-                    project: label(LABEL_PROJECT),
-                    branch: label(LABEL_BRANCH),
-                    running: c.state.map(|s| s.to_string()) == Some("running".into()),
-                    data_source: c.mounts.and_then(|mounts| {
-                        mounts
-                            .into_iter()
-                            .find(|m| m.destination.as_deref() == Some(PGDATA))
-                            .and_then(|m| m.source)
-                    }),
-                }
-            })
-            .collect())
-    }
-}
-
-fn bind_mount(m: &BindMount) -> Mount {
-    Mount {
-        target: Some(m.target.clone()),
-        source: Some(m.source.clone()),
-        typ: Some(MountType::BIND),
-        read_only: Some(m.read_only),
-        ..Default::default()
-    }
-}
-
-fn first_file_in_tar(tar: &[u8]) -> Option<String> {
-    let mut archive = tar::Archive::new(tar);
-    let mut entry = archive.entries().ok()?.next()?.ok()?;
-    let mut text = String::new();
-    entry.read_to_string(&mut text).ok()?;
-    Some(text)
 }
 
 /// Finds a user's uid and gid in the text of an /etc/passwd.
@@ -529,6 +122,19 @@ pub fn parse_passwd_user(passwd: &str, user: &str) -> Option<PostgresUser> {
             _ => None,
         }
     })
+}
+
+/// The declared volumes of an image that `mounts` do not cover with a mount at the same
+/// path: each gets a tmpfs, or Docker would make an anonymous volume for it.
+pub fn uncovered_volumes(declared: &[String], mounts: &[BindMount]) -> Vec<String> {
+    declared
+        .iter()
+        .filter(|v| {
+            let v = v.trim_end_matches('/');
+            !mounts.iter().any(|m| m.target.trim_end_matches('/') == v)
+        })
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -556,6 +162,31 @@ mod tests {
         assert_eq!(
             parse_passwd_user("postgres:x:abc:1::/:/bin/sh", "postgres"),
             None
+        );
+    }
+
+    #[test]
+    fn every_declared_volume_not_mounted_gets_a_tmpfs() {
+        let bind = |t: &str| BindMount {
+            source: "/x".into(),
+            target: t.into(),
+            read_only: false,
+        };
+        // Up to 17: the data directory is the volume, and velo mounts it.
+        assert!(
+            uncovered_volumes(
+                &["/var/lib/postgresql/data".into()],
+                &[bind("/var/lib/postgresql/data/")]
+            )
+            .is_empty()
+        );
+        // 18: the volume is the parent; velo mounts inside it.
+        assert_eq!(
+            uncovered_volumes(
+                &["/var/lib/postgresql".into()],
+                &[bind("/var/lib/postgresql/data")]
+            ),
+            vec!["/var/lib/postgresql".to_string()]
         );
     }
 }

@@ -15,11 +15,16 @@ use futures_util::future::join_all;
 use serde_json::json;
 
 use super::Ctx;
-use crate::docker::{ContainerStatus, DockerError};
+use super::choose::dataset_user;
+use crate::docker::DockerError;
 use crate::names::{self, BranchRef};
-use crate::state::{RunState, State};
+use crate::runtime::ServerStatus;
+use crate::state::{RunState, RuntimeRecord, State, StorageRecord};
+use crate::storage::zfs::user_base;
 use crate::ui::human_bytes;
-use crate::zfs::{DELEGATED_PERMISSIONS, Implementation, ZfsError, ZfsErrorKind, is_root};
+use crate::zfs::{
+    DELEGATED_DESCENDENT, DELEGATED_LOCAL, Implementation, ZfsError, ZfsErrorKind, is_root,
+};
 
 /// A pool with less free space than this gets a warning.
 const LOW_SPACE: u64 = 1 << 30;
@@ -213,18 +218,20 @@ fn pools_in_use(ctx: &Ctx, state: Option<&State>) -> BTreeSet<String> {
         .pool
         .iter()
         .cloned()
-        .chain(
-            state
-                .into_iter()
-                .flat_map(|s| s.projects.values().map(|p| p.pool.clone())),
-        )
+        .chain(state.into_iter().flat_map(|s| {
+            s.projects.values().filter_map(|p| match &p.storage {
+                StorageRecord::Zfs { pool, .. } => Some(pool.clone()),
+                _ => None,
+            })
+        }))
         .collect()
 }
 
 async fn zfs_checks(ctx: &Ctx, state: Option<&State>) -> Vec<Check> {
     const G: &str = "zfs";
     let mut checks = Vec::new();
-    let implementation = match ctx.zfs.implementation().await {
+    let zfs = ctx.backends.zfs();
+    let implementation = match zfs.implementation().await {
         Ok(i) => i,
         Err(e) => {
             checks.push(zfs_failure(G, "zfs", &e));
@@ -234,7 +241,7 @@ async fn zfs_checks(ctx: &Ctx, state: Option<&State>) -> Vec<Check> {
     checks.push(Check::ok(
         G,
         "commands",
-        format!("{}, {}", ctx.zfs.zfs_program(), ctx.zfs.zpool_program()),
+        format!("{}, {}", zfs.zfs_program(), zfs.zpool_program()),
     ));
     checks.push(match (&implementation, is_root()) {
         (Implementation::OpenZfs(v), _) => Check::ok(G, "implementation", format!("OpenZFS {v}")),
@@ -289,11 +296,12 @@ fn first_line(text: &str) -> String {
 
 async fn pool_checks(ctx: &Ctx, pool: &str, implementation: &Implementation) -> Vec<Check> {
     const G: &str = "zfs";
-    let base = names::base_dataset(pool);
+    let zfs = ctx.backends.zfs();
+    let base = user_base(pool, &dataset_user());
     let (health, space, base_exists) = tokio::join!(
-        ctx.zfs.pool_health(pool),
-        ctx.zfs.pool_space(pool),
-        ctx.zfs.exists(&base),
+        zfs.pool_health(pool),
+        zfs.pool_space(pool),
+        zfs.exists(&base),
     );
     let health = match health {
         Ok(h) => h,
@@ -369,29 +377,43 @@ async fn delegation_check(
     }
     let user = current_user();
     let fix = format!("run `sudo velo setup --user {user}`");
-    match ctx.zfs.pool_property(pool, "delegation").await {
+    match ctx.backends.zfs().pool_property(pool, "delegation").await {
         Ok(v) if v == "on" => {}
         Ok(v) => return Check::fail(G, name, format!("pool {pool} has delegation={v}"), fix),
         Err(e) => return zfs_failure(G, name, &e),
     }
-    match ctx.zfs.allowed(base, &user).await {
+    match ctx.backends.zfs().delegated(base, &user).await {
         Ok(have) => {
-            let missing: Vec<&str> = DELEGATED_PERMISSIONS
-                .iter()
-                .copied()
-                .filter(|p| !have.iter().any(|h| h == p))
+            let lacks = |want: &[&str], have: &[String]| -> Vec<String> {
+                want.iter()
+                    .filter(|p| !have.iter().any(|h| h == *p))
+                    .map(|p| p.to_string())
+                    .collect()
+            };
+            let missing: Vec<String> = lacks(DELEGATED_LOCAL, &have.local)
+                .into_iter()
+                .map(|p| format!("{p} (on the base)"))
+                .chain(
+                    lacks(DELEGATED_DESCENDENT, &have.descendent)
+                        .into_iter()
+                        .map(|p| format!("{p} (below it)")),
+                )
                 .collect();
             if missing.is_empty() {
                 Check::ok(
                     G,
                     name,
-                    format!("{user} may {} on {base}", DELEGATED_PERMISSIONS.join(",")),
+                    format!(
+                        "{user} may {} on {base} and {} below it",
+                        DELEGATED_LOCAL.join(","),
+                        DELEGATED_DESCENDENT.join(",")
+                    ),
                 )
             } else {
                 Check::fail(
                     G,
                     name,
-                    format!("{user} lacks {} on {base}", missing.join(",")),
+                    format!("{user} lacks {} on {base}", missing.join(", ")),
                     fix,
                 )
             }
@@ -402,20 +424,26 @@ async fn delegation_check(
 
 async fn docker_checks(ctx: &Ctx, state: Option<&State>) -> Vec<Check> {
     const G: &str = "docker";
-    let version = match ctx.runtime.version().await {
+    let docker = ctx.backends.docker();
+    let version = match docker.version().await {
         Ok(v) => v,
         Err(e) => return vec![docker_failure(G, &e)],
     };
     let mut checks = vec![Check::ok(G, "daemon", format!("Docker {version}"))];
     let images: BTreeSet<&str> = state
         .into_iter()
-        .flat_map(|s| s.projects.values().map(|p| p.image.as_str()))
+        .flat_map(|s| {
+            s.projects.values().filter_map(|p| match &p.runtime {
+                RuntimeRecord::Docker { image } => Some(image.as_str()),
+                RuntimeRecord::Native { .. } => None,
+            })
+        })
         .collect();
-    let found = join_all(images.iter().map(|i| ctx.runtime.has_image(i))).await;
+    let found = join_all(images.iter().map(|i| docker.image_id(i))).await;
     for (image, found) in images.iter().zip(found) {
         checks.push(match found {
-            Ok(true) => Check::ok(G, format!("image {image}"), "present"),
-            Ok(false) => Check::fail(
+            Ok(Some(_)) => Check::ok(G, format!("image {image}"), "present"),
+            Ok(None) => Check::fail(
                 G,
                 format!("image {image}"),
                 "missing",
@@ -474,16 +502,21 @@ async fn sudo_checks(ctx: &Ctx) -> Vec<Check> {
         return vec![Check::fail(G, "sudoers", "no pool in velo's config", fix)];
     };
     // Ask sudo whether velo's mount command is allowed, without running it or prompting.
-    let probe = format!("{}/probe", names::base_dataset(&pool));
+    let probe = format!("{}/probe.main.0", user_base(&pool, &dataset_user()));
+    let zfs = ctx.backends.zfs().zfs_program();
     let out = tokio::process::Command::new("sudo")
-        .args(["-n", "-l", ctx.zfs.zfs_program(), "mount", &probe])
+        .args(["-n", "-l", zfs, "mount", &probe])
         .output()
         .await;
     vec![match out {
         Ok(o) if o.status.success() => Check::ok(
             G,
             "sudoers",
-            format!("{}: mount/unmount under {pool}/velo", path.display()),
+            format!(
+                "{}: mount/unmount under {}",
+                path.display(),
+                user_base(&pool, &dataset_user())
+            ),
         ),
         Ok(o) => Check::fail(
             G,
@@ -491,7 +524,7 @@ async fn sudo_checks(ctx: &Ctx) -> Vec<Check> {
             format!(
                 "{} does not let {user} run `{} mount` ({})",
                 path.display(),
-                ctx.zfs.zfs_program(),
+                zfs,
                 first_line(String::from_utf8_lossy(&o.stderr).trim())
             ),
             fix,
@@ -552,92 +585,128 @@ fn state_checks(ctx: &Ctx, state: &Result<State, crate::state::StoreError>) -> V
     checks
 }
 
-/// Every branch in the state against what is really there: its dataset present and mounted,
-/// its container present and in the recorded state, and its port answering when it should run.
+/// Every branch in the state against what is really there: its volume available, its server
+/// present and in the recorded state, and PostgreSQL answering when it should run.
 pub async fn branch_checks(ctx: &Ctx, state: &State, probe_timeout: Duration) -> Vec<Check> {
-    const G: &str = "branches";
     let per_branch = state.projects.iter().flat_map(|(pname, p)| {
         p.branches.iter().map(move |(bname, b)| async move {
             let r = BranchRef::new(pname.clone(), bname.clone());
-            let dataset = b.dataset(&p.pool, &r);
-            let container = names::container_name(&r);
-            let (mounted, status) =
-                tokio::join!(ctx.zfs.mountpoint(&dataset), ctx.runtime.status(&container));
-            let mut checks = vec![match mounted {
-                Ok(Some(mp)) => Check::ok(G, format!("{r} dataset"), format!("{dataset} at {mp}")),
-                Ok(None) => Check::fail(
-                    G,
-                    format!("{r} dataset"),
-                    format!("{dataset} is not mounted"),
-                    format!("`zfs mount {dataset}` (as root), then `velo branch start {r}`"),
-                ),
-                Err(e) if e.kind() == ZfsErrorKind::NotFound => Check::fail(
-                    G,
-                    format!("{r} dataset"),
-                    format!("{dataset} is missing"),
-                    format!("its data is gone: `velo branch delete {r}` and create it again"),
-                ),
-                Err(e) => zfs_failure(G, &format!("{r} dataset"), &e),
-            }];
-            let want = match b.desired {
-                RunState::Running => "running",
-                RunState::Stopped => "stopped",
-            };
-            checks.push(match (&status, b.desired) {
-                (Ok(ContainerStatus::Running), RunState::Running)
-                | (Ok(ContainerStatus::Stopped { .. }), RunState::Stopped) => {
-                    Check::ok(G, format!("{r} container"), format!("{container} {want}"))
+            match (ctx.storage(p), ctx.runtime(p)) {
+                (Ok(storage), Ok(runtime)) => {
+                    one_branch(
+                        ctx,
+                        p,
+                        &r,
+                        b,
+                        storage.as_ref(),
+                        runtime.as_ref(),
+                        probe_timeout,
+                    )
+                    .await
                 }
-                (Ok(ContainerStatus::Missing), _) => Check::fail(
-                    G,
-                    format!("{r} container"),
-                    format!("{container} is missing"),
-                    format!("`velo branch start {r}` re-creates it"),
-                ),
-                (Ok(other), _) => Check::fail(
-                    G,
-                    format!("{r} container"),
-                    format!("{container} is {other:?}, but should be {want}"),
-                    format!("`velo branch start {r}` or `velo branch stop {r}`"),
-                ),
-                (Err(e), _) => Check::fail(
-                    G,
-                    format!("{r} container"),
-                    first_line(&e.to_string()),
-                    "see the docker checks above",
-                ),
-            });
-            if b.desired == RunState::Running {
-                let endpoint = super::endpoint(p, b);
-                let answered = tokio::time::timeout(probe_timeout, endpoint.ping()).await;
-                checks.push(match answered {
-                    Ok(Ok(())) => Check::ok(
-                        G,
-                        format!("{r} port"),
-                        format!("PostgreSQL answers on {}", b.port),
-                    ),
-                    Ok(Err(e)) => Check::fail(
-                        G,
-                        format!("{r} port"),
-                        format!("no answer on {}: {}", b.port, first_line(&format!("{e:#}"))),
-                        format!("`velo branch restart {r}`; `docker logs {container}` says why"),
-                    ),
-                    Err(_) => Check::fail(
-                        G,
-                        format!("{r} port"),
-                        format!(
-                            "no answer on {} within {}",
-                            b.port,
-                            humantime::format_duration(probe_timeout)
-                        ),
-                        format!(
-                            "a slow host needs `velo doctor --timeout 30s`; else `velo branch restart {r}`"
-                        ),
-                    ),
-                });
+                (Err(e), _) | (_, Err(e)) => vec![Check::fail(
+                    "branches",
+                    r.to_string(),
+                    first_line(&format!("{e:#}")),
+                    "see the checks above",
+                )],
             }
-            checks
         })
     });
     join_all(per_branch).await.into_iter().flatten().collect()
+}
+
+async fn one_branch(
+    ctx: &Ctx,
+    p: &crate::state::Project,
+    r: &BranchRef,
+    b: &crate::state::Branch,
+    storage: &dyn crate::storage::Storage,
+    runtime: &dyn crate::runtime::Runtime,
+    probe_timeout: Duration,
+) -> Vec<Check> {
+    const G: &str = "branches";
+    let volume = storage.name_of(&b.volume(r));
+    let server = names::server_name(r);
+    let v = b.volume(r);
+    let (path, status) = tokio::join!(storage.path(&v), runtime.status(&server));
+    let mut checks = vec![match path {
+        Ok(Some(at)) => Check::ok(
+            G,
+            format!("{r} data"),
+            format!("{volume} at {}", at.display()),
+        ),
+        Ok(None) => Check::fail(
+            G,
+            format!("{r} data"),
+            format!("{volume} is not available (not mounted, or gone)"),
+            format!("`velo repair` says which; `velo branch start {r}` mounts it"),
+        ),
+        Err(e) => Check::fail(
+            G,
+            format!("{r} data"),
+            first_line(&format!("{e:#}")),
+            "see `velo repair`",
+        ),
+    }];
+    let want = match b.desired {
+        RunState::Running => "running",
+        RunState::Stopped => "stopped",
+    };
+    checks.push(match (&status, b.desired) {
+        (Ok(ServerStatus::Running), RunState::Running)
+        | (Ok(ServerStatus::Stopped { .. }), RunState::Stopped) => {
+            Check::ok(G, format!("{r} server"), format!("{server} {want}"))
+        }
+        (Ok(ServerStatus::Missing), _) => Check::fail(
+            G,
+            format!("{r} server"),
+            format!("{server} is missing"),
+            format!("`velo branch start {r}` re-creates it"),
+        ),
+        (Ok(other), _) => Check::fail(
+            G,
+            format!("{r} server"),
+            format!("{server} is {}, but should be {want}", other.word()),
+            format!("`velo branch start {r}` or `velo branch stop {r}`"),
+        ),
+        (Err(e), _) => Check::fail(
+            G,
+            format!("{r} server"),
+            first_line(&e.to_string()),
+            "see the runtime checks above",
+        ),
+    });
+    if b.desired == RunState::Running {
+        // Over the branch's private socket: nothing is sent that another program could take.
+        let sql = super::server::sql(ctx, p, b);
+        let answered = tokio::time::timeout(probe_timeout, sql.probe()).await;
+        checks.push(match answered {
+            Ok(Ok(true)) => Check::ok(G, format!("{r} server answers"), "PostgreSQL answers"),
+            Ok(Ok(false)) => Check::warn(
+                G,
+                format!("{r} server answers"),
+                "PostgreSQL answers, but is still in recovery",
+                "wait: a point-in-time branch replays WAL until it reaches its target",
+            ),
+            Ok(Err(e)) => Check::fail(
+                G,
+                format!("{r} server answers"),
+                format!("no answer: {}", first_line(&format!("{e:#}"))),
+                format!("`velo branch restart {r}`; its log says why"),
+            ),
+            Err(_) => Check::fail(
+                G,
+                format!("{r} server answers"),
+                format!(
+                    "no answer within {}",
+                    humantime::format_duration(probe_timeout)
+                ),
+                format!(
+                    "a slow host needs `velo doctor --timeout 30s`; else `velo branch restart {r}`"
+                ),
+            ),
+        });
+    }
+    checks
 }

@@ -7,189 +7,104 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use chrono::Utc;
 use serde_json::json;
 
+use super::choose::{self, Choice, Wanted};
+use super::generation::create_archive;
 use super::journal::Intent;
-use super::{Ctx, Undo, allocate_port, busy_marker, get_project, mounted_at, url};
-use crate::names::{self, BranchName, BranchRef, ProjectName};
-use crate::state::{Branch, Finish, Forget, Project, Recovery, RunState, UndoStep};
-use crate::zfs::BASE_PROPERTIES;
+use super::launch::{Launch, launch_new};
+use super::server;
+use super::{Ctx, Undo, allocate_port, busy_marker, get_project, remove_dir, rolled_back};
+use crate::names::{self, BranchName, BranchRef, ProjectName, VolumeId};
+use crate::runtime::ServerUser;
+use crate::state::{
+    Branch, Finish, Forget, Project, Recovery, RunState, RuntimeRecord, StorageRecord, UndoStep,
+};
 
-/// The image used when neither `--image` nor `--pg-version` says otherwise.
-pub const DEFAULT_PG_VERSION: &str = "17";
-
-/// The oldest PostgreSQL velo's branch settings work with.
-pub const MIN_PG_VERSION: u32 = 14;
+/// How long a new project's first start (initdb done) may take.
+const PROJECT_READY: Duration = Duration::from_secs(120);
 
 pub struct CreateProject {
     pub name: ProjectName,
-    pub pool: Option<String>,
-    pub pg_version: Option<String>,
-    pub image: Option<String>,
-}
-
-/// The official image for a PostgreSQL major version.
-pub fn image_for(pg_version: &str) -> String {
-    format!("postgres:{pg_version}-alpine")
-}
-
-/// The pool to use: the one asked for, else the one `velo setup` recorded, else the only
-/// imported pool.
-pub async fn choose_pool(ctx: &Ctx, asked: Option<String>) -> Result<String> {
-    let pools = ctx.zfs.pools().await.context("listing ZFS pools")?;
-    let asked = asked.or_else(|| ctx.config.pool.clone());
-    match asked {
-        Some(p) if pools.contains(&p) => Ok(p),
-        Some(p) => bail!(
-            "ZFS pool `{p}` is not imported (pools here: {}); import it or pass another --pool",
-            list_or_none(&pools)
-        ),
-        None => match pools.as_slice() {
-            [only] => Ok(only.clone()),
-            [] => bail!(
-                "no ZFS pool is imported: create one (`zpool create tank /dev/…`) or import it"
-            ),
-            many => bail!(
-                "several ZFS pools are imported ({}): choose one with --pool",
-                many.join(", ")
-            ),
-        },
-    }
-}
-
-fn list_or_none(items: &[String]) -> String {
-    if items.is_empty() {
-        "none".into()
-    } else {
-        items.join(", ")
-    }
+    pub wanted: Wanted,
 }
 
 pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
-    if let (Some(_), Some(_)) = (&req.image, &req.pg_version) {
-        bail!("give either --image or --pg-version, not both (the image decides the version)");
-    }
-    if let Some(v) = &req.pg_version {
-        match v.parse::<u32>() {
-            Err(_) => bail!("--pg-version must be a major version number such as 17, not `{v}`"),
-            // Branch servers run with settings PostgreSQL 14 introduced
-            // (`recovery_init_sync_method`); 13 and older are past their end of life.
-            Ok(n) if n < MIN_PG_VERSION => bail!(
-                "velo needs PostgreSQL {MIN_PG_VERSION} or newer (older versions are past their end of life); pass --pg-version {DEFAULT_PG_VERSION}"
-            ),
-            Ok(_) => {}
-        }
-    }
-    let image = req
-        .image
-        .clone()
-        .unwrap_or_else(|| image_for(req.pg_version.as_deref().unwrap_or(DEFAULT_PG_VERSION)));
-    let name = req.name.clone();
+    let choice = choose::choose(ctx, &req.wanted).await?;
+    create_with(ctx, &req.name, choice).await
+}
+
+/// Creates a project on the storage and runtime chosen.
+pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Result<()> {
+    let name = name.clone();
+    let (storage, runtime) = (
+        ctx.backends.storage(&choice.storage)?,
+        ctx.backends.runtime(&choice.runtime)?,
+    );
+    // The storage's root and the server software are checked at once; a bad storage is
+    // reported first, whichever answer comes first.
+    let (prepared, user) = tokio::join!(
+        ctx.shell.step("Prepare storage", storage.prepare()),
+        ctx.shell.step("Check server software", runtime.prepare())
+    );
+    prepared?;
+    let user = user?;
+    let (project, main, mut undo) = ctx.store.update(|s| reserve(s, &name, &choice, user))?;
     let main_ref = BranchRef::new(name.clone(), BranchName::main());
 
-    // The image's postgres uid (read from a created, never started, container) is asked while
-    // the pool is chosen; a bad pool is reported first, whichever answer comes first.
-    let (pool, pg_user) = tokio::join!(
-        choose_pool(ctx, req.pool),
-        ctx.shell
-            .step("Check image", ctx.runtime.postgres_user(&image))
-    );
-    let (pool, pg_user) = (pool?, pg_user?);
-
-    let (project, main, mut undo) = ctx.store.update(|s| {
-        if s.projects.contains_key(&name) {
-            bail!("project `{name}` already exists (see `velo project get {name}`)");
-        }
-        let port = allocate_port(s, &[])?;
-        let main = Branch {
-            parent: None,
-            port,
-            generation: 0,
-            origin: None,
-            retired: Vec::new(),
-            desired: RunState::Running,
-            created_at: Utc::now(),
-            busy: Some(busy_marker("project create")),
-        };
-        let project = Project {
-            pool: pool.clone(),
-            image: image.clone(),
-            pg_version: None,
-            user: "postgres".into(),
-            password: super::new_password(),
-            database: "postgres".into(),
-            pg_uid: pg_user.uid,
-            pg_gid: pg_user.gid,
-            created_at: Utc::now(),
-            branches: BTreeMap::from([(BranchName::main(), main.clone())]),
-            snapshots: Vec::new(),
-        };
-        s.projects.insert(name.clone(), project.clone());
-        let undo = Undo::begin(
-            s,
-            Intent {
-                command: "project create",
-                project: &name,
-                branches: vec![BranchName::main()],
-                pins: Vec::new(),
-                recovery: Recovery::RollBack {
-                    forget: Forget::NewProject,
-                },
-            },
-        );
-        Ok((project, main, undo))
-    })?;
-
     let result: Result<Branch> = async {
-        let base = names::base_dataset(&pool);
-        let compression = ctx.zfs.best_compression(&pool).await;
-        let mut props = BASE_PROPERTIES.to_vec();
-        props.push(("compression", compression));
-        let project_ds = names::project_dataset(&pool, &name);
-        let main_ds = main.dataset(&pool, &main_ref);
+        undo.intend(ctx, "dataset", UndoStep::DestroyProject)
+            .await?;
+        let root = ctx
+            .shell
+            .step(
+                "Create volume",
+                storage.create_volume(&main.volume(&main_ref)),
+            )
+            .await?;
         undo.intend(
             ctx,
-            "dataset",
-            UndoStep::DestroyDataset {
-                name: project_ds.clone(),
+            "archive",
+            UndoStep::RemoveArchive {
+                branch: None,
+                generation: None,
             },
         )
         .await?;
-        let home = ctx.home_label();
-        let mark = [(super::HOME_PROPERTY, home.as_str())];
+        create_archive(ctx, &project, &main_ref, main.generation)?;
+        let pgdata = ctx
+            .shell
+            .step("Prepare data directory", runtime.make_data_dir(&root, user))
+            .await?;
         ctx.shell
-            .step("Create dataset", async {
-                ctx.zfs.ensure(&base, &props).await?;
-                ctx.zfs.create(&project_ds, &mark).await?;
-                ctx.zfs.create(&main_ds, &mark).await?;
-                Ok::<_, anyhow::Error>(())
-            })
+            .step("Initialise", runtime.init(&pgdata, &project.user, user))
             .await?;
-        let mountpoint = mounted_at(ctx, &main_ds).await?;
-        let path = ctx.archives().project_dir(&name);
-        undo.intend(ctx, "archive", UndoStep::RemoveDir { path })
+        let how = Launch {
+            root: &root,
+            deadline: PROJECT_READY,
+            recovery: None,
+        };
+        let main = launch_new(ctx, &project, &main_ref, &main, how, &mut undo).await?;
+        // Until now the superuser has no password, so no one could log in over TCP.
+        ctx.shell
+            .step(
+                "Set password",
+                server::sql(ctx, &project, &main).set_password(&project.user, &project.password),
+            )
             .await?;
-        super::create_archive(ctx, &project, &main_ref, main.generation)?;
-        super::owner::prepare_data_dir(ctx, &image, &mountpoint, pg_user).await?;
-        super::launch_new(
-            ctx,
-            &project,
-            &main_ref,
-            &main,
-            &mountpoint,
-            Duration::from_secs(120),
-            &mut undo,
-        )
-        .await
+        Ok(main)
     }
     .await;
 
     let main = match result {
         Ok(main) => main,
         Err(e) => {
-            let how = super::branch::rolled_back(undo.roll_back(ctx).await);
+            let how = rolled_back(undo.roll_back(ctx).await);
             return Err(e.context(format!("creating project `{name}` ({how})")));
         }
     };
-    let version = super::endpoint(&project, &main).server_version().await.ok();
+    let version = server::sql(ctx, &project, &main)
+        .server_version()
+        .await
+        .ok();
     ctx.store.update(|s| {
         let p = super::get_project_mut(s, &name)?;
         p.pg_version = version;
@@ -197,21 +112,84 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     ctx.shell.note(&format!(
-        "Project `{name}` is ready; its main branch is `{main_ref}`."
+        "Project `{name}` is ready ({}); its main branch is `{main_ref}`.",
+        choice.why
     ));
-    ctx.shell.out(&url(&project, &main));
+    ctx.shell.out(&server::url(&project, &main));
     ctx.shell.note(&format!(
         "The password is shown by `velo branch password {main_ref}`."
     ));
     Ok(())
 }
 
+/// The first transaction of `create`: the project's record and its main branch, busy.
+fn reserve(
+    s: &mut crate::state::State,
+    name: &ProjectName,
+    choice: &Choice,
+    user: ServerUser,
+) -> Result<(Project, Branch, Undo)> {
+    if s.projects.contains_key(name) {
+        bail!("project `{name}` already exists (see `velo project get {name}`)");
+    }
+    let port = allocate_port(s, &[])?;
+    let main = Branch {
+        parent: None,
+        port,
+        generation: 0,
+        origin: None,
+        retired: Vec::new(),
+        desired: RunState::Running,
+        created_at: Utc::now(),
+        busy: Some(busy_marker("project create")),
+    };
+    let project = Project {
+        storage: choice.storage.clone(),
+        runtime: choice.runtime.clone(),
+        chosen: Some(choice.why.clone()),
+        pg_version: None,
+        user: "postgres".into(),
+        password: super::new_password(),
+        database: "postgres".into(),
+        pg_uid: user.uid,
+        pg_gid: user.gid,
+        created_at: Utc::now(),
+        branches: BTreeMap::from([(BranchName::main(), main.clone())]),
+        snapshots: Vec::new(),
+    };
+    s.projects.insert(name.clone(), project.clone());
+    let undo = Undo::begin(
+        s,
+        Intent {
+            command: "project create",
+            project: name,
+            branches: vec![BranchName::main()],
+            pins: Vec::new(),
+            recovery: Recovery::RollBack {
+                forget: Forget::NewProject,
+            },
+        },
+    );
+    Ok((project, main, undo))
+}
+
 /// A project as list/get show it (never the password).
 fn project_json(name: &ProjectName, p: &Project) -> serde_json::Value {
+    let pool = match &p.storage {
+        StorageRecord::Zfs { pool, .. } => Some(pool.clone()),
+        _ => None,
+    };
+    let image = match &p.runtime {
+        RuntimeRecord::Docker { image } => Some(image.clone()),
+        RuntimeRecord::Native { .. } => None,
+    };
     json!({
         "name": name.as_str(),
-        "pool": p.pool,
-        "image": p.image,
+        "storage": p.storage,
+        "runtime": p.runtime,
+        "chosen": p.chosen,
+        "pool": pool,
+        "image": image,
         "pg_version": p.pg_version,
         "branches": p.branches.keys().map(BranchName::as_str).collect::<Vec<_>>(),
         "created_at": p.created_at,
@@ -241,14 +219,14 @@ pub async fn list(ctx: &Ctx, as_json: bool) -> Result<()> {
             vec![
                 n.to_string(),
                 p.branches.len().to_string(),
-                p.pool.clone(),
-                p.image.clone(),
+                p.storage.to_string(),
+                p.runtime.to_string(),
                 p.created_at.format("%Y-%m-%d %H:%M").to_string(),
             ]
         })
         .collect();
     ctx.shell.table(
-        &["PROJECT", "BRANCHES", "POOL", "IMAGE", "CREATED (UTC)"],
+        &["PROJECT", "BRANCHES", "STORAGE", "RUNTIME", "CREATED (UTC)"],
         rows,
     );
     Ok(())
@@ -266,14 +244,17 @@ pub async fn get(ctx: &Ctx, name: &ProjectName, as_json: bool) -> Result<()> {
         .ok_or_else(|| anyhow!("project `{name}` has no main branch in state"))?;
     let rows = vec![
         vec!["project".into(), name.to_string()],
-        vec!["pool".into(), p.pool.clone()],
-        vec!["dataset".into(), names::project_dataset(&p.pool, name)],
-        vec!["image".into(), p.image.clone()],
+        vec!["storage".into(), ctx.storage(p)?.describe()],
+        vec!["runtime".into(), ctx.runtime(p)?.describe()],
+        vec![
+            "chosen because".into(),
+            p.chosen.clone().unwrap_or_else(|| "-".into()),
+        ],
         vec![
             "postgres".into(),
             p.pg_version.clone().unwrap_or_else(|| "?".into()),
         ],
-        vec!["main URL".into(), url(p, main)],
+        vec!["main URL".into(), server::url(p, main)],
         vec![
             "branches".into(),
             p.branches
@@ -337,33 +318,39 @@ pub async fn delete(ctx: &Ctx, name: &ProjectName, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// Deletes a project that an open delete operation holds: containers, datasets, archives,
+/// Deletes a project that an open delete operation holds: servers, volumes, archives, sockets,
 /// then the record and the operation together. Each part may already be done.
 pub async fn delete_held(ctx: &Ctx, name: &ProjectName, undo: &Undo) -> Result<()> {
     let state = ctx.store.read()?;
     if let Some(project) = state.projects.get(name) {
+        let (storage, runtime) = (ctx.storage(project)?, ctx.runtime(project)?);
         undo.step(ctx, "delete-containers").await?;
         ctx.shell
-            .step("Remove containers", async {
+            .step("Remove servers", async {
                 for b in project.branches.keys() {
                     let r = BranchRef::new(name.clone(), b.clone());
-                    ctx.runtime.remove(&names::container_name(&r)).await?;
+                    runtime.remove(&names::retired_server_name(&r)).await?;
+                    runtime.remove(&names::server_name(&r)).await?;
                 }
                 Ok::<_, anyhow::Error>(())
             })
             .await?;
         undo.step(ctx, "delete-data").await?;
-        let dataset = names::project_dataset(&project.pool, name);
         ctx.shell
-            .step("Destroy datasets", ctx.zfs.destroy_dataset(&dataset))
+            .step("Destroy volumes", storage.destroy_project(name))
             .await
-            .with_context(|| format!("destroying {dataset}"))?;
-        let wal = ctx.archives().project_dir(name);
-        match std::fs::remove_dir_all(&wal) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(e).with_context(|| format!("removing {}", wal.display()));
-            }
-            _ => {}
+            .with_context(|| {
+                format!(
+                    "destroying the volumes of `{name}` ({})",
+                    storage.name_of(&VolumeId::new(
+                        &BranchRef::new(name.clone(), BranchName::main()),
+                        0
+                    ))
+                )
+            })?;
+        remove_dir(&ctx.archives().project_dir(name))?;
+        for b in project.branches.values() {
+            remove_dir(&server::socket_dir(ctx, b.port))?;
         }
     }
     ctx.store.update(|s| {

@@ -1,24 +1,33 @@
-//! `velo setup`: the one-time host set-up (as root) that lets a user run every velo command
-//! without root, and `velo setup --undo`, which takes back what setup added.
+//! `velo setup`: the one-time host set-up (as root) that lets a user run every velo command on
+//! ZFS without root, and `velo setup --undo`, which takes back what setup added.
 //!
 //! Each step looks first and changes only what is not already so, so a second run changes
 //! nothing and says so; `--dry-run` prints every change without making it. What setup changed
 //! is recorded in velo's config ([`crate::config`]), which is what `--undo` reverses. Why each
-//! permission and the sudoers rule are what they are: docs/setup.md.
+//! permission and the sudoers rule are what they are: docs/setup.md and docs/security.md.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::process::Command;
 
 use super::Ctx;
-use super::doctor::sudoers_path;
+use super::choose::{choose_pool, plain_user_name};
 use crate::config::{Config, UserSetup};
-use crate::names;
-use crate::zfs::{BASE_PROPERTIES, DELEGATED_PERMISSIONS, Implementation, is_root};
+use crate::storage::zfs::user_base;
+use crate::zfs::{
+    BASE_PROPERTIES, DELEGATED_DESCENDENT, DELEGATED_LOCAL, Implementation, SECURITY_PROPERTIES,
+    Scope, Zfs, is_root,
+};
 
-/// The first sudo release that reads `^…$` command arguments as regular expressions.
-const SUDO_WITH_REGEX: (u32, u32, u32) = (1, 9, 10);
+mod sudoers;
+
+pub use sudoers::{sudoers_path, sudoers_rule};
+
+/// Where setup looks for `zfs` and `zpool`: system directories only, never `$PATH`, the
+/// environment or a config a user could have written, since the path goes into a sudoers rule.
+const SYSTEM_DIRS: [&str; 4] = ["/usr/sbin", "/sbin", "/usr/bin", "/bin"];
 
 pub struct SetupRequest {
     /// The user to prepare (default: `$SUDO_USER`).
@@ -55,6 +64,13 @@ impl Steps<'_> {
     }
 }
 
+/// The user setup prepares.
+struct Target {
+    name: String,
+    uid: u32,
+    gid: u32,
+}
+
 pub async fn setup(ctx: &Ctx, req: SetupRequest) -> Result<()> {
     if !is_root() {
         bail!(
@@ -64,94 +80,120 @@ pub async fn setup(ctx: &Ctx, req: SetupRequest) -> Result<()> {
     let user = target_user(req.user.as_deref())?;
     let config_path = Config::path();
     let old = Config::load(&config_path)?;
+    let zfs = Zfs::new(
+        Some(system_program("zfs")?.display().to_string()),
+        Some(system_program("zpool")?.display().to_string()),
+    );
     let mut steps = Steps {
         ctx,
         dry_run: req.dry_run,
         changed: 0,
     };
     if req.undo {
-        undo(ctx, &mut steps, &user, &old, &config_path).await?;
+        undo(&zfs, &mut steps, &user, &old, &config_path).await?;
     } else {
-        apply(ctx, &mut steps, &user, req.pool, &old, &config_path).await?;
+        apply(ctx, &zfs, &mut steps, &user, req.pool, &old, &config_path).await?;
     }
-    let shell = &ctx.shell;
+    let (shell, name) = (&ctx.shell, &user.name);
     match (steps.changed, req.dry_run, req.undo) {
-        (0, _, false) => shell.note(&format!("Nothing to change: {user} is already set up.")),
-        (0, _, true) => shell.note(&format!("Nothing to undo for {user}.")),
+        (0, _, false) => shell.note(&format!("Nothing to change: {name} is already set up.")),
+        (0, _, true) => shell.note(&format!("Nothing to undo for {name}.")),
         (n, true, _) => shell.note(&format!(
             "Dry run: {n} change(s) would be made; nothing was changed."
         )),
         (n, false, true) => shell.note(&format!("Undone: {n} change(s).")),
         (n, false, false) => shell.note(&format!(
-            "Done: {n} change(s). {user} must log out and in again (for the docker group), then run `velo doctor`."
+            "Done: {n} change(s). {name} must log out and in again (for the docker group), then run `velo doctor`."
         )),
     }
     Ok(())
 }
 
 /// The user to prepare: `--user`, else the one who ran sudo.
-fn target_user(asked: Option<&str>) -> Result<String> {
-    let user = match asked {
+fn target_user(asked: Option<&str>) -> Result<Target> {
+    let name = match asked {
         Some(u) => u.to_string(),
         None => std::env::var("SUDO_USER").map_err(|_| {
             anyhow!("say which user should run velo: `velo setup --user NAME` (or run `sudo velo setup` as that user)")
         })?,
     };
-    let valid = user
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
-        && user
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
-    if !valid {
+    if !plain_user_name(&name) {
         bail!(
-            "`{user}` is not a user name velo can write into a sudoers rule (letters, digits, `_`, `-`, `.`)"
+            "`{name}` is not a user name velo can name a dataset after (lowercase letters, digits, `_`, `-`, starting with a letter or `_`)"
         );
     }
-    if user == "root" {
+    if name == "root" {
         bail!("root runs velo without any set-up; give the user who should run velo: --user NAME");
     }
-    if !std::process::Command::new("id")
-        .args(["-u", &user])
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        bail!("there is no user `{user}` on this host: create it first (`adduser {user}`)");
-    }
-    Ok(user)
+    let id = |flag: &str| -> Result<u32> {
+        let out = std::process::Command::new("id")
+            .args([flag, &name])
+            .output()
+            .context("running `id`")?;
+        if !out.status.success() {
+            bail!("there is no user `{name}` on this host: create it first (`adduser {name}`)");
+        }
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .map_err(|_| anyhow!("`id {flag} {name}` printed no number"))
+    };
+    Ok(Target {
+        uid: id("-u")?,
+        gid: id("-g")?,
+        name,
+    })
 }
 
-/// The absolute path of a program: on PATH, else in the sbin directories a user's PATH lacks.
-fn find_program(name: &str) -> Result<String> {
-    let path = std::env::var("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin", "/usr/local/sbin"].map(PathBuf::from))
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
-        .and_then(|p| p.canonicalize().ok())
-        .map(|p| p.display().to_string())
-        .ok_or_else(|| {
-            anyhow!("`{name}` is not installed: install OpenZFS (zfsutils-linux) or zfs-fuse")
-        })
+/// The path of a root-owned program in a system directory, every directory above it root's and
+/// writable by no one else: the only kind of program setup names in a sudoers rule.
+fn system_program(name: &str) -> Result<PathBuf> {
+    for dir in SYSTEM_DIRS {
+        let Ok(path) = Path::new(dir).join(name).canonicalize() else {
+            continue;
+        };
+        if let Err(why) = root_owned_chain(&path) {
+            bail!(
+                "{} is not safe to name in a sudoers rule: {why}",
+                path.display()
+            );
+        }
+        return Ok(path);
+    }
+    bail!(
+        "`{name}` is not installed in {}: install OpenZFS (zfsutils-linux) or zfs-fuse",
+        SYSTEM_DIRS.join(", ")
+    )
+}
+
+fn root_owned_chain(path: &Path) -> Result<(), String> {
+    for p in path.ancestors() {
+        let meta = std::fs::metadata(p).map_err(|e| format!("{}: {e}", p.display()))?;
+        if meta.uid() != 0 || meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "{} belongs to uid {} or others may write it",
+                p.display(),
+                meta.uid()
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn apply(
     ctx: &Ctx,
+    zfs: &Zfs,
     steps: &mut Steps<'_>,
-    user: &str,
+    user: &Target,
     asked_pool: Option<String>,
     old: &Config,
     config_path: &Path,
 ) -> Result<()> {
-    let zfs_path = find_program("zfs")?;
-    let zpool_path = find_program("zpool")?;
-    let implementation = ctx
-        .zfs
+    let implementation = zfs
         .implementation()
         .await
         .context("asking ZFS which it is")?;
-    let pool = super::project::choose_pool(ctx, asked_pool).await?;
+    let (pool, _) = choose_pool(ctx, asked_pool).await?;
     if !pool
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -160,57 +202,55 @@ async fn apply(
             "pool `{pool}` has characters velo cannot put in a sudoers rule; use a pool named with letters, digits, `_`, `-` and `.`"
         );
     }
-    let base = names::base_dataset(&pool);
+    let root = format!("{pool}/velo");
+    let base = user_base(&pool, &user.name);
     let mut next = old.clone();
+    let compression = zfs.best_compression(&pool).await;
+    let mut props = BASE_PROPERTIES.to_vec();
+    props.extend_from_slice(SECURITY_PROPERTIES);
+    props.push(("compression", compression));
 
-    let base_exists = ctx.zfs.exists(&base).await?;
+    let root_exists = zfs.exists(&root).await?;
     steps
-        .step(base_exists, &format!("create dataset {base}"), async {
-            let compression = ctx.zfs.best_compression(&pool).await;
-            let mut props = BASE_PROPERTIES.to_vec();
-            props.push(("compression", compression));
-            ctx.zfs.create(&base, &props).await?;
-            Ok(())
+        .step(root_exists, &format!("create dataset {root}"), async {
+            Ok(zfs.create(&root, &props).await?)
         })
         .await?;
-    next.created_base |= !base_exists;
+    next.created_base |= !root_exists;
+    let security = security_set(zfs, &root).await?;
+    steps
+        .step(
+            security,
+            &format!("set setuid, devices and exec off on {root}"),
+            async {
+                for (k, v) in SECURITY_PROPERTIES {
+                    zfs.set(&root, k, v).await?;
+                }
+                Ok(())
+            },
+        )
+        .await?;
+    let base_exists = zfs.exists(&base).await?;
+    steps
+        .step(base_exists, &format!("create dataset {base}"), async {
+            Ok(zfs.create(&base, &[]).await?)
+        })
+        .await?;
+    private_base(zfs, steps, &base, user).await?;
 
     match implementation {
         Implementation::ZfsFuse => ctx.shell.warn(&format!(
-            "this host runs zfs-fuse, which has no `zfs allow`: {user} cannot run velo without root here (velo runs as root only on zfs-fuse); install OpenZFS for non-root use"
+            "this host runs zfs-fuse, which has no `zfs allow`: {} cannot run velo without root here (velo runs as root only on zfs-fuse); install OpenZFS for non-root use",
+            user.name
         )),
         Implementation::OpenZfs(_) => {
-            let delegation = ctx.zfs.pool_property(&pool, "delegation").await?;
-            steps
-                .step(
-                    delegation == "on",
-                    &format!("turn on delegation on pool {pool}"),
-                    async {
-                        Ok(ctx.zfs.set_pool_property(&pool, "delegation", "on").await?)
-                    },
-                )
-                .await?;
-            next.enabled_delegation |= delegation != "on";
-            let have = delegated(ctx, &base, user).await?;
-            let complete = DELEGATED_PERMISSIONS
-                .iter()
-                .all(|p| have.iter().any(|h| h == p));
-            steps
-                .step(
-                    complete,
-                    &format!(
-                        "zfs allow {user} {} on {base}",
-                        DELEGATED_PERMISSIONS.join(",")
-                    ),
-                    async { Ok(ctx.zfs.allow(&base, user, DELEGATED_PERMISSIONS).await?) },
-                )
-                .await?;
+            delegate(zfs, steps, &pool, &root, &base, user, &mut next).await?;
         }
     }
 
     require_sudo_with_regex().await?;
-    let sudoers = sudoers_path(user);
-    let rule = sudoers_rule(user, &zfs_path, &pool);
+    let sudoers = sudoers_path(user.uid);
+    let rule = sudoers_rule(&user.name, user.uid, zfs.zfs_program(), &base);
     let current = std::fs::read_to_string(&sudoers).ok();
     steps
         .step(
@@ -219,29 +259,32 @@ async fn apply(
                 "install {} (mount/unmount under {base} only)",
                 sudoers.display()
             ),
-            install_sudoers(&sudoers, &rule),
+            sudoers::install(&sudoers, &rule),
         )
         .await?;
 
-    let in_group = docker_group_members()?.iter().any(|m| m == user);
+    let in_group = docker_group_members()?.contains(&user.name);
     ctx.shell.warn(&format!(
-        "the docker group is root-equivalent: {user} can start a container that mounts / and do anything as root; give it only to users you would give root"
+        "the docker group is root-equivalent: {} can start a container that mounts / and do anything as root; give it only to users you would give root (the native runtime needs no Docker)",
+        user.name
     ));
     steps
         .step(
             in_group,
-            &format!("add {user} to the docker group"),
-            run("gpasswd", &["-a", user, "docker"]),
+            &format!("add {} to the docker group", user.name),
+            run("gpasswd", &["-a", &user.name, "docker"]),
         )
         .await?;
-    let previous = old.users.get(user).cloned().unwrap_or_default();
+    let previous = old.users.get(&user.name).cloned().unwrap_or_default();
     next.pool = Some(pool.clone());
-    next.zfs = Some(zfs_path);
-    next.zpool = Some(zpool_path);
+    next.zfs = Some(zfs.zfs_program().to_string());
+    next.zpool = Some(zfs.zpool_program().to_string());
     next.users.insert(
-        user.to_string(),
+        user.name.clone(),
         UserSetup {
             added_to_docker_group: previous.added_to_docker_group || !in_group,
+            uid: Some(user.uid),
+            base: Some(base.clone()),
         },
     );
     steps
@@ -253,14 +296,134 @@ async fn apply(
         .await
 }
 
-async fn undo(
-    ctx: &Ctx,
+async fn security_set(zfs: &Zfs, dataset: &str) -> Result<bool> {
+    let names: Vec<&str> = SECURITY_PROPERTIES.iter().map(|(k, _)| *k).collect();
+    let props = zfs.get(&[dataset], &names).await?;
+    Ok(SECURITY_PROPERTIES.iter().all(|(k, v)| {
+        props
+            .get(dataset)
+            .and_then(|p| p.get(*k))
+            .cloned()
+            .flatten()
+            .as_deref()
+            == Some(*v)
+    }))
+}
+
+/// The base's root directory: root's, entered only by the user (whose volumes are below it).
+async fn private_base(zfs: &Zfs, steps: &mut Steps<'_>, base: &str, user: &Target) -> Result<()> {
+    let mountpoint = match zfs.mountpoint(base).await {
+        Ok(Some(m)) => PathBuf::from(m),
+        // A dry run before the base exists: it would be made private once made.
+        _ if steps.dry_run => PathBuf::from(format!("/{base}")),
+        _ => {
+            zfs.mount(base).await?;
+            zfs.mountpoint(base)
+                .await?
+                .map(PathBuf::from)
+                .ok_or_else(|| anyhow!("{base} is not mounted"))?
+        }
+    };
+    let meta = std::fs::metadata(&mountpoint).ok();
+    let done =
+        meta.is_some_and(|m| m.uid() == 0 && m.gid() == user.gid && m.mode() & 0o777 == 0o750);
+    steps
+        .step(
+            done,
+            &format!(
+                "make {} root's, entered only by {}",
+                mountpoint.display(),
+                user.name
+            ),
+            async {
+                let fd = crate::fsx::open_dir(&mountpoint)?;
+                rustix::fs::fchown(
+                    &fd,
+                    Some(rustix::fs::Uid::ROOT),
+                    Some(rustix::fs::Gid::from_raw(user.gid)),
+                )?;
+                rustix::fs::fchmod(&fd, rustix::fs::Mode::from_raw_mode(0o750))?;
+                Ok(())
+            },
+        )
+        .await
+}
+
+/// Delegates velo's permissions on the user's base, by scope; takes back what an older velo
+/// delegated on `<pool>/velo` itself.
+async fn delegate(
+    zfs: &Zfs,
     steps: &mut Steps<'_>,
-    user: &str,
+    pool: &str,
+    root: &str,
+    base: &str,
+    user: &Target,
+    next: &mut Config,
+) -> Result<()> {
+    let delegation = zfs.pool_property(pool, "delegation").await?;
+    steps
+        .step(
+            delegation == "on",
+            &format!("turn on delegation on pool {pool}"),
+            async { Ok(zfs.set_pool_property(pool, "delegation", "on").await?) },
+        )
+        .await?;
+    next.enabled_delegation |= delegation != "on";
+    let name = &user.name;
+    let on_root = zfs.delegated(root, name).await?;
+    let stale: Vec<&str> = on_root
+        .local
+        .iter()
+        .chain(&on_root.descendent)
+        .map(String::as_str)
+        .collect();
+    steps
+        .step(
+            stale.is_empty(),
+            &format!("zfs unallow {name} on {root} (an older velo's delegation)"),
+            async { Ok(zfs.unallow(root, name, &stale).await?) },
+        )
+        .await?;
+    let have = if zfs.exists(base).await? {
+        zfs.delegated(base, name).await?
+    } else {
+        Default::default()
+    };
+    let has_all = |want: &[&str], have: &[String]| want.iter().all(|p| have.iter().any(|h| h == p));
+    steps
+        .step(
+            has_all(DELEGATED_LOCAL, &have.local),
+            &format!(
+                "zfs allow -l {name} {} on {base}",
+                DELEGATED_LOCAL.join(",")
+            ),
+            async { Ok(zfs.allow(base, name, Scope::Local, DELEGATED_LOCAL).await?) },
+        )
+        .await?;
+    steps
+        .step(
+            has_all(DELEGATED_DESCENDENT, &have.descendent),
+            &format!(
+                "zfs allow -d {name} {} on {base}",
+                DELEGATED_DESCENDENT.join(",")
+            ),
+            async {
+                Ok(zfs
+                    .allow(base, name, Scope::Descendent, DELEGATED_DESCENDENT)
+                    .await?)
+            },
+        )
+        .await
+}
+
+async fn undo(
+    zfs: &Zfs,
+    steps: &mut Steps<'_>,
+    user: &Target,
     old: &Config,
     config_path: &Path,
 ) -> Result<()> {
-    let sudoers = sudoers_path(user);
+    let sudoers = sudoers_path(user.uid);
     steps
         .step(
             !sudoers.exists(),
@@ -271,61 +434,85 @@ async fn undo(
             },
         )
         .await?;
-    let pool = old.pool.clone();
-    if let Some(pool) = &pool {
-        let base = names::base_dataset(pool);
-        if let Implementation::OpenZfs(_) = ctx.zfs.implementation().await? {
-            let have = delegated(ctx, &base, user).await?;
+    let record = old.users.get(&user.name).cloned().unwrap_or_default();
+    if let (Some(base), Implementation::OpenZfs(_)) = (&record.base, zfs.implementation().await?)
+        && zfs.exists(base).await?
+    {
+        let have = zfs.delegated(base, &user.name).await?;
+        let all: Vec<&str> = have
+            .local
+            .iter()
+            .chain(&have.descendent)
+            .map(String::as_str)
+            .collect();
+        steps
+            .step(
+                all.is_empty(),
+                &format!("zfs unallow {} on {base}", user.name),
+                async { Ok(zfs.unallow(base, &user.name, &all).await?) },
+            )
+            .await?;
+    }
+    let in_group = docker_group_members()?.contains(&user.name);
+    steps
+        .step(
+            !(record.added_to_docker_group && in_group),
+            &format!(
+                "remove {} from the docker group (setup added them)",
+                user.name
+            ),
+            run("gpasswd", &["-d", &user.name, "docker"]),
+        )
+        .await?;
+    if let Some(base) = &record.base {
+        let tree = zfs.list_tree(base).await?;
+        if tree.len() > 1 {
+            steps.ctx.shell.note(&format!(
+                "{base} still holds {}'s projects; it stays (they delete them, then run --undo again)",
+                user.name
+            ));
+        } else {
             steps
                 .step(
-                    have.is_empty(),
-                    &format!("zfs unallow {user} {} on {base}", have.join(",")),
-                    async { Ok(ctx.zfs.unallow(&base, user, DELEGATED_PERMISSIONS).await?) },
+                    tree.is_empty(),
+                    &format!("destroy the empty dataset {base}"),
+                    async { Ok(zfs.destroy_dataset(base).await?) },
                 )
                 .await?;
         }
     }
-    let record = old.users.get(user).cloned().unwrap_or_default();
-    let in_group = docker_group_members()?.iter().any(|m| m == user);
-    steps
-        .step(
-            !(record.added_to_docker_group && in_group),
-            &format!("remove {user} from the docker group (setup added them)"),
-            run("gpasswd", &["-d", user, "docker"]),
-        )
-        .await?;
     let mut next = old.clone();
-    next.users.remove(user);
+    next.users.remove(&user.name);
     if !next.users.is_empty() {
         return steps
             .step(
                 next == *old,
-                &format!("forget {user} in {}", config_path.display()),
+                &format!("forget {} in {}", user.name, config_path.display()),
                 async { Ok(next.save(config_path)?) },
             )
             .await;
     }
     // The last user setup prepared: take back the host-wide changes too.
-    if let Some(pool) = &pool {
-        let base = names::base_dataset(pool);
+    if let Some(pool) = &old.pool {
+        let root = format!("{pool}/velo");
         steps
             .step(
                 !old.enabled_delegation,
                 &format!("turn delegation on pool {pool} off again"),
-                async { Ok(ctx.zfs.set_pool_property(pool, "delegation", "off").await?) },
+                async { Ok(zfs.set_pool_property(pool, "delegation", "off").await?) },
             )
             .await?;
-        let tree = ctx.zfs.list_tree(&base).await?;
+        let tree = zfs.list_tree(&root).await?;
         if old.created_base && tree.len() > 1 {
-            ctx.shell.note(&format!(
-                "{base} still holds projects; it stays (delete them, then run --undo again)"
+            steps.ctx.shell.note(&format!(
+                "{root} still holds datasets; it stays (delete their projects, then run --undo again)"
             ));
         } else {
             steps
                 .step(
                     !old.created_base || tree.is_empty(),
-                    &format!("destroy the empty dataset {base}"),
-                    async { Ok(ctx.zfs.destroy_dataset(&base).await?) },
+                    &format!("destroy the empty dataset {root}"),
+                    async { Ok(zfs.destroy_dataset(&root).await?) },
                 )
                 .await?;
         }
@@ -387,9 +574,9 @@ async fn require_sudo_with_regex() -> Result<()> {
         .await
         .context("running `sudo -V`: install sudo (apt install sudo)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let version = parse_sudo_version(&text)
+    let version = sudoers::parse_sudo_version(&text)
         .ok_or_else(|| anyhow!("cannot read sudo's version from `sudo -V`"))?;
-    if version < SUDO_WITH_REGEX {
+    if version < sudoers::SUDO_WITH_REGEX {
         bail!(
             "sudo {}.{}.{} cannot match command arguments with a regular expression, which velo's sudoers rule needs so that it names only velo's datasets; install sudo 1.9.10 or newer",
             version.0,
@@ -398,95 +585,4 @@ async fn require_sudo_with_regex() -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// `Sudo version 1.9.13p3` → (1, 9, 13).
-fn parse_sudo_version(text: &str) -> Option<(u32, u32, u32)> {
-    let v = text.lines().next()?.strip_prefix("Sudo version ")?;
-    let mut parts = v.split(|c: char| !c.is_ascii_digit()).map(str::parse);
-    Some((
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-        parts.next()?.ok()?,
-    ))
-}
-
-/// The sudoers entry: `user` may run exactly `zfs mount D` and `zfs unmount D` as root, for D a
-/// project or branch dataset under `<pool>/velo`. Arguments are matched by anchored regular
-/// expressions (sudo ≥ 1.9.10) whose character classes hold no space, `/`, `@` or option
-/// letters, so no other dataset, snapshot, option (`-a`, `-o`) or extra argument matches.
-pub fn sudoers_rule(user: &str, zfs: &str, pool: &str) -> String {
-    let pool_re = pool.replace('.', "[.]");
-    let name = "[a-z][a-z0-9-]*";
-    let datasets = [
-        format!("{pool_re}/velo/{name}"),
-        format!("{pool_re}/velo/{name}/{name}[.][0-9]+"),
-    ];
-    let commands: Vec<String> = ["mount", "unmount"]
-        .iter()
-        .flat_map(|verb| datasets.iter().map(move |d| format!("{zfs} ^{verb} {d}$")))
-        .collect();
-    format!(
-        "# Written by `velo setup`; `sudo velo setup --undo --user {user}` removes it.\n# {user} may mount and unmount velo's datasets under {pool}/velo, and run nothing else as root.\n{user} ALL=(root) NOPASSWD: {}\n",
-        commands.join(", \\\n    ")
-    )
-}
-
-/// Validates the rule with `visudo -c` in a file sudo ignores (its name has a `.`), then
-/// installs it with mode 0440 by renaming it into place.
-async fn install_sudoers(path: &Path, rule: &str) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = path.parent().expect("sudoers.d");
-    let tmp = dir.join(format!(
-        ".{}.velo-tmp",
-        path.file_name().expect("a file").to_string_lossy()
-    ));
-    std::fs::write(&tmp, rule)
-        .and_then(|()| std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o440)))
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    let checked = run("visudo", &["-c", "-q", "-f", &tmp.display().to_string()]).await;
-    if let Err(e) = checked {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e.context("the generated sudoers rule did not validate; nothing was installed"));
-    }
-    std::fs::rename(&tmp, path).with_context(|| format!("installing {}", path.display()))
-}
-
-/// The permissions delegated to `user` on `base`; none while `base` does not exist (a dry run
-/// before the first setup, or after an undo).
-async fn delegated(ctx: &Ctx, base: &str, user: &str) -> Result<Vec<String>> {
-    if !ctx.zfs.exists(base).await? {
-        return Ok(Vec::new());
-    }
-    Ok(ctx.zfs.allowed(base, user).await?)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sudo_versions() {
-        assert_eq!(
-            parse_sudo_version("Sudo version 1.9.13p3\nSudoers policy plugin version 1.9.13p3\n"),
-            Some((1, 9, 13))
-        );
-        assert_eq!(
-            parse_sudo_version("Sudo version 1.8.31\n"),
-            Some((1, 8, 31))
-        );
-        assert!(parse_sudo_version("sudo: unknown").is_none());
-        assert!((1, 9, 5) < SUDO_WITH_REGEX);
-    }
-
-    #[test]
-    fn rule_names_only_velo_datasets() {
-        let rule = sudoers_rule("ann", "/usr/sbin/zfs", "my.pool");
-        assert!(rule.contains(
-            "/usr/sbin/zfs ^mount my[.]pool/velo/[a-z][a-z0-9-]*/[a-z][a-z0-9-]*[.][0-9]+$"
-        ));
-        assert!(rule.contains("/usr/sbin/zfs ^unmount my[.]pool/velo/[a-z][a-z0-9-]*$"));
-        assert!(!rule.contains(" *"), "no sudoers wildcard: {rule}");
-        assert_eq!(rule.matches("/usr/sbin/zfs ^").count(), 4);
-    }
 }

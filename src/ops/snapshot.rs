@@ -1,18 +1,19 @@
 //! Labelled snapshots: create, list, delete, and retention cleanup for cron.
 //!
-//! A snapshot is application-consistent: CHECKPOINT on a running branch, then `zfs snapshot`.
-//! ZFS and the state change together: a snapshot leaves the state only once ZFS destroyed it.
+//! A snapshot is consistent: CHECKPOINT then an atomic snapshot, or a copy under PostgreSQL's
+//! backup API where the storage has no atomic snapshots ([`super::generation::take_snapshot`]).
+//! Storage and state change together: a snapshot leaves the state only once it is destroyed.
 
 use anyhow::{Result, anyhow, bail};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde_json::json;
 
-use super::branch::take_snapshot;
 use std::time::Duration;
 
+use super::generation::{take_snapshot, tidy};
 use super::journal::Intent;
 use super::{Ctx, Undo, claim_waiting, get_branch, get_project, get_project_mut};
-use crate::names::{BranchName, BranchRef, Label, ProjectName};
+use crate::names::{BranchName, BranchRef, Label, ProjectName, SnapshotId, SnapshotRef, VolumeId};
 use crate::state::{Finish, Forget, Project, Recovery, Snapshot, State};
 use crate::ui::human_bytes;
 
@@ -25,18 +26,19 @@ pub fn resolve<'a>(p: &'a Project, project: &ProjectName, key: &str) -> Result<&
         .snapshots
         .iter()
         .filter(|s| {
-            s.id == key
+            s.id.as_str() == key
                 || s.label.as_ref().is_some_and(|l| l.as_str() == key)
-                || (key.len() >= MIN_PREFIX && s.id.starts_with(key))
+                || (key.len() >= MIN_PREFIX && s.id.as_str().starts_with(key))
         })
         .collect();
     match matches.as_slice() {
         [one] => Ok(one),
         [] => {
-            if p.branches
-                .values()
-                .any(|b| b.origin.as_ref().is_some_and(|o| o.snapshot == key))
-            {
+            if p.branches.values().any(|b| {
+                b.origin
+                    .as_ref()
+                    .is_some_and(|o| o.snapshot.as_str() == key)
+            }) {
                 bail!(
                     "`{key}` is a branch's base snapshot, which velo manages itself; take a snapshot with `velo snapshot create`"
                 );
@@ -84,7 +86,7 @@ fn resolve_anywhere(state: &State, key: &str) -> Result<(ProjectName, Snapshot)>
 /// Takes a snapshot; waits up to `wait` while another command changes the branch (a cron job
 /// that fires during a reset waits for it rather than failing).
 pub async fn create(ctx: &Ctx, r: &BranchRef, label: Option<Label>, wait: Duration) -> Result<()> {
-    let id = super::new_snapshot_id();
+    let id = SnapshotId::random();
     let (project, branch, mut undo) = claim_waiting(ctx, wait, |s| {
         let p = get_project_mut(s, &r.project)?;
         if let Some(l) = &label
@@ -134,14 +136,14 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, label: Option<Label>, wait: Durati
         Err(e) => Err(e),
     };
     if let Err(e) = recorded {
-        let how = super::branch::rolled_back(undo.roll_back(ctx).await);
+        let how = super::rolled_back(undo.roll_back(ctx).await);
         return Err(e.context(format!("snapshotting `{r}` ({how})")));
     }
     let shown = label
         .map(|l| format!("{id} ({l})"))
-        .unwrap_or_else(|| id.clone());
+        .unwrap_or_else(|| id.to_string());
     ctx.shell.note(&format!("Snapshot {shown} of `{r}` taken."));
-    ctx.shell.out(&id);
+    ctx.shell.out(id.as_str());
     Ok(())
 }
 
@@ -178,18 +180,15 @@ pub async fn list(ctx: &Ctx, scope: Option<&str>, as_json: bool) -> Result<()> {
     let mut json_rows = Vec::new();
     for name in projects {
         let p = &state.projects[name];
-        let sizes = ctx
-            .zfs
-            .get_tree(&crate::names::project_dataset(&p.pool, name), &["used"])
-            .await?;
+        let storage = ctx.storage(p)?;
+        let sizes = storage.usage(name).await?;
         for s in &p.snapshots {
             if only.as_ref().is_some_and(|r| r.branch != s.branch) {
                 continue;
             }
-            let used: Option<u64> = sizes
-                .get(&s.zfs_name(&p.pool, name))
-                .and_then(|m| m.get("used").cloned().flatten())
-                .and_then(|v| v.parse().ok());
+            let used = sizes
+                .get(&storage.snapshot_name_of(&snapshot_ref(name, s)))
+                .copied();
             json_rows.push(json!({
                 "id": s.id,
                 "label": s.label.as_ref().map(Label::as_str),
@@ -201,7 +200,7 @@ pub async fn list(ctx: &Ctx, scope: Option<&str>, as_json: bool) -> Result<()> {
                 "dependents": p.cloned_from(&s.branch, s.generation, &s.id).iter().map(BranchName::as_str).collect::<Vec<_>>(),
             }));
             rows.push(vec![
-                s.id.clone(),
+                s.id.to_string(),
                 s.label.as_ref().map(|l| l.to_string()).unwrap_or_default(),
                 format!("{name}/{}", s.branch),
                 s.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
@@ -283,7 +282,7 @@ async fn destroy(ctx: &Ctx, project_name: &ProjectName, snapshot: &Snapshot) -> 
         return Err(e);
     }
     drop(undo);
-    super::branch::tidy(ctx, project_name).await;
+    tidy(ctx, project_name).await;
     Ok(())
 }
 
@@ -292,27 +291,45 @@ async fn destroy(ctx: &Ctx, project_name: &ProjectName, snapshot: &Snapshot) -> 
 pub async fn destroy_held(
     ctx: &Ctx,
     project_name: &ProjectName,
-    id: &str,
+    id: &SnapshotId,
     undo: &Undo,
 ) -> Result<()> {
     let state = ctx.store.read()?;
     let found = state
         .projects
         .get(project_name)
-        .and_then(|p| Some((p, p.snapshots.iter().find(|s| s.id == id)?)));
+        .and_then(|p| Some((p, p.snapshots.iter().find(|s| s.id == *id)?)));
     if let Some((project, snapshot)) = found {
         undo.step(ctx, "delete-snapshot").await?;
-        ctx.zfs
-            .destroy_snapshot(&snapshot.zfs_name(&project.pool, project_name))
+        ctx.storage(project)?
+            .destroy_snapshot(&snapshot_ref(project_name, snapshot))
             .await?;
     }
     ctx.store.update(|s| {
         if let Some(p) = s.projects.get_mut(project_name) {
-            p.snapshots.retain(|x| x.id != id);
+            p.snapshots.retain(|x| x.id != *id);
         }
         undo.commit(s);
         Ok::<_, anyhow::Error>(())
     })
+}
+
+/// Where a user's snapshot is, for the project's storage.
+fn snapshot_ref(project: &ProjectName, s: &Snapshot) -> SnapshotRef {
+    SnapshotRef {
+        volume: VolumeId::new(
+            &BranchRef::new(project.clone(), s.branch.clone()),
+            s.generation,
+        ),
+        id: s.id.clone(),
+    }
+}
+
+/// The moment `days` days ago; an error, not a panic, for a number of days too large.
+pub fn days_ago(days: u32) -> Result<DateTime<Utc>> {
+    ChronoDuration::try_days(i64::from(days))
+        .and_then(|d| Utc::now().checked_sub_signed(d))
+        .ok_or_else(|| anyhow!("{days} days ago is before the earliest time velo can represent; give a smaller --days"))
 }
 
 /// What `cleanup` applies to.
@@ -324,7 +341,7 @@ pub enum Scope {
 /// Deletes snapshots older than `days` (never a branch's base snapshot, never one a branch was
 /// cloned from). With `dry_run`, lists exactly what would go.
 pub async fn cleanup(ctx: &Ctx, scope: Scope, days: u32, dry_run: bool) -> Result<()> {
-    let cutoff: DateTime<Utc> = Utc::now() - ChronoDuration::days(i64::from(days));
+    let cutoff = days_ago(days)?;
     let state = ctx.store.read()?;
     if let Scope::Branch(r) = &scope {
         get_branch(get_project(&state, &r.project)?, r)?;
@@ -404,8 +421,9 @@ mod tests {
 
     fn project_with(ids: &[(&str, Option<&str>)]) -> Project {
         Project {
-            pool: "p".into(),
-            image: "i".into(),
+            storage: crate::state::StorageRecord::Copy { dir: "/d".into() },
+            runtime: crate::state::RuntimeRecord::Docker { image: "i".into() },
+            chosen: None,
             pg_version: None,
             user: "postgres".into(),
             password: "x".into(),
@@ -417,7 +435,7 @@ mod tests {
             snapshots: ids
                 .iter()
                 .map(|(id, label)| Snapshot {
-                    id: id.to_string(),
+                    id: id.parse().unwrap(),
                     label: label.map(|l| l.parse().unwrap()),
                     branch: BranchName::main(),
                     generation: 0,
@@ -429,15 +447,20 @@ mod tests {
     }
 
     #[test]
+    fn a_huge_number_of_days_is_an_error_not_a_panic() {
+        assert!(days_ago(u32::MAX).is_err());
+        assert!(days_ago(99_999_999).is_err());
+        assert!(days_ago(7).is_ok());
+    }
+
+    #[test]
     fn resolves_ids_prefixes_and_labels() {
         let name: ProjectName = "demo".parse().unwrap();
         let p = project_with(&[("abcd11112222", Some("before")), ("abcd33334444", None)]);
-        assert_eq!(resolve(&p, &name, "before").unwrap().id, "abcd11112222");
-        assert_eq!(resolve(&p, &name, "abcd3").unwrap().id, "abcd33334444");
-        assert_eq!(
-            resolve(&p, &name, "abcd33334444").unwrap().id,
-            "abcd33334444"
-        );
+        let id = |key: &str| resolve(&p, &name, key).unwrap().id.to_string();
+        assert_eq!(id("before"), "abcd11112222");
+        assert_eq!(id("abcd3"), "abcd33334444");
+        assert_eq!(id("abcd33334444"), "abcd33334444");
         let err = resolve(&p, &name, "abcd").unwrap_err().to_string();
         assert!(
             err.contains("several") && err.contains("abcd11112222"),

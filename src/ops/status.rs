@@ -1,4 +1,4 @@
-//! `velo status`: pool usage and every project and branch at a glance.
+//! `velo status`: storage usage and every project and branch at a glance.
 
 use std::collections::BTreeSet;
 
@@ -8,17 +8,17 @@ use serde_json::json;
 
 use super::Ctx;
 use super::branch::{branch_json, observe};
+use crate::state::StorageRecord;
 use crate::ui::human_bytes;
 
 pub async fn status(ctx: &Ctx, as_json: bool) -> Result<()> {
     let state = ctx.store.read()?;
-    let pools: BTreeSet<&str> = state.projects.values().map(|p| p.pool.as_str()).collect();
-    // Every pool and every project is asked at once: each is a `zpool`/`zfs` or Docker call.
-    let (pools, projects) = tokio::join!(
-        try_join_all(pools.into_iter().map(|pool| async move {
-            let (space, health) =
-                tokio::try_join!(ctx.zfs.pool_space(pool), ctx.zfs.pool_health(pool))?;
-            Ok::<_, anyhow::Error>((pool, space, health))
+    let records: BTreeSet<&StorageRecord> = state.projects.values().map(|p| &p.storage).collect();
+    // Every storage and every project is asked at once: each is a `zpool`/`zfs`, file system
+    // or runtime call.
+    let (spaces, projects) = tokio::join!(
+        try_join_all(records.into_iter().map(|record| async move {
+            Ok::<_, anyhow::Error>(ctx.backends.storage(record)?.space().await?)
         })),
         try_join_all(
             state
@@ -27,37 +27,46 @@ pub async fn status(ctx: &Ctx, as_json: bool) -> Result<()> {
                 .map(|(name, p)| async move { observe(ctx, name, p).await.map(|o| (p, o)) })
         ),
     );
-    let mut pool_rows = Vec::new();
-    let mut pool_json = Vec::new();
-    for (pool, space, health) in pools? {
-        pool_json.push(json!({
-            "pool": pool, "health": health,
-            "used_bytes": space.used, "available_bytes": space.available,
-        }));
-        pool_rows.push(vec![
-            pool.to_string(),
-            health,
-            human_bytes(space.used),
-            human_bytes(space.available),
-        ]);
-    }
+    let mut spaces = spaces?;
+    spaces.sort_by(|a, b| a.name.cmp(&b.name));
+    spaces.dedup_by(|a, b| a.name == b.name);
+    let space_json: Vec<_> = spaces
+        .iter()
+        .map(|s| {
+            json!({
+                "pool": s.name, "storage": s.name, "health": s.health,
+                "used_bytes": s.used, "available_bytes": s.available,
+            })
+        })
+        .collect();
+    let space_rows = spaces
+        .iter()
+        .map(|s| {
+            vec![
+                s.name.clone(),
+                s.health.clone(),
+                human_bytes(s.used),
+                human_bytes(s.available),
+            ]
+        })
+        .collect();
     let mut rows = Vec::new();
     let mut branch_rows = Vec::new();
     for (p, observed) in projects? {
-        for (r, live, used) in observed {
-            let b = p.branch(&r.branch).expect("observed from the project");
-            branch_rows.push(branch_json(p, &r, b, Some(&live), used));
+        for o in observed {
+            let b = p.branch(&o.r.branch).expect("observed from the project");
+            branch_rows.push(branch_json(p, b, &o));
             rows.push(vec![
-                r.to_string(),
-                live,
+                o.r.to_string(),
+                o.live.clone(),
                 b.port.to_string(),
-                used.map(human_bytes).unwrap_or_else(|| "?".into()),
+                o.used.map(human_bytes).unwrap_or_else(|| "?".into()),
             ]);
         }
     }
     if as_json {
         ctx.shell
-            .json(&json!({ "pools": pool_json, "branches": branch_rows }));
+            .json(&json!({ "pools": space_json, "branches": branch_rows }));
         return Ok(());
     }
     if rows.is_empty() {
@@ -66,7 +75,7 @@ pub async fn status(ctx: &Ctx, as_json: bool) -> Result<()> {
         return Ok(());
     }
     ctx.shell
-        .table(&["POOL", "HEALTH", "USED", "AVAILABLE"], pool_rows);
+        .table(&["STORAGE", "HEALTH", "USED", "AVAILABLE"], space_rows);
     ctx.shell.table(&["BRANCH", "STATUS", "PORT", "USED"], rows);
     Ok(())
 }

@@ -12,10 +12,10 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use chrono::{DateTime, Duration as ChronoDuration, Utc};
 use serde_json::json;
 
-use super::{Ctx, endpoint, get_branch, get_project};
+use super::{Ctx, get_branch, get_project, server};
 use crate::archive::{self, ArchivedFile, Segment};
-use crate::docker::ContainerStatus;
 use crate::names::{self, BranchRef, ProjectName};
+use crate::runtime::ServerStatus;
 use crate::state::{Origin, Project};
 use crate::ui::human_bytes;
 
@@ -39,8 +39,10 @@ pub fn parse_target(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
             "cannot read `{text}` as a time: use RFC 3339 (2025-10-07T14:30:00Z) or a time ago (\"2 hours ago\", \"-90m\", \"30m\")"
         )
     })?;
-    let d = ChronoDuration::from_std(d).context("that is too long ago")?;
-    Ok(now - d)
+    ChronoDuration::from_std(d)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .with_context(|| format!("`{text}` is too long ago: velo cannot represent that moment"))
 }
 
 /// The snapshots a branch can be recovered from (its current generation's), oldest first, as
@@ -149,14 +151,14 @@ pub async fn flush_archive(ctx: &Ctx, r: &BranchRef) -> Result<()> {
     let state = ctx.store.read()?;
     let p = get_project(&state, &r.project)?;
     let b = get_branch(p, r)?;
-    if ctx.runtime.status(&names::container_name(r)).await? != ContainerStatus::Running {
+    if ctx.runtime(p)?.status(&names::server_name(r)).await? != ServerStatus::Running {
         return Ok(());
     }
     let done = ctx
         .shell
         .step(
             "Archive WAL",
-            endpoint(p, b).flush_wal_archive(Duration::from_secs(15)),
+            server::sql(ctx, p, b).flush_wal_archive(Duration::from_secs(15)),
         )
         .await?;
     if !done {
@@ -272,7 +274,7 @@ pub async fn cleanup(ctx: &Ctx, r: &BranchRef, days: u32, dry_run: bool) -> Resu
     let state = ctx.store.read()?;
     let p = get_project(&state, &r.project)?;
     let b = get_branch(p, r)?;
-    let cutoff = Utc::now() - ChronoDuration::days(i64::from(days));
+    let cutoff = super::snapshot::days_ago(days)?;
     let needed_from = pitr_bases(p, r)
         .iter()
         .map(|o| {
@@ -333,6 +335,10 @@ mod tests {
         assert_eq!(at("30m"), "2026-11-23T11:30:00+00:00");
         assert_eq!(at("1h 30m ago"), "2026-11-23T10:30:00+00:00");
         assert!(parse_target("yesterday-ish", now).is_err());
+        let err = parse_target("99999999 years ago", now)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("too long ago"), "{err}");
         assert!(parse_target("", now).is_err());
     }
 }

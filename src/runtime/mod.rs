@@ -12,6 +12,10 @@
 //!
 //! This module knows nothing of storage or velo's state.
 
+pub mod docker;
+#[cfg(test)]
+pub mod fake;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -38,6 +42,8 @@ pub struct ServerPaths {
 pub struct ServerSpec {
     pub name: String,
     pub labels: Labels,
+    /// Who the server runs as (the native runtime: always velo's own user).
+    pub user: ServerUser,
     pub paths: ServerPaths,
     /// `-c name=value` settings, in order (later ones win).
     pub settings: Vec<(String, String)>,
@@ -89,6 +95,8 @@ pub struct ManagedServer {
     pub running: bool,
     /// The host data directory it serves.
     pub data_dir: Option<PathBuf>,
+    /// Docker volumes it holds, which its removal must take with it.
+    pub volumes: Vec<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -4,15 +4,65 @@
 //!
 //! A step is recorded *before* it runs, and every undo step treats "already gone" as success,
 //! so an operation killed at any point between two records can be taken back by running its
-//! recorded undo steps newest first. This module only describes; `ops::journal` acts.
-
-use std::path::PathBuf;
+//! recorded undo steps newest first. Undo steps name only what velo derives itself from
+//! validated names (a branch, a generation, a snapshot id): a state file someone edited can
+//! make velo destroy one of the project's own volumes, never an arbitrary dataset or path.
+//! This module only describes; `ops::journal` acts.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::model::{Origin, State};
-use crate::names::{BranchName, ProjectName};
+use super::history::Origin;
+use crate::names::{BranchName, ProjectName, SnapshotId};
+
+/// The operations in flight, in the order they began.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct Journal(pub Vec<Operation>);
+
+impl Journal {
+    pub fn iter(&self) -> std::slice::Iter<'_, Operation> {
+        self.0.iter()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn push(&mut self, op: Operation) {
+        self.0.push(op);
+    }
+
+    pub fn get(&self, id: &str) -> Option<&Operation> {
+        self.0.iter().find(|op| op.id == id)
+    }
+
+    pub fn get_mut(&mut self, id: &str) -> Option<&mut Operation> {
+        self.0.iter_mut().find(|op| op.id == id)
+    }
+
+    /// Removes and returns the operation `id`.
+    pub fn take(&mut self, id: &str) -> Option<Operation> {
+        let pos = self.0.iter().position(|op| op.id == id)?;
+        Some(self.0.remove(pos))
+    }
+
+    /// Operations whose process is gone.
+    pub fn orphaned_mut(&mut self) -> impl Iterator<Item = &mut Operation> {
+        self.0.iter_mut().filter(|op| !op.owner.is_alive())
+    }
+
+    /// Whether an operation in flight (live or awaiting recovery) pins a generation.
+    pub fn pinned(&self, project: &ProjectName, branch: &BranchName, generation: u32) -> bool {
+        self.0.iter().any(|op| {
+            op.project == *project
+                && op
+                    .pins
+                    .iter()
+                    .any(|p| p.branch == *branch && p.generation == generation)
+        })
+    }
+}
 
 /// One command in flight.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -39,15 +89,6 @@ pub struct Operation {
     pub undo: Vec<UndoStep>,
 }
 
-impl Operation {
-    /// Whether the operation holds `branch` of `project` (marked it busy) or pins one of its
-    /// generations.
-    pub fn touches(&self, project: &ProjectName, branch: &BranchName) -> bool {
-        self.project == *project
-            && (self.branches.contains(branch) || self.pins.iter().any(|p| p.branch == *branch))
-    }
-}
-
 /// A process, told apart from a later one that reuses its pid by its start time.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Owner {
@@ -67,7 +108,7 @@ impl Owner {
         }
     }
 
-    /// Whether the owning process still runs.
+    /// Whether the owning process still runs (a zombie does not: it has exited).
     pub fn is_alive(&self) -> bool {
         match (&self.started, process_start(self.pid)) {
             (_, None) => false,
@@ -77,13 +118,25 @@ impl Owner {
     }
 }
 
-fn process_start(pid: u32) -> Option<String> {
+/// `<boot id>:<start ticks>` of a running (not zombie) process.
+pub fn process_start(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) is in parentheses and may hold spaces: split after it.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let ticks = rest.split_whitespace().nth(19)?;
+    let (state, ticks) = parse_stat(&stat)?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
     let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     Some(format!("{}:{ticks}", boot.trim()))
+}
+
+/// The state (field 3) and start time (field 22) of a `/proc/<pid>/stat` line. The command
+/// name (field 2) is in parentheses and may hold spaces and parentheses: split after the last.
+pub fn parse_stat(stat: &str) -> Option<(&str, &str)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    let state = fields.next()?;
+    let ticks = fields.nth(18)?;
+    Some((state, ticks))
 }
 
 /// A generation an operation reads from.
@@ -128,7 +181,7 @@ pub enum Finish {
     /// Delete the whole project.
     DeleteProject,
     /// Destroy a user's snapshot and forget it.
-    DeleteSnapshot { id: String },
+    DeleteSnapshot { id: SnapshotId },
     /// Destroy a retired generation of `branch` and let go of its origin.
     CollectGeneration {
         branch: BranchName,
@@ -137,70 +190,43 @@ pub enum Finish {
     },
 }
 
-/// One way to take back a step. Every one treats "already gone" as success.
+/// One way to take back a step, in the operation's project. Every one treats "already gone"
+/// as success.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case", tag = "kind")]
 pub enum UndoStep {
     DestroySnapshot {
-        name: String,
+        branch: BranchName,
+        generation: u32,
+        id: SnapshotId,
     },
-    DestroyDataset {
-        name: String,
+    DestroyVolume {
+        branch: BranchName,
+        generation: u32,
     },
-    /// Removes the container if it carries this velo home's label (never someone else's).
-    RemoveContainer {
-        name: String,
+    /// Everything the project has in its storage (a project create that did not finish).
+    DestroyProject,
+    /// Removes the branch's server if it carries this velo home's label (never someone else's).
+    RemoveServer {
+        branch: BranchName,
     },
-    RemoveDir {
-        path: PathBuf,
+    /// Removes a WAL archive: one generation's, or the whole project's.
+    RemoveArchive {
+        branch: Option<BranchName>,
+        generation: Option<u32>,
     },
-    /// Puts a branch's container back on the generation the state records for it (the state
+    /// Puts a branch's server back on the generation the state records for it (the state
     /// changes only at commit), started if `start`.
-    RestoreContainer {
+    RestoreServer {
         branch: BranchName,
         start: bool,
     },
 }
 
-impl State {
-    /// The operation of a *live* process that holds or pins `branch` of `project`, if any:
-    /// what drift checks ask before calling a difference between state and the world a fault.
-    pub fn live_operation_on(
-        &self,
-        project: &ProjectName,
-        branch: &BranchName,
-    ) -> Option<&Operation> {
-        self.journal
-            .iter()
-            .find(|op| op.touches(project, branch) && op.owner.is_alive())
-    }
-
-    /// The operation of a live process working in `project`, if any.
-    pub fn live_operation_in(&self, project: &ProjectName) -> Option<&Operation> {
-        self.journal
-            .iter()
-            .find(|op| op.project == *project && op.owner.is_alive())
-    }
-
-    /// Whether an operation in flight (live or awaiting recovery) pins a generation.
-    pub fn pinned(&self, project: &ProjectName, branch: &BranchName, generation: u32) -> bool {
-        self.journal.iter().any(|op| {
-            op.project == *project
-                && op
-                    .pins
-                    .iter()
-                    .any(|p| p.branch == *branch && p.generation == generation)
-        })
-    }
-
-    pub fn operation_mut(&mut self, id: &str) -> Option<&mut Operation> {
-        self.journal.iter_mut().find(|op| op.id == id)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::state::State;
 
     #[test]
     fn this_process_is_alive_and_a_dead_one_is_not() {
@@ -220,12 +246,40 @@ mod tests {
     }
 
     #[test]
+    fn a_zombie_is_not_alive() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = child.id();
+        // Not reaped yet: a zombie once it has exited.
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .map(|s| parse_stat(&s).map(|(st, _)| st.to_string()))
+            .ok()
+            .flatten()
+            .as_deref()
+            != Some("Z")
+        {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(process_start(pid).is_none());
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn stat_lines_with_odd_command_names() {
+        let line = "42 (a) b) (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_stat(line), Some(("S", "98765")));
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1 2"), None);
+    }
+
+    #[test]
     fn steps_round_trip_through_json() {
         let steps = vec![
             UndoStep::DestroySnapshot {
-                name: "p/a@b".into(),
+                branch: BranchName::main(),
+                generation: 3,
+                id: "0123456789ab".parse().unwrap(),
             },
-            UndoStep::RestoreContainer {
+            UndoStep::RestoreServer {
                 branch: BranchName::main(),
                 start: true,
             },
@@ -237,8 +291,20 @@ mod tests {
     }
 
     #[test]
-    fn an_old_state_without_a_journal_still_reads() {
-        let s: State = serde_json::from_str(r#"{"version": 1, "projects": {}}"#).unwrap();
+    fn a_crafted_step_naming_anything_else_does_not_read() {
+        for bad in [
+            r#"{"kind":"destroy_volume","branch":"../etc","generation":0}"#,
+            r#"{"kind":"destroy_snapshot","branch":"main","generation":0,"id":"x; rm -rf /"}"#,
+            r#"{"kind":"remove_dir","path":"/"}"#,
+            r#"{"kind":"destroy_dataset","name":"rpool/ROOT"}"#,
+        ] {
+            assert!(serde_json::from_str::<UndoStep>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_state_without_a_journal_reads() {
+        let s: State = serde_json::from_str(r#"{"version": 2, "projects": {}}"#).unwrap();
         assert!(s.journal.is_empty());
     }
 }

@@ -1,9 +1,17 @@
-//! velo's record of what it made: the model ([`model`]) and its locked, atomic store ([`store`]).
+//! velo's record of what it made: the model ([`model`]), where projects keep their data and
+//! run their servers ([`records`]), the journal of commands in flight ([`journal`]), and the
+//! locked, atomic store ([`store`]) that upgrades older files ([`migrate`]).
 
+mod history;
 mod journal;
+mod migrate;
 mod model;
+mod records;
 mod store;
 
+pub use history::*;
 pub use journal::*;
+pub use migrate::MigrateError;
 pub use model::*;
+pub use records::*;
 pub use store::{Store, StoreError};

@@ -1,27 +1,30 @@
 //! The on-disk model of `state.json`: what velo has made and where.
 //!
 //! Plain serde types with a schema version. Field names are part of velo's contract (other tools
-//! read the file), so they only ever grow; a breaking change bumps [`SCHEMA_VERSION`].
+//! read the file), so they only ever grow; a breaking change bumps [`SCHEMA_VERSION`] and adds a
+//! step to [`super::migrate`], which upgrades older files on first use.
 
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::names::{self, BranchName, BranchRef, Label, ProjectName};
+use super::history::{Generation, Origin};
+use super::journal::Journal;
+use super::records::{RuntimeRecord, StorageRecord};
+use crate::names::{BranchName, BranchRef, Label, ProjectName, SnapshotId, VolumeId};
 
 /// The schema this build reads and writes.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct State {
     pub version: u32,
     #[serde(default)]
     pub projects: BTreeMap<ProjectName, Project>,
-    /// Multi-step commands in flight (see [`super::journal`]). Added without a version bump:
-    /// a missing field reads as empty.
+    /// Multi-step commands in flight (see [`super::journal`]).
     #[serde(default)]
-    pub journal: Vec<super::journal::Operation>,
+    pub journal: Journal,
 }
 
 impl Default for State {
@@ -29,21 +32,45 @@ impl Default for State {
         Self {
             version: SCHEMA_VERSION,
             projects: BTreeMap::new(),
-            journal: Vec::new(),
+            journal: Journal::default(),
         }
+    }
+}
+
+impl State {
+    /// Whether anything still needs a generation of `r`: a user's snapshot on it, a clone made
+    /// from one of its snapshots where clones pin their source, or an operation in flight that
+    /// reads from it.
+    pub fn generation_in_use(&self, r: &BranchRef, generation: u32, clones_pin: bool) -> bool {
+        let Some(p) = self.projects.get(&r.project) else {
+            return false;
+        };
+        let snapshotted = p
+            .snapshots
+            .iter()
+            .any(|s| s.branch == r.branch && s.generation == generation);
+        let cloned_from = clones_pin
+            && p.origins()
+                .any(|(_, o)| o.branch == r.branch && o.generation == generation);
+        snapshotted || cloned_from || self.journal.pinned(&r.project, &r.branch, generation)
     }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Project {
-    pub pool: String,
-    pub image: String,
+    /// Where the branches' data lives.
+    pub storage: StorageRecord,
+    /// What runs their servers.
+    pub runtime: RuntimeRecord,
+    /// Why `project create` chose these (shown by `project get` and `velo doctor`).
+    #[serde(default)]
+    pub chosen: Option<String>,
     /// The server's version as PostgreSQL reported it once main was first ready.
     pub pg_version: Option<String>,
     pub user: String,
     pub password: String,
     pub database: String,
-    /// The uid and gid the image runs PostgreSQL as (asked from the image at create).
+    /// The uid and gid the servers run as.
     pub pg_uid: u32,
     pub pg_gid: u32,
     pub created_at: DateTime<Utc>,
@@ -58,19 +85,31 @@ impl Project {
         self.branches.get(name)
     }
 
+    /// Every origin of every generation (current and retired), with its branch.
+    pub fn origins(&self) -> impl Iterator<Item = (&BranchName, &Origin)> {
+        self.branches.iter().flat_map(|(name, b)| {
+            b.origin
+                .iter()
+                .chain(b.retired.iter().filter_map(|g| g.origin.as_ref()))
+                .map(move |o| (name, o))
+        })
+    }
+
     /// Branches with a generation (current or retired) cloned from the snapshot `id` of
-    /// `branch`'s generation `generation`: while any exist, ZFS cannot destroy the snapshot.
-    pub fn cloned_from(&self, branch: &BranchName, generation: u32, id: &str) -> Vec<BranchName> {
-        self.branches
-            .iter()
-            .filter(|(_, b)| {
-                b.origin
-                    .iter()
-                    .chain(b.retired.iter().filter_map(|g| g.origin.as_ref()))
-                    .any(|o| o.branch == *branch && o.generation == generation && o.snapshot == id)
-            })
+    /// `branch`'s generation `generation`.
+    pub fn cloned_from(
+        &self,
+        branch: &BranchName,
+        generation: u32,
+        id: &SnapshotId,
+    ) -> Vec<BranchName> {
+        let mut out: Vec<BranchName> = self
+            .origins()
+            .filter(|(_, o)| o.is(branch, generation, id))
             .map(|(n, _)| n.clone())
-            .collect()
+            .collect();
+        out.dedup();
+        out
     }
 
     /// Branches whose parent is `name`, in name order.
@@ -81,9 +120,19 @@ impl Project {
             .map(|(n, _)| n.clone())
             .collect()
     }
+
+    /// `root` and every branch made from it, children before their parents.
+    pub fn subtree_post_order(&self, root: &BranchName) -> Vec<BranchName> {
+        let mut out = Vec::new();
+        for child in self.children_of(root) {
+            out.extend(self.subtree_post_order(&child));
+        }
+        out.push(root.clone());
+        out
+    }
 }
 
-/// The run state the user asked for; the container is brought to it by start/stop.
+/// The run state the user asked for; the server is brought to it by start/stop.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum RunState {
@@ -97,11 +146,11 @@ pub struct Branch {
     pub parent: Option<BranchName>,
     /// The host port on 127.0.0.1, kept for the branch's whole life.
     pub port: u16,
-    /// The generation whose dataset currently serves the branch.
+    /// The generation whose volume currently serves the branch.
     pub generation: u32,
     /// Where the current generation was cloned from (`None` for main's first generation).
     pub origin: Option<Origin>,
-    /// Older generations kept alive because another branch was cloned from one of their snapshots.
+    /// Older generations kept alive because something still needs them.
     #[serde(default)]
     pub retired: Vec<Generation>,
     pub desired: RunState,
@@ -112,40 +161,27 @@ pub struct Branch {
 }
 
 impl Branch {
-    pub fn dataset(&self, pool: &str, me: &BranchRef) -> String {
-        names::branch_dataset(pool, me, self.generation)
+    /// The volume of the current generation.
+    pub fn volume(&self, me: &BranchRef) -> VolumeId {
+        VolumeId::new(me, self.generation)
     }
-}
 
-/// A snapshot on a branch generation that a clone was made from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Origin {
-    pub branch: BranchName,
-    pub generation: u32,
-    pub snapshot: String,
-    /// True when velo made the snapshot just for this clone: it is destroyed with the clone.
-    pub owned: bool,
-    pub created_at: DateTime<Utc>,
-    /// The oldest WAL segment in pg_wal when the snapshot was taken: PITR from this snapshot
-    /// needs archived WAL from this segment on.
-    pub wal_from: Option<String>,
-    /// True for a point-in-time branch: its start was replayed from another branch's WAL, so
-    /// its own archive cannot replay from this origin.
-    #[serde(default)]
-    pub recovered: bool,
-}
-
-impl Origin {
-    pub fn zfs_name(&self, pool: &str, project: &ProjectName) -> String {
-        let on = BranchRef::new(project.clone(), self.branch.clone());
-        names::snapshot_name(pool, &on, self.generation, &self.snapshot)
+    /// The next generation number: above every generation the branch has or keeps.
+    pub fn next_generation(&self) -> u32 {
+        self.retired
+            .iter()
+            .map(|g| g.generation)
+            .chain([self.generation])
+            .max()
+            .unwrap_or(0)
+            + 1
     }
 }
 
 /// A snapshot a user took of a branch generation.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Snapshot {
-    pub id: String,
+    pub id: SnapshotId,
     pub label: Option<Label>,
     pub branch: BranchName,
     pub generation: u32,
@@ -154,11 +190,6 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn zfs_name(&self, pool: &str, project: &ProjectName) -> String {
-        let on = BranchRef::new(project.clone(), self.branch.clone());
-        names::snapshot_name(pool, &on, self.generation, &self.id)
-    }
-
     /// The snapshot as an origin for a clone that does not own it, taken at the snapshot's time.
     pub fn as_origin(&self) -> Origin {
         Origin {
@@ -180,13 +211,6 @@ impl Snapshot {
             ..self.as_origin()
         }
     }
-}
-
-/// A retired generation of a branch and the origin it was cloned from.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Generation {
-    pub generation: u32,
-    pub origin: Option<Origin>,
 }
 
 /// A marker that a command is working on a branch: which command, and which process.

@@ -12,6 +12,10 @@
 //!
 //! This module knows nothing of PostgreSQL, containers or velo's state.
 
+#[cfg(test)]
+pub mod fake;
+pub mod zfs;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -127,6 +131,9 @@ impl StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// Where a backend says what it did on the way (`mounting tank/velo/…`).
+pub type Note<'n> = dyn for<'a> Fn(&'a str) + Sync + 'n;
+
 /// A copy-on-write store of volumes and their snapshots.
 ///
 /// Every destroy treats "already gone" as success (the journal may replay it), and every
@@ -175,8 +182,7 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Makes a volume reachable again (mounts it after a reboot, clearing a dead mount first)
     /// and returns its path. Says what it did through `note`.
-    async fn ensure_available(&self, v: &VolumeId, note: &(dyn Fn(&str) + Sync))
-    -> Result<PathBuf>;
+    async fn ensure_available(&self, v: &VolumeId, note: &Note<'_>) -> Result<PathBuf>;
 
     /// Space used by each volume and snapshot of a project, by backend name, where the
     /// backend can tell.

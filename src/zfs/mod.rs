@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 
 pub use error::{ZfsError, ZfsErrorKind, classify};
-pub use parse::Entry;
+pub use parse::{Delegated, Entry};
 
 /// errno "Transport endpoint is not connected": what a FUSE mount answers once its daemon died.
 const ENOTCONN: i32 = 107;
@@ -37,11 +37,21 @@ const BUSY_RETRY_FOR: Duration = Duration::from_secs(30);
 /// records; access times are pure overhead for a database.
 pub const BASE_PROPERTIES: &[(&str, &str)] = &[("recordsize", "8k"), ("atime", "off")];
 
-/// The permissions velo's commands use, delegated by `velo setup` on the base dataset (each
-/// is justified in docs/setup.md). velo never renames, rolls back, promotes or sets properties.
-pub const DELEGATED_PERMISSIONS: &[&str] = &[
-    "create", "clone", "destroy", "snapshot", "mount", "userprop",
-];
+/// Properties velo sets (as root) on the datasets above every user's volumes, inherited by all
+/// of them and never delegated, so no user can turn them on again: a database superuser can
+/// leave a setuid program or a device node in its data, and none of it may work on the host.
+pub const SECURITY_PROPERTIES: &[(&str, &str)] =
+    &[("setuid", "off"), ("devices", "off"), ("exec", "off")];
+
+/// What `velo setup` delegates on a user's base dataset, and where (each is justified in
+/// docs/setup.md; tested on OpenZFS 2.1 in the VM, docs/security.md): on the base itself only
+/// what makes a direct child (`create`, and the `mount` that creating needs); below it what
+/// works on those children (`clone` is checked on the origin, `userprop` at creation on the new
+/// dataset, `mount` by `destroy`). Nothing lets a user create a dataset inside one of their own,
+/// whose mountpoint would be a directory they control. velo never renames, rolls back,
+/// promotes or sets properties.
+pub const DELEGATED_LOCAL: &[&str] = &["create", "mount"];
+pub const DELEGATED_DESCENDENT: &[&str] = &["clone", "destroy", "mount", "snapshot", "userprop"];
 
 /// The ZFS command-line tools.
 #[derive(Debug, Clone)]
@@ -449,6 +459,13 @@ impl Zfs {
         }
     }
 
+    /// `zfs set property=value dataset` (as root: velo delegates no property to users).
+    pub async fn set(&self, dataset: &str, property: &str, value: &str) -> Result<(), ZfsError> {
+        self.zfs(&["set", &format!("{property}={value}"), dataset])
+            .await
+            .map(drop)
+    }
+
     /// A pool property (`zpool list -H -o`, which zfs-fuse also has).
     pub async fn pool_property(&self, pool: &str, property: &str) -> Result<String, ZfsError> {
         let out = self.zpool(&["list", "-H", "-o", property, pool]).await?;
@@ -466,24 +483,49 @@ impl Zfs {
             .map(drop)
     }
 
-    /// The permissions delegated to `user` on `dataset` itself (local and descendent), from
+    /// The permissions delegated to `user` on `dataset` itself, by scope, from
     /// `zfs allow <dataset>`.
-    pub async fn allowed(&self, dataset: &str, user: &str) -> Result<Vec<String>, ZfsError> {
+    pub async fn delegated(&self, dataset: &str, user: &str) -> Result<parse::Delegated, ZfsError> {
         let out = self.zfs(&["allow", dataset]).await?;
-        Ok(parse::allowed_for_user(&out, dataset, user))
+        Ok(parse::delegated_to(&out, dataset, user))
     }
 
-    /// `zfs allow -u USER perms dataset`: local and descendent permissions.
-    pub async fn allow(&self, dataset: &str, user: &str, perms: &[&str]) -> Result<(), ZfsError> {
-        self.zfs(&["allow", "-u", user, &perms.join(","), dataset])
+    /// `zfs allow -l|-d -u USER perms dataset`.
+    pub async fn allow(
+        &self,
+        dataset: &str,
+        user: &str,
+        scope: Scope,
+        perms: &[&str],
+    ) -> Result<(), ZfsError> {
+        self.zfs(&["allow", scope.flag(), "-u", user, &perms.join(","), dataset])
             .await
             .map(drop)
     }
 
+    /// `zfs unallow -u USER perms dataset`, in every scope.
     pub async fn unallow(&self, dataset: &str, user: &str, perms: &[&str]) -> Result<(), ZfsError> {
         self.zfs(&["unallow", "-u", user, &perms.join(","), dataset])
             .await
             .map(drop)
+    }
+}
+
+/// Where delegated permissions apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The dataset itself.
+    Local,
+    /// Every dataset below it, not itself.
+    Descendent,
+}
+
+impl Scope {
+    fn flag(self) -> &'static str {
+        match self {
+            Scope::Local => "-l",
+            Scope::Descendent => "-d",
+        }
     }
 }
 

@@ -131,33 +131,60 @@ fn unescape_mount_path(path: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The permissions `zfs allow <dataset>` lists for `user` in the dataset's own
-/// "Local+Descendent" section (what `zfs allow -u USER perms dataset` grants), sorted.
-///
-/// ```text
-/// ---- Permissions on tank/velo ----------------------------------------
-/// Local+Descendent permissions:
-/// <TAB>user tester clone,create,destroy,mount,snapshot
-/// ```
-pub fn allowed_for_user(out: &str, dataset: &str, user: &str) -> Vec<String> {
+/// What `zfs allow <dataset>` lists for one user in the dataset's own section, by scope.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Delegated {
+    /// On the dataset itself ("Local permissions" and "Local+Descendent permissions").
+    pub local: Vec<String>,
+    /// On everything below it ("Descendent permissions" and "Local+Descendent permissions").
+    pub descendent: Vec<String>,
+}
+
+/// Parses `zfs allow <dataset>` for `user`'s permissions on `dataset` itself (not those it
+/// inherits from a parent, which come in sections of their own).
+pub fn delegated_to(out: &str, dataset: &str, user: &str) -> Delegated {
+    #[derive(PartialEq)]
+    enum Section {
+        None,
+        Local,
+        Descendent,
+        Both,
+    }
     let mut on_dataset = false;
-    let mut in_section = false;
-    let mut perms = Vec::new();
+    let mut section = Section::None;
+    let mut d = Delegated::default();
     for line in out.lines() {
         if let Some(rest) = line.strip_prefix("---- Permissions on ") {
             on_dataset = rest.split_whitespace().next() == Some(dataset);
-            in_section = false;
+            section = Section::None;
         } else if !line.starts_with(char::is_whitespace) {
-            in_section = on_dataset && line.trim() == "Local+Descendent permissions:";
-        } else if in_section
+            section = match (on_dataset, line.trim()) {
+                (true, "Local permissions:") => Section::Local,
+                (true, "Descendent permissions:") => Section::Descendent,
+                (true, "Local+Descendent permissions:") => Section::Both,
+                _ => Section::None,
+            };
+        } else if section != Section::None
             && let ["user", who, list] = line.split_whitespace().collect::<Vec<_>>().as_slice()
             && *who == user
         {
-            perms.extend(list.split(',').map(str::to_string));
+            let perms = list.split(',').map(str::to_string);
+            match section {
+                Section::Local => d.local.extend(perms),
+                Section::Descendent => d.descendent.extend(perms),
+                _ => {
+                    let perms: Vec<String> = perms.collect();
+                    d.local.extend(perms.iter().cloned());
+                    d.descendent.extend(perms);
+                }
+            }
         }
     }
-    perms.sort();
-    perms
+    for list in [&mut d.local, &mut d.descendent] {
+        list.sort();
+        list.dedup();
+    }
+    d
 }
 
 fn dash_is_none(value: &str) -> Option<String> {
@@ -224,15 +251,25 @@ velotest/velo/a\\040b /velotest/velo/a\\040b fuse.zfs rw 0 0\ntank/x /tank/x zfs
     }
 
     #[test]
-    fn delegated_permissions() {
-        // OpenZFS 2.1 `zfs allow tank/velo`, with an inherited section of the pool above it.
-        let out = "---- Permissions on tank/velo ----------------------------------------\nLocal+Descendent permissions:\n\tuser tester clone,create,destroy,mount,snapshot\n\tuser other create\nLocal permissions:\n\tuser tester rename\n---- Permissions on tank -----------------------------------------------\nLocal+Descendent permissions:\n\tuser tester promote\n";
+    fn delegated_permissions_by_scope() {
+        // OpenZFS 2.1 `zfs allow tank/velo/user.tester`, with an inherited section above it.
+        // A permission in both scopes is listed only under "Local+Descendent" (seen in the VM).
+        let out = "---- Permissions on tank/velo/user.tester ----------------------------\nLocal permissions:\n\tuser tester create\nDescendent permissions:\n\tuser tester clone,destroy,snapshot,userprop\nLocal+Descendent permissions:\n\tuser tester mount\n\tuser other create\n---- Permissions on tank -----------------------------------------------\nLocal+Descendent permissions:\n\tuser tester promote\n";
+        let d = delegated_to(out, "tank/velo/user.tester", "tester");
+        assert_eq!(d.local, vec!["create", "mount"]);
         assert_eq!(
-            allowed_for_user(out, "tank/velo", "tester"),
-            vec!["clone", "create", "destroy", "mount", "snapshot"]
+            d.descendent,
+            vec!["clone", "destroy", "mount", "snapshot", "userprop"]
         );
-        assert_eq!(allowed_for_user(out, "tank/velo", "other"), vec!["create"]);
-        assert!(allowed_for_user("", "tank/velo", "tester").is_empty());
+        let other = delegated_to(out, "tank/velo/user.tester", "other");
+        assert_eq!(
+            (other.local, other.descendent),
+            (vec!["create".to_string()], vec!["create".to_string()])
+        );
+        assert_eq!(
+            delegated_to("", "tank/velo", "tester"),
+            Delegated::default()
+        );
     }
 
     #[test]

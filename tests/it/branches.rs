@@ -40,7 +40,7 @@ fn readme_walkthrough() {
     // Reset leaves exactly one generation and one base snapshot behind.
     let tree = sb.zfs_tree(&demo);
     assert_eq!(
-        tree.iter().filter(|n| n.contains("/dev.")).count(),
+        tree.iter().filter(|n| n.contains(".dev.")).count(),
         1,
         "{tree:?}"
     );
@@ -123,13 +123,7 @@ fn branch_of_a_branch_reset_and_delete_rules() {
     assert_eq!(branches.keys().collect::<Vec<_>>(), vec!["main"]);
     // Everything of dev and feat is gone: only main's dataset, no snapshot, one container.
     let tree = sb.zfs_tree(&p);
-    assert_eq!(
-        tree,
-        vec![
-            format!("{}/velo/{p}", sb.rig.pool),
-            format!("{}/velo/{p}/main.0", sb.rig.pool)
-        ]
-    );
+    assert_eq!(tree, vec![sb.dataset(&p, "main", 0)]);
     assert_eq!(sb.containers(&p), vec![format!("velo-{p}.main")]);
 
     sb.ok(&["project", "delete", &p]);
@@ -148,8 +142,8 @@ fn a_fresh_branch_is_copy_on_write() {
     sb.ok(&["branch", "create", &format!("{p}/dev")]);
     // Stopped, the branch writes nothing, so ZFS and velo read the same figure.
     sb.ok(&["branch", "stop", &format!("{p}/dev")]);
-    let main_used = sb.zfs_used(&format!("{}/velo/{p}/main.0", sb.rig.pool));
-    let dev_used = sb.zfs_used(&format!("{}/velo/{p}/dev.0", sb.rig.pool));
+    let main_used = sb.zfs_used(&sb.dataset(&p, "main", 0));
+    let dev_used = sb.zfs_used(&sb.dataset(&p, "dev", 0));
     assert!(
         dev_used * 20 < main_used,
         "branch uses {dev_used} bytes, parent {main_used}: not a small fraction"
@@ -170,10 +164,7 @@ fn listing_status_and_password() {
     assert_eq!(projects[0]["name"], p.as_str());
     assert_eq!(projects[0]["branches"], serde_json::json!(["dev", "main"]));
     assert!(sb.ok(&["proj", "ls"]).contains(&p));
-    assert!(
-        sb.ok(&["project", "get", &p])
-            .contains(&format!("{}/velo/{p}", sb.rig.pool))
-    );
+    assert!(sb.ok(&["project", "get", &p]).contains(&sb.base()));
 
     let branches = sb.json(&["branch", "list", &p]);
     assert_eq!(branches.as_array().unwrap().len(), 2);

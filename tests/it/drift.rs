@@ -67,7 +67,6 @@ fn drift_made_by_hand_is_found_and_repaired() {
     let other = Sandbox::new();
     let theirs = other.create_project("theirs");
     let p = sb.create_project("drift");
-    let pool = sb.rig.pool.clone();
     let main = format!("{p}/main");
     sb.sql(
         &main,
@@ -91,19 +90,19 @@ fn drift_made_by_hand_is_found_and_repaired() {
     sh("docker", &["rm", "-f", &format!("velo-{p}.gone")]);
     sh("docker", &["stop", &format!("velo-{p}.stopped")]);
     sh("docker", &["stop", &format!("velo-{p}.unmounted")]);
-    zfs_retrying(&["unmount", &format!("{pool}/velo/{p}/unmounted.0")]);
+    zfs_retrying(&["unmount", &sb.dataset(&p, "unmounted", 0)]);
     sb.ok(&["branch", "stop", &br("port")]);
     let old_port = sb.port(&br("port"));
     let _listener = TcpListener::bind(("127.0.0.1", old_port as u16)).unwrap();
     sh("docker", &["rm", "-f", &format!("velo-{p}.destroyed")]);
-    let destroyed = format!("{pool}/velo/{p}/destroyed.0");
+    let destroyed = sb.dataset(&p, "destroyed", 0);
     zfs_retrying(&["unmount", &destroyed]);
     zfs_retrying(&["destroy", "-r", &destroyed]);
 
     let (ok, findings) = repair(&sb, &[]);
     assert!(!ok, "drift must exit non-zero");
-    let extra_ds = format!("{pool}/velo/{p}/extra.0");
-    let extra_snap = format!("{pool}/velo/{p}/main.0@{extra_origin}");
+    let extra_ds = sb.dataset(&p, "extra", 0);
+    let extra_snap = format!("{}@{extra_origin}", sb.dataset(&p, "main", 0));
     let want: BTreeSet<_> = [
         found(&br("gone"), "container-gone", "found"),
         found(&br("stopped"), "stopped", "found"),
@@ -293,7 +292,10 @@ fn a_reboot_of_both_daemons_is_found_and_repaired() {
         );
     }
     let text = String::from_utf8_lossy(&sb.run(&["repair"]).stdout).into_owned();
-    assert!(text.contains("dockerd or the host was restarted"), "{text}");
+    assert!(
+        text.contains("the runtime or the host was restarted"),
+        "{text}"
+    );
 
     // `branch start` mounts what it needs and starts.
     sb.ok(&["branch", "start", &dev]);

@@ -5,13 +5,9 @@ use crate::util::Sandbox;
 /// Asserts a project has exactly main and nothing of `branch` anywhere.
 fn assert_no_trace(sb: &Sandbox, project: &str, branch: &str) {
     let tree = sb.zfs_tree(project);
-    let pool = &sb.rig.pool;
     assert_eq!(
         tree,
-        vec![
-            format!("{pool}/velo/{project}"),
-            format!("{pool}/velo/{project}/main.0")
-        ],
+        vec![sb.dataset(project, "main", 0)],
         "datasets or snapshots left behind"
     );
     assert_eq!(sb.containers(project), vec![format!("velo-{project}.main")]);
@@ -204,6 +200,13 @@ fn bad_names_are_refused_and_change_nothing() {
     assert!(err.contains("not imported"), "{err}");
     let err = sb.fails(&["project", "create", "x", "--pg-version", "13"]);
     assert!(err.contains("PostgreSQL 14 or newer"), "{err}");
+    assert_eq!(
+        sb.run(&["project", "create", "x", "--pg-version", "13"])
+            .status
+            .code(),
+        Some(2),
+        "a usage error"
+    );
     let err = sb.fails(&["project", "create", "x", "--pg-version", "fifteen"]);
     assert!(err.contains("major version number"), "{err}");
     assert_eq!(sb.state()["projects"].as_object().unwrap().len(), 1);

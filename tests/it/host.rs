@@ -49,12 +49,12 @@ fn doctor_sees_a_healthy_rig_and_each_breakage() {
         checks.iter().all(|c| c["status"] == "ok"),
         "all ✓ on a healthy rig: {checks:#?}"
     );
-    for name in ["dataset", "container", "port"] {
+    for name in ["data", "server", "server answers"] {
         find(&checks, &format!("{p}/dev {name}"));
     }
     let text = sb.ok(&["doctor"]);
     assert!(
-        text.contains(&format!("  ✓ {p}/main port: PostgreSQL answers")),
+        text.contains(&format!("  ✓ {p}/main server answers: PostgreSQL answers")),
         "{text}"
     );
     assert!(!text.contains('✗'), "{text}");
@@ -66,10 +66,10 @@ fn doctor_sees_a_healthy_rig_and_each_breakage() {
     assert!(!ok);
     assert_eq!(
         failed(&checks),
-        vec![format!("{p}/dev container"), format!("{p}/dev port")]
+        vec![format!("{p}/dev server"), format!("{p}/dev server answers")]
     );
     assert!(
-        find(&checks, &format!("{p}/dev container"))["fix"]
+        find(&checks, &format!("{p}/dev server"))["fix"]
             .as_str()
             .unwrap()
             .contains("velo branch start")
@@ -77,7 +77,7 @@ fn doctor_sees_a_healthy_rig_and_each_breakage() {
     let out = sb.run(&["doctor"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("✗ {p}/dev container: velo-{p}.dev is missing")),
+        text.contains(&format!("✗ {p}/dev server: velo-{p}.dev is missing")),
         "{text}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("velo doctor found 2 problem(s)"));
@@ -108,7 +108,7 @@ fn doctor_sees_a_healthy_rig_and_each_breakage() {
     assert_eq!(daemon["group"], "docker");
     assert_eq!(daemon["status"], "fail");
     assert!(daemon["fix"].as_str().unwrap().contains("start Docker"));
-    assert!(failed(&checks).contains(&format!("{p}/main container")));
+    assert!(failed(&checks).contains(&format!("{p}/main server")));
     sb.clear_env();
     assert!(doctor(&sb).0);
 }
@@ -182,10 +182,7 @@ fn doctor_sees_an_exported_pool() {
     assert_eq!(c["status"], "fail");
     assert_eq!(c["detail"], format!("pool {pool} is not imported"));
     assert_eq!(c["fix"], format!("import it: `zpool import {pool}`"));
-    assert_eq!(
-        find(&checks, &format!("{p}/main dataset"))["status"],
-        "fail"
-    );
+    assert_eq!(find(&checks, &format!("{p}/main data"))["status"], "fail");
 
     let imported = sh(&format!("zpool import -d {} {pool}", dir.path().display()));
     assert!(
@@ -202,7 +199,10 @@ struct UserGuard(String);
 
 impl Drop for UserGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_file(format!("/etc/sudoers.d/velo-{}", self.0));
+        let uid = String::from_utf8_lossy(&sh(&format!("id -u {}", self.0)).stdout)
+            .trim()
+            .to_string();
+        let _ = std::fs::remove_file(format!("/etc/sudoers.d/velo-uid{uid}"));
         let _ = sh(&format!("userdel {}", self.0));
     }
 }
@@ -225,7 +225,11 @@ fn setup_dry_run_twice_and_undo() {
     );
     let _guard = UserGuard(user.clone());
     let pool = sb.rig.pool.clone();
-    let sudoers = std::path::PathBuf::from(format!("/etc/sudoers.d/velo-{user}"));
+    let uid = String::from_utf8_lossy(&sh(&format!("id -u {user}")).stdout)
+        .trim()
+        .to_string();
+    let sudoers = std::path::PathBuf::from(format!("/etc/sudoers.d/velo-uid{uid}"));
+    let base = format!("{pool}/velo/user.{user}");
     let config = sb.home().join("config.json");
     let in_docker = |u: &str| {
         String::from_utf8_lossy(&sh("getent group docker").stdout)
@@ -249,56 +253,74 @@ fn setup_dry_run_twice_and_undo() {
     };
 
     let dry = setup(&["--dry-run"]);
-    assert!(
-        dry.contains(&format!("would: install {}", sudoers.display())),
-        "{dry}"
-    );
-    assert!(
-        dry.contains(&format!("would: add {user} to the docker group")),
-        "{dry}"
-    );
-    assert!(
-        dry.contains(&format!(
-            "would: record pool {pool} in {}",
-            config.display()
-        )),
-        "{dry}"
-    );
+    for change in [
+        format!("would: create dataset {base}"),
+        format!("would: install {}", sudoers.display()),
+        format!("would: add {user} to the docker group"),
+        format!("would: record pool {pool} in {}", config.display()),
+    ] {
+        assert!(dry.contains(&change), "{change} in\n{dry}");
+    }
     assert!(dry.contains("zfs-fuse, which has no `zfs allow`"), "{dry}");
     assert!(dry.contains("root-equivalent"), "{dry}");
-    assert!(dry.contains("Dry run: 3 change(s) would be made"), "{dry}");
+    let would = dry.matches("would: ").count();
+    assert!(
+        dry.contains(&format!("Dry run: {would} change(s) would be made")),
+        "{dry}"
+    );
     assert!(!sudoers.exists() && !config.exists() && !in_docker(&user));
 
     let first = setup(&[]);
-    assert!(first.contains("Done: 3 change(s)"), "{first}");
+    assert!(
+        first.contains(&format!("Done: {would} change(s)")),
+        "{first}"
+    );
     let meta = std::fs::metadata(&sudoers).unwrap();
     assert_eq!(meta.permissions().mode() & 0o777, 0o440);
+    assert!(
+        std::fs::read_to_string(&sudoers)
+            .unwrap()
+            .contains(&format!("\n#{uid} ALL=(root) NOPASSWD: "))
+    );
     assert!(in_docker(&user));
     let recorded: Value = serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
     assert_eq!(recorded["pool"], pool.as_str());
+    assert_eq!(recorded["users"][&user]["base"], base.as_str());
     let zfs = recorded["zfs"].as_str().unwrap().to_string();
+    assert!(zfs == "/usr/sbin/zfs" || zfs == "/sbin/zfs", "{zfs}");
+    // The base is root's, entered only by the user; setuid, devices and exec are off.
+    let mountpoint = format!("/{base}");
+    let meta = std::fs::metadata(&mountpoint).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o750));
+    let props = sh(&format!("zfs get -H -o value setuid,devices,exec {base}"));
+    assert_eq!(String::from_utf8_lossy(&props.stdout), "off\noff\noff\n");
 
-    // Exactly velo's mounts and unmounts, of velo's datasets, and nothing else.
+    // Exactly velo's mounts and unmounts, of the user's own datasets, and nothing else.
     for ok in [
-        format!("{zfs} mount {pool}/velo/demo"),
-        format!("{zfs} mount {pool}/velo/demo/dev.0"),
-        format!("{zfs} unmount {pool}/velo/demo/main-2.17"),
+        format!("{zfs} mount {base}"),
+        format!("{zfs} mount {base}/demo.dev.0"),
+        format!("{zfs} unmount {base}/demo.main-2.17"),
     ] {
         assert!(allowed(&user, &ok), "should be allowed: {ok}");
     }
     for denied in [
         format!("{zfs} mount -a"),
         format!("{zfs} mount {pool}/velo"),
+        format!("{zfs} unmount {base}"),
         format!("{zfs} mount {pool}/other"),
-        format!("{zfs} mount {pool}/velo/demo -a"),
-        format!("{zfs} mount {pool}/velo/demo {pool}/other"),
-        format!("{zfs} mount -o remount {pool}/velo/demo"),
-        format!("{zfs} mount {pool}/velo/demo/dev.0@snap"),
-        format!("{zfs} mount {pool}/velo/demo/../../other"),
-        format!("{zfs} destroy {pool}/velo/demo"),
-        format!("{zfs} mount {pool}x/velo/demo"),
+        format!("{zfs} mount {pool}/velo/user.root/demo.dev.0"),
+        format!("{zfs} mount {base}/demo.dev.0/x.y.1"),
+        format!("{zfs} mount {base}/demo"),
+        format!("{zfs} mount {base}/demo.dev.0 -a"),
+        format!("{zfs} mount {base}/demo.dev.0 {pool}/other"),
+        format!("{zfs} mount -o remount {base}/demo.dev.0"),
+        format!("{zfs} mount {base}/demo.dev.0@snap"),
+        format!("{zfs} mount {base}/../../other.a.1"),
+        format!("{zfs} destroy {base}/demo.dev.0"),
+        format!("{zfs} mount {pool}x/velo/user.{user}/demo.dev.0"),
         format!("/bin/sh -c {zfs}"),
-        format!("/usr/bin/env {zfs} mount {pool}/velo/demo"),
+        format!("/usr/bin/env {zfs} mount {base}/demo.dev.0"),
     ] {
         assert!(!allowed(&user, &denied), "should be denied: {denied}");
     }
@@ -314,9 +336,11 @@ fn setup_dry_run_twice_and_undo() {
     );
 
     let undone = setup(&["--undo"]);
-    assert!(undone.contains("Undone: 3 change(s)."), "{undone}");
+    assert!(undone.contains("Undone: "), "{undone}");
     assert!(!sudoers.exists() && !config.exists() && !in_docker(&user));
-    assert!(!allowed(&user, &format!("{zfs} mount {pool}/velo/demo")));
+    assert!(!allowed(&user, &format!("{zfs} mount {base}/demo.dev.0")));
+    let gone = sh(&format!("zfs list {base}"));
+    assert!(!gone.status.success(), "the empty base is destroyed");
     let again = setup(&["--undo"]);
     assert!(
         again.contains(&format!("Nothing to undo for {user}.")),

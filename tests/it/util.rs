@@ -179,38 +179,34 @@ impl Sandbox {
         let state = self.state();
         let journal = state["journal"].as_array().cloned().unwrap_or_default();
         assert!(journal.is_empty(), "operations left open: {journal:?}");
-        let pool = &self.rig.pool;
         let p = &state["projects"][project];
-        let mut datasets = vec![format!("{pool}/velo/{project}")];
+        let mut datasets = Vec::new();
         let mut snapshots = Vec::new();
         let mut containers = Vec::new();
         let origin_of = |o: &Value, snapshots: &mut Vec<String>| {
             if o.is_object() {
-                snapshots.push(format!(
-                    "{pool}/velo/{project}/{}.{}@{}",
-                    o["branch"].as_str().unwrap(),
-                    o["generation"],
-                    o["snapshot"].as_str().unwrap()
-                ));
+                let generation = o["generation"].as_u64().unwrap();
+                let on = self.dataset(project, o["branch"].as_str().unwrap(), generation);
+                snapshots.push(format!("{on}@{}", o["snapshot"].as_str().unwrap()));
             }
         };
         for (name, b) in p["branches"].as_object().expect("branches") {
             assert!(b["busy"].is_null(), "{name} is still busy: {}", b["busy"]);
-            datasets.push(format!("{pool}/velo/{project}/{name}.{}", b["generation"]));
+            datasets.push(self.dataset(project, name, b["generation"].as_u64().unwrap()));
             origin_of(&b["origin"], &mut snapshots);
             for g in b["retired"].as_array().cloned().unwrap_or_default() {
-                datasets.push(format!("{pool}/velo/{project}/{name}.{}", g["generation"]));
+                datasets.push(self.dataset(project, name, g["generation"].as_u64().unwrap()));
                 origin_of(&g["origin"], &mut snapshots);
             }
             containers.push(format!("velo-{project}.{name}"));
         }
         for s in p["snapshots"].as_array().cloned().unwrap_or_default() {
-            snapshots.push(format!(
-                "{pool}/velo/{project}/{}.{}@{}",
+            let on = self.dataset(
+                project,
                 s["branch"].as_str().unwrap(),
-                s["generation"],
-                s["id"].as_str().unwrap()
-            ));
+                s["generation"].as_u64().unwrap(),
+            );
+            snapshots.push(format!("{on}@{}", s["id"].as_str().unwrap()));
         }
         let mut expected: Vec<String> = datasets.into_iter().chain(snapshots).collect();
         expected.sort();
@@ -224,6 +220,16 @@ impl Sandbox {
             containers,
             "Docker and the state disagree"
         );
+    }
+
+    /// The base dataset of the user the tests run velo as (root).
+    pub fn base(&self) -> String {
+        format!("{}/velo/user.root", self.rig.pool)
+    }
+
+    /// The dataset of a branch generation.
+    pub fn dataset(&self, project: &str, branch: &str, generation: u64) -> String {
+        format!("{}/{project}.{branch}.{generation}", self.base())
     }
 
     /// Runs velo and expects success; returns stdout.
@@ -306,7 +312,6 @@ impl Sandbox {
 
     /// Every dataset and snapshot ZFS has for a project.
     pub fn zfs_tree(&self, project: &str) -> Vec<String> {
-        let root = format!("{}/velo/{project}", self.rig.pool);
         let out = Command::new("zfs")
             .args([
                 "list",
@@ -316,12 +321,14 @@ impl Sandbox {
                 "-t",
                 "filesystem,snapshot",
                 "-r",
-                &root,
+                &self.base(),
             ])
             .output()
             .expect("zfs runs");
+        let prefix = format!("{}/{project}.", self.base());
         String::from_utf8_lossy(&out.stdout)
             .lines()
+            .filter(|l| l.starts_with(&prefix))
             .map(str::to_string)
             .collect()
     }

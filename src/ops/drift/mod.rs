@@ -1,28 +1,32 @@
-//! `velo repair`: finds where velo's state and the world (ZFS, Docker, the host's ports) have
-//! drifted apart and, with `--fix`, brings them back in line.
+//! `velo repair`: finds where velo's state and the world (storage, servers, the host's ports)
+//! have drifted apart and, with `--fix`, brings them back in line.
 //!
-//! Detection is fast and mostly pure: [`observe`] makes one `zpool list`, one `zfs get -r` of
-//! `<pool>/velo` per pool, one container list, one read of the mount table and a bind probe on
-//! the port of each branch whose container is not running; [`compare`] turns that and the state
-//! into findings. A fix first claims the branches concerned (so no other command changes them
-//! meanwhile), looks again, and repairs only what the second look confirms. Orphans are
-//! destroyed while the state lock is held, after checking again that nothing records them, so a
-//! command that is just reserving that name cannot lose its work.
+//! Detection is fast and mostly pure: [`observe`] makes one inventory per storage, one server
+//! list per runtime and a bind probe on the port of each branch whose server is not running;
+//! [`compare`] turns that and the state into findings. A fix first claims the branches
+//! concerned (so no other command changes them meanwhile), looks again, and repairs only what
+//! the second look confirms. Orphans are destroyed while the state lock is held, after
+//! checking again that nothing records them, so a command that is just reserving that name
+//! cannot lose its work.
 
 mod compare;
+mod findings;
+mod orphans;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::TcpListener;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use serde_json::json;
 
-pub use compare::{Activity, Comparison, Finding, Known, Observed, Problem, compare};
+pub use compare::{Activity, Comparison, Known, Observed, compare};
+pub use findings::{Finding, Problem};
 
 use super::journal::{Intent, Undo};
-use super::{Ctx, DEFAULT_HOST_IP, HOME_PROPERTY, allocate_port, branch_mut, names};
-use crate::names::{BranchRef, ProjectName};
-use crate::state::{Branch, Finish, Recovery, RunState, State};
+use super::server::{self, BRANCH_READY, HOST_IP, STOP_TIMEOUT};
+use super::{Ctx, allocate_port, branch_mut};
+use crate::names::{self, BranchRef, ProjectName, VolumeId};
+use crate::state::{Branch, Finish, Recovery, RunState, State, StorageRecord};
 
 /// The operation name a repair marks the branches it fixes with.
 const OPERATION: &str = "repair";
@@ -40,7 +44,7 @@ pub struct RepairOptions {
 pub fn activity(b: &Branch) -> Activity {
     match &b.busy {
         None => Activity::Idle,
-        Some(busy) if super::pid_alive(busy.pid) => Activity::Live {
+        Some(busy) if crate::state::process_start(busy.pid).is_some() => Activity::Live {
             operation: busy.operation.clone(),
             pid: busy.pid,
         },
@@ -61,49 +65,67 @@ fn activity_but_mine(b: &Branch) -> Activity {
     }
 }
 
-/// Gathers what drift detection compares the state with.
+/// Gathers what drift detection compares the state with: an inventory of each storage the
+/// projects use, the servers of each runtime they use, and the ports of stopped branches.
 pub async fn observe(ctx: &Ctx, state: &State) -> Result<Observed> {
-    let containers = ctx
-        .runtime
-        .list_managed(&ctx.home_label())
-        .await
-        .context("listing velo's containers")?;
-    let pools: BTreeSet<String> = ctx
-        .zfs
-        .pools()
-        .await
-        .context("listing ZFS pools")?
-        .into_iter()
-        .collect();
-    let mut datasets = std::collections::BTreeMap::new();
-    for pool in &pools {
-        let root = names::base_dataset(pool);
-        datasets.extend(
-            ctx.zfs
-                .describe_tree(&root, &[HOME_PROPERTY])
-                .await
-                .with_context(|| format!("listing {root}"))?,
-        );
+    let mut storages = BTreeMap::new();
+    for p in state.projects.values() {
+        if storages.contains_key(&p.storage) {
+            continue;
+        }
+        let inventory = ctx
+            .storage(p)?
+            .inventory()
+            .await
+            .with_context(|| format!("listing what {} holds", p.storage))?;
+        storages.insert(p.storage.clone(), inventory);
+    }
+    let mut servers: Vec<crate::runtime::ManagedServer> = Vec::new();
+    let mut asked = BTreeSet::new();
+    for p in state.projects.values() {
+        if !asked.insert(p.runtime.kind()) {
+            continue;
+        }
+        let listed = ctx
+            .runtime(p)?
+            .list_managed()
+            .await
+            .with_context(|| format!("listing velo's servers ({})", p.runtime.kind()))?;
+        servers.extend(listed);
     }
     let ports_taken = state
         .projects
         .iter()
         .flat_map(|(pname, p)| {
-            p.branches.iter().filter_map(|(bname, b)| {
-                let name = names::container_name(&BranchRef::new(pname.clone(), bname.clone()));
-                let running = containers.iter().any(|c| c.name == name && c.running);
-                (!running && TcpListener::bind((DEFAULT_HOST_IP, b.port)).is_err())
-                    .then_some(b.port)
+            let servers = &servers;
+            p.branches.iter().filter_map(move |(bname, b)| {
+                let name = names::server_name(&BranchRef::new(pname.clone(), bname.clone()));
+                let running = servers.iter().any(|s| s.name == name && s.running);
+                (!running && TcpListener::bind((HOST_IP, b.port)).is_err()).then_some(b.port)
             })
         })
         .collect();
     Ok(Observed {
-        pools,
-        datasets,
-        containers,
+        storages,
+        servers,
         ports_taken,
-        stale_mounts: ctx.zfs.stale_mounts(),
     })
+}
+
+/// Compares with the storages' own names in the report.
+fn compare_now(
+    ctx: &Ctx,
+    state: &State,
+    seen: &Observed,
+    activity: &dyn Fn(&Branch) -> Activity,
+) -> Comparison {
+    let name_of = |rec: &StorageRecord, v: &VolumeId| {
+        ctx.backends
+            .storage(rec)
+            .map(|s| s.name_of(v))
+            .unwrap_or_else(|_| v.to_string())
+    };
+    compare(state, &ctx.home_label(), seen, activity, &name_of)
 }
 
 /// What became of a finding.
@@ -131,10 +153,9 @@ impl Outcome {
 }
 
 pub async fn repair(ctx: &Ctx, opts: RepairOptions) -> Result<()> {
-    let home = ctx.home_label();
     let state = ctx.store.read()?;
     let seen = observe(ctx, &state).await?;
-    let first = compare(&state, &home, HOME_PROPERTY, &seen, &activity);
+    let first = compare_now(ctx, &state, &seen, &activity);
     if !opts.fix || first.findings.is_empty() {
         let rows = first
             .findings
@@ -145,7 +166,7 @@ pub async fn repair(ctx: &Ctx, opts: RepairOptions) -> Result<()> {
     }
 
     let claimed = claim_for_repair(ctx, &first)?;
-    let result = fix_all(ctx, &home, &first, &claimed, opts).await;
+    let result = fix_all(ctx, &first, &claimed, opts).await;
     for r in &claimed {
         super::release(ctx, r)?;
     }
@@ -159,7 +180,7 @@ fn claim_for_repair(ctx: &Ctx, found: &Comparison) -> Result<Vec<BranchRef>> {
     let wanted: BTreeSet<&BranchRef> = found
         .findings
         .iter()
-        .filter(|f| !matches!(f.problem, Problem::ProjectGone { .. }))
+        .filter(|f| !matches!(f.problem, Problem::ProjectGone))
         .filter_map(|f| f.branch.as_ref())
         .collect();
     ctx.store.update(|s| {
@@ -189,14 +210,13 @@ fn claim_for_repair(ctx: &Ctx, found: &Comparison) -> Result<Vec<BranchRef>> {
 /// Looks again (with the branches claimed) and fixes what it finds.
 async fn fix_all(
     ctx: &Ctx,
-    home: &str,
     first: &Comparison,
     claimed: &[BranchRef],
     opts: RepairOptions,
 ) -> Result<(Comparison, Vec<(Finding, Outcome)>)> {
     let state = ctx.store.read()?;
     let seen = observe(ctx, &state).await?;
-    let mut now = compare(&state, home, HOME_PROPERTY, &seen, &activity_but_mine);
+    let mut now = compare_now(ctx, &state, &seen, &activity_but_mine);
     // Claiming took over the interrupted markers; they are fixed once the claim is released.
     let interrupted: Vec<Finding> = first
         .findings
@@ -246,7 +266,7 @@ async fn fix_all(
         let outcome = match &f.problem {
             _ if !f.fixable() => Outcome::Manual,
             _ if f.needs_force() && !opts.force => Outcome::NeedsForce,
-            Problem::ProjectGone { .. } => {
+            Problem::ProjectGone => {
                 let name = f.project.as_ref().expect("a project finding names it");
                 match super::project::delete(ctx, name, true).await {
                     Ok(()) => Outcome::Fixed,
@@ -310,33 +330,40 @@ async fn forget(ctx: &Ctx, r: &BranchRef) -> Result<()> {
     result
 }
 
-/// Repairs one claimed branch: mount its data, move it off a taken port, re-create or start its
-/// container, or forget what is gone, in that order.
+/// Repairs one claimed branch: make its data available, move it off a taken port, re-create or
+/// start its server, or forget what is gone, in that order.
 async fn fix_branch(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Result<()> {
     let has = |pred: fn(&Problem) -> bool| problems.iter().any(|f| pred(&f.problem));
     let state = ctx.store.read()?;
     let project = super::get_project(&state, &r.project)?.clone();
+    let (storage, runtime) = (ctx.storage(&project)?, ctx.runtime(&project)?);
     let mut b = super::get_branch(&project, r)?.clone();
     if has(|p| matches!(p, Problem::DataGone { .. })) {
         // Forgetting must not destroy what is left: older generations kept for snapshots.
+        let inventory = storage.inventory().await?;
         for g in &b.retired {
-            let old = names::branch_dataset(&project.pool, r, g.generation);
-            if ctx.zfs.exists(&old).await? {
+            let old = VolumeId::new(r, g.generation);
+            if inventory
+                .entries
+                .iter()
+                .any(|e| e.volume.as_ref() == Some(&old))
+            {
                 bail!(
-                    "{old}, an older generation of `{r}`, still holds data; `velo branch delete {r}` removes it with the branch"
+                    "{}, an older generation of `{r}`, still holds data; `velo branch delete {r}` removes it with the branch",
+                    storage.name_of(&old)
                 );
             }
         }
         return forget(ctx, r).await;
     }
     forget_missing_history(ctx, r, problems)?;
-    let container = names::container_name(r);
-    let dataset = b.dataset(&project.pool, r);
+    let name = names::server_name(r);
+    let note = |what: &str| ctx.shell.note(&format!("▸ {what}"));
     let unmounted = has(|p| matches!(p, Problem::Unmounted { .. }));
     if unmounted {
-        // A container on a dead or missing mount serves nothing; it restarts once mounted.
-        ctx.runtime.stop(&container, 30).await?;
-        super::ensure_mounted(ctx, &dataset).await?;
+        // A server on a dead or missing mount serves nothing; it restarts once mounted.
+        runtime.stop(&name, STOP_TIMEOUT).await?;
+        storage.ensure_available(&b.volume(r), &note).await?;
     }
     let port_taken = has(|p| matches!(p, Problem::PortTaken { .. }));
     if port_taken {
@@ -349,23 +376,25 @@ async fn fix_branch(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Result<(
         ctx.shell.note(&format!(
             "`{r}` moved from port {old} to {}: its URL is now {}",
             b.port,
-            super::url(&project, &b)
+            server::url(&project, &b)
         ));
     }
     let recreate = port_taken
         || has(|p| {
             matches!(
                 p,
-                Problem::ContainerGone { .. } | Problem::ContainerOnOtherData { .. }
+                Problem::ServerGone { .. }
+                    | Problem::ServerOnOtherData { .. }
+                    | Problem::HoldsVolumes { .. }
             )
         });
     if recreate {
-        let mountpoint = super::ensure_mounted(ctx, &dataset).await?;
-        let spec = super::container_spec(ctx, &project, r, &b, &mountpoint)?;
+        let root = storage.ensure_available(&b.volume(r), &note).await?;
+        let spec = server::spec(ctx, &project, r, &b, &root, runtime.as_ref(), None)?;
         ctx.shell
-            .step("Re-create container", async {
-                ctx.runtime.remove(&container).await?;
-                ctx.runtime.create(&spec).await
+            .step("Re-create server", async {
+                runtime.remove(&name).await?;
+                runtime.create(&spec).await
             })
             .await?;
     }
@@ -377,7 +406,7 @@ async fn fix_branch(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Result<(
     }
     let start = recreate || unmounted || has(|p| matches!(p, Problem::Stopped { .. }));
     if start && b.desired == RunState::Running {
-        super::start_and_wait(ctx, &project, r, &b, super::branch::BRANCH_READY).await?;
+        server::start_and_wait(ctx, &project, r, &b, BRANCH_READY).await?;
     }
     Ok(())
 }
@@ -391,10 +420,10 @@ fn forget_missing_history(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Re
             _ => None,
         })
         .collect();
-    let snapshots: Vec<&str> = problems
+    let snapshots: Vec<&crate::names::SnapshotId> = problems
         .iter()
         .filter_map(|f| match &f.problem {
-            Problem::SnapshotGone { id, .. } => Some(id.as_str()),
+            Problem::SnapshotGone { id } => Some(id),
             _ => None,
         })
         .collect();
@@ -405,7 +434,7 @@ fn forget_missing_history(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Re
         let p = super::get_project_mut(s, &r.project)?;
         p.snapshots.retain(|x| {
             !(x.branch == r.branch
-                && (generations.contains(&x.generation) || snapshots.contains(&x.id.as_str())))
+                && (generations.contains(&x.generation) || snapshots.contains(&&x.id)))
         });
         let b = p
             .branches
@@ -416,39 +445,49 @@ fn forget_missing_history(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Re
     })
 }
 
-/// Removes an orphan container, dataset or snapshot while holding the state lock, after
-/// checking in the fresh state that nothing records it (or may be making it right now).
-/// Returns false if something does.
+/// Removes an orphan server, volume or snapshot while holding the state lock, after checking
+/// in the fresh state that nothing records it (or may be making it right now). Returns false
+/// if something does.
 async fn remove_orphan(ctx: &Ctx, problem: &Problem) -> Result<bool> {
     let problem = problem.clone();
+    // The removal of an orphan server needs a runtime of its kind: any project's will do, as
+    // they list the same servers; servers are only found through a project's runtime.
+    let state = ctx.store.read()?;
+    let runtime = state
+        .projects
+        .values()
+        .next()
+        .map(|p| ctx.runtime(p))
+        .transpose()?;
     tokio::task::block_in_place(|| {
         ctx.store.update(|s| {
             let known = Known::new(s, &activity);
             let handle = tokio::runtime::Handle::current();
             match &problem {
-                Problem::OrphanContainer { container } => {
-                    let recorded = s.projects.iter().any(|(pn, p)| {
-                        p.branches.keys().any(|bn| {
-                            names::container_name(&BranchRef::new(pn.clone(), bn.clone()))
-                                == *container
-                        })
-                    });
-                    if recorded {
+                Problem::OrphanServer { server } => {
+                    if known.owns_server(server) {
                         return Ok(false);
                     }
-                    handle.block_on(ctx.runtime.remove(container))?;
+                    let runtime = runtime.as_ref().ok_or_else(|| {
+                        anyhow!("no project names a runtime to remove {server} with")
+                    })?;
+                    handle.block_on(runtime.remove(server))?;
                 }
-                Problem::OrphanDataset { dataset } => {
-                    if known.holds_dataset(dataset) {
+                Problem::OrphanVolume {
+                    storage, volume, ..
+                } => {
+                    if known.holds_volume(storage, volume) {
                         return Ok(false);
                     }
-                    handle.block_on(ctx.zfs.destroy_dataset(dataset))?;
+                    handle.block_on(ctx.backends.storage(storage)?.destroy_volume(volume))?;
                 }
-                Problem::OrphanSnapshot { snapshot } => {
-                    if known.holds_snapshot(snapshot) {
+                Problem::OrphanSnapshot {
+                    storage, snapshot, ..
+                } => {
+                    if known.holds_snapshot(storage, snapshot) {
                         return Ok(false);
                     }
-                    handle.block_on(ctx.zfs.destroy_snapshot(snapshot))?;
+                    handle.block_on(ctx.backends.storage(storage)?.destroy_snapshot(snapshot))?;
                 }
                 other => bail!("not an orphan: {other:?}"),
             }
@@ -511,7 +550,7 @@ fn report(
     }
     if rows.is_empty() {
         ctx.shell.note(&format!(
-            "No drift: state, ZFS and Docker agree ({} branches checked).",
+            "No drift: the state, the storage and the servers agree ({} branches checked).",
             comparison.checked
         ));
         return Ok(());

@@ -1,0 +1,223 @@
+//! Branches: create (from a parent, a snapshot or a moment), reset, restore, delete,
+//! start/stop/restart, list/get, password.
+//!
+//! A branch's data is one volume, its *generation*. Reset and restore clone a new generation
+//! beside the old one and move the server over only when the clone exists, so until the new
+//! server is ready the old data is intact, and any failure puts the old server back on it.
+
+mod change;
+mod delete;
+mod query;
+mod run;
+
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use chrono::{DateTime, Utc};
+
+pub use change::{reset, restore};
+pub use delete::{delete, delete_held};
+pub use query::{branch_json, get, list, observe, password};
+pub use run::{restart, start, stop};
+
+use super::generation::{new_generation, take_snapshot};
+use super::journal::Intent;
+use super::launch::{Launch, launch_new};
+use super::server::{self, BRANCH_READY, Recovery};
+use super::{
+    Ctx, Undo, allocate_port, branch_mut, get_branch, get_project, get_project_mut, rolled_back,
+};
+use crate::names::{BranchName, BranchRef, SnapshotId};
+use crate::state::{
+    Branch, Forget, Origin, Pin, Project, Recovery as JournalRecovery, RunState, State,
+};
+
+/// How long a point-in-time recovery may take to replay WAL and promote.
+const PITR_READY: Duration = Duration::from_secs(600);
+
+/// Where a new branch's data comes from.
+pub enum Source {
+    /// The current state of a branch (default: main).
+    Parent(Option<BranchName>),
+    /// A snapshot, by id, id prefix or label.
+    Snapshot(String),
+    /// A moment in a branch's history (default: main), replayed from its WAL archive.
+    Pitr {
+        target: DateTime<Utc>,
+        parent: Option<BranchName>,
+    },
+}
+
+/// What `create` reserved in its first transaction.
+struct Reserved {
+    project: Project,
+    parent_ref: BranchRef,
+    parent: Branch,
+    origin: Origin,
+    /// Set for a point-in-time branch: how it recovers.
+    pitr: Option<Recovery>,
+    undo: Undo,
+}
+
+pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
+    if let Source::Pitr { parent, .. } = &source {
+        let name = parent.clone().unwrap_or_else(BranchName::main);
+        super::wal::flush_archive(ctx, &BranchRef::new(r.project.clone(), name)).await?;
+    }
+    let snap = SnapshotId::random();
+    let Reserved {
+        project,
+        parent_ref,
+        parent,
+        origin,
+        pitr,
+        mut undo,
+    } = ctx.store.update(|s| reserve(ctx, s, r, &source, &snap))?;
+    let branch = project.branch(&r.branch).expect("reserved above").clone();
+
+    let result = async {
+        let origin = if origin.owned {
+            take_snapshot(ctx, &project, &parent_ref, &parent, &snap, &mut undo).await?
+        } else {
+            origin
+        };
+        let root = new_generation(ctx, &project, r, &branch, &origin, &mut undo).await?;
+        let how = Launch {
+            root: &root,
+            deadline: if pitr.is_some() {
+                PITR_READY
+            } else {
+                BRANCH_READY
+            },
+            recovery: pitr.as_ref(),
+        };
+        let launched = launch_new(ctx, &project, r, &branch, how, &mut undo).await?;
+        undo.step(ctx, "commit").await?;
+        Ok::<_, anyhow::Error>((launched, origin))
+    }
+    .await;
+
+    let (branch, origin) = match result {
+        Ok(done) => done,
+        Err(e) => {
+            let how = rolled_back(undo.roll_back(ctx).await);
+            return Err(e.context(format!("creating branch `{r}` ({how})")));
+        }
+    };
+    ctx.store.update(|s| {
+        let b = branch_mut(s, r)?;
+        b.origin = Some(origin);
+        undo.commit(s);
+        Ok::<_, anyhow::Error>(())
+    })?;
+    ctx.shell.note(&format!("Branch `{r}` is ready."));
+    ctx.shell.out(&server::url(&project, &branch));
+    Ok(())
+}
+
+/// The first transaction of `create`: checks the request, reserves the branch and its port,
+/// and opens the operation, pinning what the clone reads from.
+fn reserve(
+    ctx: &Ctx,
+    s: &mut State,
+    r: &BranchRef,
+    source: &Source,
+    snap: &SnapshotId,
+) -> Result<Reserved> {
+    let p = get_project(s, &r.project)?;
+    if p.branch(&r.branch).is_some() {
+        bail!("branch `{r}` already exists (see `velo branch get {r}`)");
+    }
+    // Generations the clone reads from: kept (not tidied away) until it is committed.
+    let mut pins = Vec::new();
+    let mut pitr = None;
+    let (origin, parent_name) = match source {
+        Source::Parent(parent) => {
+            let name = parent.clone().unwrap_or_else(BranchName::main);
+            let parent = get_branch(p, &BranchRef::new(r.project.clone(), name.clone()))?;
+            let origin = Origin {
+                branch: name.clone(),
+                generation: parent.generation,
+                snapshot: snap.clone(),
+                owned: true,
+                created_at: Utc::now(),
+                wal_from: None,
+                recovered: false,
+            };
+            (origin, name)
+        }
+        Source::Snapshot(key) => {
+            let snapshot = super::snapshot::resolve(p, &r.project, key)?;
+            (snapshot.as_origin_now(), snapshot.branch.clone())
+        }
+        Source::Pitr { target, parent } => {
+            let name = parent.clone().unwrap_or_else(BranchName::main);
+            let source_ref = BranchRef::new(r.project.clone(), name.clone());
+            let source = get_branch(p, &source_ref)?;
+            // The recovery replays the source generation's WAL archive.
+            pins.push(Pin {
+                branch: name.clone(),
+                generation: source.generation,
+            });
+            pitr = Some(Recovery {
+                source: name.clone(),
+                generation: source.generation,
+                target: *target,
+            });
+            let origin = Origin {
+                recovered: true,
+                created_at: Utc::now(),
+                ..super::wal::pitr_base(ctx, p, &source_ref, *target)?
+            };
+            (origin, name)
+        }
+    };
+    if parent_name == r.branch {
+        bail!("a branch cannot be its own parent");
+    }
+    pins.push(Pin {
+        branch: origin.branch.clone(),
+        generation: origin.generation,
+    });
+    let parent_ref = BranchRef::new(r.project.clone(), parent_name);
+    let parent = get_branch(p, &parent_ref)?.clone();
+    if let Some(busy) = &parent.busy {
+        bail!(
+            "`{parent_ref}` is busy with `velo {}`; try again when it is done",
+            busy.operation
+        );
+    }
+    let port = allocate_port(s, &[])?;
+    let branch = Branch {
+        parent: Some(parent_ref.branch.clone()),
+        port,
+        generation: 0,
+        origin: Some(origin.clone()),
+        retired: Vec::new(),
+        desired: RunState::Running,
+        created_at: Utc::now(),
+        busy: Some(super::busy_marker("branch create")),
+    };
+    let undo = Undo::begin(
+        s,
+        Intent {
+            command: "branch create",
+            project: &r.project,
+            branches: vec![r.branch.clone()],
+            pins,
+            recovery: JournalRecovery::RollBack {
+                forget: Forget::NewBranch,
+            },
+        },
+    );
+    let p = get_project_mut(s, &r.project)?;
+    p.branches.insert(r.branch.clone(), branch);
+    Ok(Reserved {
+        project: p.clone(),
+        parent_ref,
+        parent,
+        origin,
+        pitr,
+        undo,
+    })
+}

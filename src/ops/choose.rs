@@ -1,0 +1,185 @@
+//! Which storage and runtime a new project gets: what the user asked for, else the best the
+//! machine offers, with the reason recorded (`project get` and `velo doctor` show it).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, Result, bail};
+
+use super::Ctx;
+use crate::pgversion::MIN_MAJOR;
+use crate::state::{RuntimeRecord, StorageRecord, ZfsLayout};
+use crate::storage::zfs::user_base;
+
+/// The PostgreSQL major a new project gets when nothing says otherwise.
+pub const DEFAULT_MAJOR: u32 = 17;
+
+/// Storage backends, as `--storage` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum StorageKind {
+    Zfs,
+    Btrfs,
+    Reflink,
+    Copy,
+}
+
+/// Runtimes, as `--runtime` names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RuntimeKind {
+    Docker,
+    Native,
+}
+
+/// What `project create` was asked for.
+#[derive(Debug, Clone, Default)]
+pub struct Wanted {
+    pub storage: Option<StorageKind>,
+    pub runtime: Option<RuntimeKind>,
+    pub pool: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub pg_version: Option<u32>,
+    pub image: Option<String>,
+}
+
+/// The storage and runtime chosen, and why.
+#[derive(Debug, Clone)]
+pub struct Choice {
+    pub storage: StorageRecord,
+    pub runtime: RuntimeRecord,
+    pub why: String,
+}
+
+/// The official image of a PostgreSQL major.
+pub fn image_for(major: u32) -> String {
+    format!("postgres:{major}-alpine")
+}
+
+pub async fn choose(ctx: &Ctx, wanted: &Wanted) -> Result<Choice> {
+    if let Some(v) = wanted.pg_version
+        && v < MIN_MAJOR
+    {
+        bail!(
+            "velo needs PostgreSQL {MIN_MAJOR} or newer (older majors are past their end of life); pass --pg-version {DEFAULT_MAJOR}"
+        );
+    }
+    let (storage, storage_why) = choose_storage(ctx, wanted).await?;
+    let (runtime, runtime_why) = choose_runtime(wanted)?;
+    Ok(Choice {
+        storage,
+        runtime,
+        why: format!("{storage_why}; {runtime_why}"),
+    })
+}
+
+async fn choose_storage(ctx: &Ctx, wanted: &Wanted) -> Result<(StorageRecord, String)> {
+    match wanted.storage {
+        None | Some(StorageKind::Zfs) => {
+            let (pool, why) = choose_pool(ctx, wanted.pool.clone()).await?;
+            let record = StorageRecord::Zfs {
+                base: user_base(&pool, &dataset_user()),
+                pool,
+                layout: ZfsLayout::Flat,
+            };
+            let why = if wanted.storage.is_some() {
+                "zfs as asked".to_string()
+            } else {
+                why
+            };
+            Ok((record, why))
+        }
+        Some(other) => bail!("this velo cannot use {other:?} storage yet"),
+    }
+}
+
+fn choose_runtime(wanted: &Wanted) -> Result<(RuntimeRecord, String)> {
+    match wanted.runtime {
+        None | Some(RuntimeKind::Docker) => {
+            let image = wanted
+                .image
+                .clone()
+                .unwrap_or_else(|| image_for(wanted.pg_version.unwrap_or(DEFAULT_MAJOR)));
+            Ok((RuntimeRecord::Docker { image }, "docker".into()))
+        }
+        Some(RuntimeKind::Native) => bail!("this velo cannot use the native runtime yet"),
+    }
+}
+
+/// The pool to use: the one asked for, else the one `velo setup` recorded, else the only
+/// imported pool; and why.
+pub async fn choose_pool(ctx: &Ctx, asked: Option<String>) -> Result<(String, String)> {
+    let pools = ctx
+        .backends
+        .zfs()
+        .pools()
+        .await
+        .context("listing ZFS pools")?;
+    let (asked, why) = match (asked, &ctx.config.pool) {
+        (Some(p), _) => (Some(p), "the pool asked for"),
+        (None, Some(p)) => (Some(p.clone()), "the pool `velo setup` recorded"),
+        (None, None) => (None, "the only pool imported"),
+    };
+    match asked {
+        Some(p) if pools.contains(&p) => Ok((p.clone(), format!("zfs: pool {p} is {why}"))),
+        Some(p) => bail!(
+            "ZFS pool `{p}` is not imported (pools here: {}); import it or pass another --pool",
+            list_or_none(&pools)
+        ),
+        None => match pools.as_slice() {
+            [only] => Ok((only.clone(), format!("zfs: pool {only} is {why}"))),
+            [] => bail!(
+                "no ZFS pool is imported: create one (`zpool create tank /dev/…`) or import it"
+            ),
+            many => bail!(
+                "several ZFS pools are imported ({}): choose one with --pool",
+                many.join(", ")
+            ),
+        },
+    }
+}
+
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
+/// The name of this user's base dataset: the login name when it is a plain one, else the uid.
+pub fn dataset_user() -> String {
+    let uid = rustix::process::geteuid().as_raw();
+    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+        p.lines().find_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+        })
+    });
+    match name {
+        Some(n) if plain_user_name(&n) => n,
+        _ => format!("uid{uid}"),
+    }
+}
+
+/// `[a-z_][a-z0-9_-]*`, at most 32 characters: safe in a dataset name and a sudoers rule.
+pub fn plain_user_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 32
+        && chars
+            .next()
+            .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_safe_for_datasets_and_sudoers() {
+        for ok in ["ann", "_svc", "a-b_c9"] {
+            assert!(plain_user_name(ok), "{ok}");
+        }
+        for bad in ["", "Ann", "a.b", "a b", "9a", "a/b", &"a".repeat(33)] {
+            assert!(!plain_user_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,330 @@
+//! A branch's server as velo makes it: its spec from the state, its private Unix socket, its
+//! settings, waiting until it answers, and putting it back on the data the state records.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, bail};
+use chrono::{DateTime, Utc};
+
+use super::{Ctx, signal};
+use crate::archive;
+use crate::fsx;
+use crate::hostdir::{self, Access};
+use crate::names::{self, BranchName, BranchRef};
+use crate::pg::{Endpoint, Sql};
+use crate::runtime::{Labels, Runtime, ServerPaths, ServerSpec, ServerStatus, ServerUser};
+use crate::state::{Branch, Project};
+
+/// The one host address every branch's PostgreSQL listens on.
+pub const HOST_IP: &str = "127.0.0.1";
+
+/// How long a branch (which needs no initdb) may take to answer.
+pub const BRANCH_READY: Duration = Duration::from_secs(60);
+
+/// How long one readiness attempt may take, connection and query.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long PostgreSQL gets for a fast shutdown before it is killed.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The client authentication file every branch's server uses (`hba_file`), in place of the
+/// `pg_hba.conf` in its data directory. The Unix socket, in a directory only velo's user (and
+/// the server) can enter, is trusted: that is how velo itself connects, with no password on
+/// any wire. Every TCP connection needs the password; `md5` does SCRAM for SCRAM-hashed
+/// passwords (which velo sets), and still accepts an older image's MD5 hashes.
+const HBA: &str = "\
+# Written by velo; every branch server reads it (hba_file). Edits are overwritten.
+local all all trust
+host all all all md5
+host replication all all md5
+";
+
+/// What PostgreSQL logs when another program holds its port.
+const PORT_TAKEN_LOG: &str = "Address already in use";
+
+/// Another program holds the port a branch's server should listen on.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "port {port} on {HOST_IP} is already in use by another program: stop it, or let `velo repair --fix` move the branch to a free port"
+)]
+pub struct PortTaken {
+    pub port: u16,
+}
+
+/// A branch's data directory inside its volume. PGDATA lives in a subdirectory, so a volume
+/// that is not mounted leaves nothing for a server to initialise as an empty database.
+pub fn data_dir(volume_root: &Path) -> PathBuf {
+    volume_root.join("pgdata")
+}
+
+/// The directory of a branch's Unix socket. Named by port (unique among the home's branches,
+/// and short: a socket's path has at most 107 bytes).
+pub fn socket_dir(ctx: &Ctx, port: u16) -> PathBuf {
+    ctx.store.dir().join("run").join(port.to_string())
+}
+
+/// How velo talks to a branch's server: over its socket, as the project's superuser, with no
+/// password.
+pub fn sql(ctx: &Ctx, project: &Project, branch: &Branch) -> Arc<dyn Sql> {
+    ctx.backends.sql(Endpoint {
+        socket_dir: socket_dir(ctx, branch.port),
+        port: branch.port,
+        user: project.user.clone(),
+        database: project.database.clone(),
+        server_uid: project.pg_uid,
+    })
+}
+
+/// The connection URL users get, without the password.
+pub fn url(project: &Project, branch: &Branch) -> String {
+    format!(
+        "postgresql://{}@{HOST_IP}:{}/{}",
+        project.user, branch.port, project.database
+    )
+}
+
+/// Who a project's servers run as.
+pub fn server_user(project: &Project) -> ServerUser {
+    ServerUser {
+        uid: project.pg_uid,
+        gid: project.pg_gid,
+    }
+}
+
+/// A point-in-time branch's first start: replay `source`'s generation `generation` archive up
+/// to `target`, then promote. The settings are passed to the server, never written into its
+/// data directory, and do nothing once recovery has ended (PostgreSQL removes the
+/// `recovery.signal` that starts it when it promotes).
+pub struct Recovery {
+    pub source: BranchName,
+    pub generation: u32,
+    pub target: DateTime<Utc>,
+}
+
+impl Recovery {
+    fn settings(&self, view: &ServerPaths) -> Vec<(String, String)> {
+        let root = view.archives_root.display().to_string();
+        vec![
+            (
+                "restore_command".into(),
+                archive::restore_command(&root, &self.source, self.generation),
+            ),
+            (
+                "recovery_target_time".into(),
+                self.target.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string(),
+            ),
+            ("recovery_target_action".into(), "promote".into()),
+        ]
+    }
+}
+
+/// The spec of a branch's server on the volume at `volume_root` (for its recovery, if given).
+/// Makes sure its socket directory and velo's `pg_hba.conf` exist.
+pub fn spec(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    volume_root: &Path,
+    runtime: &dyn Runtime,
+    recovery: Option<&Recovery>,
+) -> Result<ServerSpec> {
+    let user = server_user(project);
+    let sockets = socket_dir(ctx, branch.port);
+    hostdir::private_dir(sockets.parent().expect("run/<port>"))
+        .and_then(|_| hostdir::server_dir(&sockets, user.uid, user.gid, Access::ReadWrite))
+        .with_context(|| format!("preparing the socket directory {}", sockets.display()))?;
+    let archives = ctx.archives();
+    let paths = ServerPaths {
+        data_dir: data_dir(volume_root),
+        socket_dir: sockets,
+        archive_dir: archives.generation_dir(&r.project, &r.branch, branch.generation),
+        archives_root: archives.project_dir(&r.project),
+        hba_file: write_hba(ctx)?,
+    };
+    let name = names::server_name(r);
+    let view = runtime.view(&paths);
+    let mut settings = settings(&view, branch.port, &name);
+    settings.extend(recovery.map(|x| x.settings(&view)).unwrap_or_default());
+    Ok(ServerSpec {
+        name,
+        labels: Labels {
+            project: r.project.to_string(),
+            branch: r.branch.to_string(),
+            home: ctx.home_label(),
+        },
+        user,
+        paths,
+        settings,
+    })
+}
+
+/// Writes [`HBA`] into the velo home unless it is there already; returns its path. Readable by
+/// all (a server in a container reads it as another uid): it holds no secret.
+fn write_hba(ctx: &Ctx) -> Result<PathBuf> {
+    let path = ctx.store.dir().join("pg_hba.conf");
+    let home = ctx.store.open_home()?;
+    let current = fsx::read_regular_at(home.as_fd(), "pg_hba.conf", 4096)
+        .ok()
+        .flatten();
+    if current.as_deref() != Some(HBA.as_bytes()) {
+        fsx::replace_at(home.as_fd(), "pg_hba.conf", HBA.as_bytes(), 0o644, None)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(path)
+}
+
+/// Settings every branch runs with, for a server that sees its directories as `view`:
+/// listening on `port` of 127.0.0.1 and on its private socket, with velo's client
+/// authentication; WAL archiving into its own archive; and a crash recovery that syncs the
+/// data directory's file system with one `syncfs` instead of an `fsync` of every file (a clone
+/// of a running server always starts with crash recovery, and the per-file walk was 0.3 s of
+/// a branch's start here, docs/benchmarks.md).
+fn settings(view: &ServerPaths, port: u16, name: &str) -> Vec<(String, String)> {
+    let path = |p: &Path| p.display().to_string();
+    [
+        ("listen_addresses", HOST_IP.to_string()),
+        ("port", port.to_string()),
+        ("unix_socket_directories", path(&view.socket_dir)),
+        ("hba_file", path(&view.hba_file)),
+        ("cluster_name", name.to_string()),
+        ("wal_level", "replica".into()),
+        ("archive_mode", "on".into()),
+        (
+            "archive_command",
+            archive::archive_command(&path(&view.archive_dir)),
+        ),
+        ("recovery_init_sync_method", "syncfs".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// Starts a branch's server and waits until PostgreSQL answers.
+pub async fn start_and_wait(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    deadline: Duration,
+) -> Result<()> {
+    let runtime = ctx.runtime(project)?;
+    ctx.shell
+        .step("Start server", runtime.start(&names::server_name(r)))
+        .await?;
+    wait_ready(ctx, project, r, branch, deadline).await
+}
+
+/// Waits until a branch's PostgreSQL answers `SELECT 1` out of recovery; on failure the error
+/// carries the server's last log lines. A signal stops the wait.
+pub async fn wait_ready(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    deadline: Duration,
+) -> Result<()> {
+    let runtime = ctx.runtime(project)?;
+    let name = names::server_name(r);
+    let deadline = ctx.ready_timeout(deadline);
+    let sql = sql(ctx, project, branch);
+    let waiting = ctx.shell.step(
+        "Ready",
+        poll_ready(sql.as_ref(), deadline, || async {
+            match runtime.status(&name).await {
+                Ok(ServerStatus::Running) | Err(_) => Ok(()),
+                Ok(other) => Err(format!("server {name} is not running: {}", other.word())),
+            }
+        }),
+    );
+    let ready = tokio::select! {
+        ready = waiting => ready,
+        () = signal::until_interrupted() => return Err(signal::Interrupted.into()),
+    };
+    if let Err(e) = ready {
+        let logs = runtime.logs_tail(&name, 15).await;
+        if logs.contains(PORT_TAKEN_LOG)
+            && runtime.status(&name).await.ok() != Some(ServerStatus::Running)
+        {
+            return Err(PortTaken { port: branch.port }.into());
+        }
+        return Err(e.context(format!(
+            "PostgreSQL for `{r}` did not become ready; its last log lines:\n{}",
+            logs.trim_end()
+        )));
+    }
+    Ok(())
+}
+
+/// Polls until the server answers `SELECT 1` out of recovery, or `deadline` passes. `alive` is
+/// asked between attempts so a server that died is reported at once instead of after the
+/// whole deadline.
+pub async fn poll_ready<F, Fut>(sql: &dyn Sql, deadline: Duration, mut alive: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let start = Instant::now();
+    // A missing socket costs nothing and a starting server answers "starting up" from a
+    // short-lived backend, so the first seconds are polled tightly: every pause is time lost.
+    let mut pause = Duration::from_millis(5);
+    let mut last = String::from("no attempt made");
+    let mut asked_alive = Instant::now();
+    while start.elapsed() < deadline {
+        match tokio::time::timeout(PROBE_TIMEOUT, sql.probe()).await {
+            Ok(Ok(true)) => return Ok(()),
+            Ok(Ok(false)) => last = "still in recovery".into(),
+            Ok(Err(e)) => last = format!("{:#}", anyhow::Error::new(e)),
+            Err(_) => last = format!("no answer within {PROBE_TIMEOUT:?}"),
+        }
+        if asked_alive.elapsed() > Duration::from_millis(200) {
+            asked_alive = Instant::now();
+            if let Err(why) = alive().await {
+                last = why;
+                break;
+            }
+        }
+        tokio::time::sleep(pause).await;
+        if start.elapsed() > Duration::from_secs(2) {
+            pause = (pause * 2).min(Duration::from_millis(100));
+        }
+    }
+    bail!(
+        "PostgreSQL was not ready after {:.1} s: {last}",
+        start.elapsed().as_secs_f64()
+    )
+}
+
+/// Puts a branch's server back on the generation the state records (the undo of a reset,
+/// restore or start), started and answering again if `start`: a command that waited for this
+/// one (a snapshot's CHECKPOINT, say) must not meet it half started. Not cut short by a
+/// signal: this is the roll-back a signal asked for.
+pub async fn restore(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    start: bool,
+) -> Result<()> {
+    let (storage, runtime) = (ctx.storage(project)?, ctx.runtime(project)?);
+    let root = storage
+        .path(&branch.volume(r))
+        .await?
+        .with_context(|| format!("the data of `{r}` is not available"))?;
+    let spec = spec(ctx, project, r, branch, &root, runtime.as_ref(), None)?;
+    runtime.remove(&names::retired_server_name(r)).await?;
+    runtime.remove(&spec.name).await?;
+    runtime.create(&spec).await?;
+    if start {
+        runtime.start(&spec.name).await?;
+        poll_ready(sql(ctx, project, branch).as_ref(), BRANCH_READY, || async {
+            Ok(())
+        })
+        .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! Runs one recorded undo step. Every step names only parts of the operation's own project,
+//! which the project's storage and runtime map to what they are; each treats "already gone"
+//! as success.
+
+use anyhow::{Result, anyhow};
+
+use super::{Ctx, server};
+use crate::names::{self, BranchRef, SnapshotRef, VolumeId};
+use crate::state::UndoStep;
+
+pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
+    let state = ctx.store.read()?;
+    let name = state
+        .journal
+        .get(op)
+        .ok_or_else(|| anyhow!("operation {op} vanished from the journal"))?
+        .project
+        .clone();
+    // The reservation outlives its undo steps, so the project is there; if someone removed it
+    // from the file by hand, nothing records what its parts are, and `velo repair` finds them.
+    let Some(project) = state.projects.get(&name) else {
+        return Ok(());
+    };
+    let at = |branch: &names::BranchName| BranchRef::new(name.clone(), branch.clone());
+    match step {
+        UndoStep::DestroySnapshot {
+            branch,
+            generation,
+            id,
+        } => {
+            let s = SnapshotRef {
+                volume: VolumeId::new(&at(branch), *generation),
+                id: id.clone(),
+            };
+            ctx.storage(project)?.destroy_snapshot(&s).await?;
+        }
+        UndoStep::DestroyVolume { branch, generation } => {
+            let v = VolumeId::new(&at(branch), *generation);
+            ctx.storage(project)?.destroy_volume(&v).await?;
+        }
+        UndoStep::DestroyProject => ctx.storage(project)?.destroy_project(&name).await?,
+        UndoStep::RemoveServer { branch } => {
+            let runtime = ctx.runtime(project)?;
+            let server = names::server_name(&at(branch));
+            // Only a server of this velo home: a name clash never removes someone else's.
+            let ours = runtime
+                .list_managed()
+                .await?
+                .iter()
+                .any(|s| s.name == server);
+            if ours {
+                runtime.remove(&server).await?;
+            }
+        }
+        UndoStep::RemoveArchive { branch, generation } => {
+            let archives = ctx.archives();
+            let dir = match (branch, generation) {
+                (Some(b), Some(g)) => archives.generation_dir(&name, b, *g),
+                (Some(b), None) => archives.branch_dir(&name, b),
+                _ => archives.project_dir(&name),
+            };
+            super::remove_dir(&dir)?;
+        }
+        UndoStep::RestoreServer { branch, start } => {
+            let r = at(branch);
+            let b = super::get_branch(project, &r)?;
+            server::restore(ctx, project, &r, b, *start).await?;
+        }
+    }
+    Ok(())
+}

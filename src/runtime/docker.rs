@@ -1,0 +1,263 @@
+//! Servers as Docker containers of a PostgreSQL image.
+//!
+//! A server's container runs `postgres` directly as the image's postgres user, not through the
+//! image's entrypoint: the data directory is always initialised already (by [`Runtime::init`],
+//! a helper container of the same image running `initdb`), so the entrypoint would only check
+//! ownership and `exec` the server. Running it directly means no root process in any server
+//! container, and no password in any container's environment (docs/design.md says which parts
+//! of the image's contract this keeps). Containers share the host's network (the server
+//! listens on 127.0.0.1 only) and see velo's host directories at fixed paths ([`view`]).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+
+use super::{
+    ManagedServer, Result, Runtime, RuntimeError, ServerPaths, ServerSpec, ServerStatus, ServerUser,
+};
+use crate::docker::{
+    BindMount, ContainerSpec, ContainerStatus, Engine, LABEL_BRANCH, LABEL_HOME, LABEL_MANAGED,
+    LABEL_PROJECT,
+};
+use crate::fsx;
+
+/// Where a container sees velo's host directories.
+const DATA: &str = "/var/lib/postgresql/data";
+const SOCKET: &str = "/run/velo";
+const ARCHIVE: &str = "/var/lib/postgresql/wal-archive";
+const ARCHIVES: &str = "/var/lib/postgresql/wal-archives";
+const HBA: &str = "/etc/velo/pg_hba.conf";
+/// Where a helper that prepares a new volume sees its root.
+const PREPARE: &str = "/velo-prepare";
+
+/// The Docker runtime of one image.
+#[derive(Debug)]
+pub struct DockerRuntime {
+    engine: Arc<Engine>,
+    image: String,
+    home: String,
+    user: OnceCell<ServerUser>,
+}
+
+impl DockerRuntime {
+    pub fn new(engine: Arc<Engine>, image: String, home: String) -> Self {
+        Self {
+            engine,
+            image,
+            home,
+            user: OnceCell::new(),
+        }
+    }
+
+    fn helper(
+        &self,
+        user: ServerUser,
+        mounts: Vec<BindMount>,
+        script: &str,
+        args: &[&str],
+    ) -> ContainerSpec {
+        ContainerSpec {
+            image: self.image.clone(),
+            user: Some(format!("{}:{}", user.uid, user.gid)),
+            entrypoint: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            cmd: args.iter().map(|a| a.to_string()).collect(),
+            labels: vec![
+                (LABEL_MANAGED.into(), "helper".into()),
+                (LABEL_HOME.into(), self.home.clone()),
+            ],
+            mounts,
+            ..ContainerSpec::default()
+        }
+    }
+}
+
+fn bind(source: &Path, target: &str, read_only: bool) -> BindMount {
+    BindMount {
+        source: source.display().to_string(),
+        target: target.to_string(),
+        read_only,
+    }
+}
+
+#[async_trait]
+impl Runtime for DockerRuntime {
+    fn describe(&self) -> String {
+        format!("docker, image {}", self.image)
+    }
+
+    async fn prepare(&self) -> Result<ServerUser> {
+        let user = self
+            .user
+            .get_or_try_init(|| async {
+                let u = self.engine.postgres_user(&self.image).await?;
+                Ok::<_, RuntimeError>(ServerUser {
+                    uid: u.uid,
+                    gid: u.gid,
+                })
+            })
+            .await?;
+        Ok(*user)
+    }
+
+    async fn make_data_dir(&self, volume_root: &Path, user: ServerUser) -> Result<PathBuf> {
+        let pgdata = volume_root.join("pgdata");
+        if rustix::process::geteuid().is_root() {
+            // A volume velo made a moment ago: nobody else has written in it yet.
+            let io = |action| {
+                let path = pgdata.clone();
+                move |source: std::io::Error| RuntimeError::Io {
+                    action,
+                    path,
+                    source,
+                }
+            };
+            let root = fsx::open_dir(volume_root).map_err(io("opening"))?;
+            fsx::make_dir_at(&root, "pgdata", 0o700, Some((user.uid, user.gid)))
+                .map_err(io("creating"))?;
+            return Ok(pgdata);
+        }
+        // A user cannot give a directory to another uid; Docker access is root-equivalent, so a
+        // throw-away root container of the image does it (docs/setup.md).
+        let root = ServerUser { uid: 0, gid: 0 };
+        let mut helper = self.helper(
+            root,
+            vec![bind(volume_root, PREPARE, false)],
+            "mkdir -m 700 \"$0/pgdata\" && chown \"$1\" \"$0/pgdata\"",
+            &[PREPARE, &format!("{}:{}", user.uid, user.gid)],
+        );
+        helper.cap_add = vec!["CHOWN".into(), "DAC_OVERRIDE".into(), "FOWNER".into()];
+        self.engine.run_helper(&helper).await?;
+        Ok(pgdata)
+    }
+
+    async fn init(&self, data_dir: &Path, superuser: &str, user: ServerUser) -> Result<()> {
+        let helper = self.helper(
+            user,
+            vec![bind(data_dir, DATA, false)],
+            "exec initdb -D \"$0\" -U \"$1\" --auth-local=trust --auth-host=scram-sha-256 -E UTF8 >/dev/null",
+            &[DATA, superuser],
+        );
+        Ok(self.engine.run_helper(&helper).await?)
+    }
+
+    fn view(&self, paths: &ServerPaths) -> ServerPaths {
+        ServerPaths {
+            data_dir: DATA.into(),
+            socket_dir: SOCKET.into(),
+            archive_dir: ARCHIVE.into(),
+            archives_root: ARCHIVES.into(),
+            hba_file: if paths.hba_file.as_os_str().is_empty() {
+                PathBuf::new()
+            } else {
+                HBA.into()
+            },
+        }
+    }
+
+    async fn create(&self, spec: &ServerSpec) -> Result<()> {
+        let p = &spec.paths;
+        let mut cmd = vec!["-D".to_string(), DATA.to_string()];
+        for (k, v) in &spec.settings {
+            cmd.push("-c".into());
+            cmd.push(format!("{k}={v}"));
+        }
+        let container = ContainerSpec {
+            name: Some(spec.name.clone()),
+            image: self.image.clone(),
+            user: Some(format!("{}:{}", spec.user.uid, spec.user.gid)),
+            entrypoint: vec!["postgres".into()],
+            cmd,
+            labels: vec![
+                (LABEL_MANAGED.into(), "true".into()),
+                (LABEL_PROJECT.into(), spec.labels.project.clone()),
+                (LABEL_BRANCH.into(), spec.labels.branch.clone()),
+                (LABEL_HOME.into(), spec.labels.home.clone()),
+            ],
+            mounts: vec![
+                bind(&p.data_dir, DATA, false),
+                bind(&p.socket_dir, SOCKET, false),
+                bind(&p.archive_dir, ARCHIVE, false),
+                bind(&p.archives_root, ARCHIVES, true),
+                bind(&p.hba_file, HBA, true),
+            ],
+            host_network: true,
+            stop_signal: Some("SIGINT".into()),
+            ..ContainerSpec::default()
+        };
+        self.engine.create(&container).await?;
+        Ok(())
+    }
+
+    async fn signal_file(&self, spec: &ServerSpec, name: &str, user: ServerUser) -> Result<()> {
+        // As the server's own user inside the container: a link planted in the data directory
+        // can only lead to what that user reaches in a container of its own.
+        let helper = self.helper(
+            user,
+            vec![bind(&spec.paths.data_dir, DATA, false)],
+            "umask 077 && rm -f \"$0/$1\" && : > \"$0/$1\"",
+            &[DATA, name],
+        );
+        Ok(self.engine.run_helper(&helper).await?)
+    }
+
+    async fn start(&self, name: &str) -> Result<()> {
+        Ok(self.engine.start(name).await?)
+    }
+
+    async fn stop(&self, name: &str, timeout: Duration) -> Result<()> {
+        Ok(self.engine.stop(name, timeout).await?)
+    }
+
+    async fn kill(&self, name: &str) -> Result<()> {
+        Ok(self.engine.kill(name).await?)
+    }
+
+    async fn rename(&self, name: &str, to: &str) -> Result<bool> {
+        Ok(self.engine.rename(name, to).await?)
+    }
+
+    async fn remove(&self, name: &str) -> Result<()> {
+        Ok(self.engine.remove(name).await?)
+    }
+
+    async fn status(&self, name: &str) -> Result<ServerStatus> {
+        Ok(match self.engine.status(name).await? {
+            ContainerStatus::Missing => ServerStatus::Missing,
+            ContainerStatus::Running => ServerStatus::Running,
+            ContainerStatus::Stopped { exit_code } => ServerStatus::Stopped { exit_code },
+            ContainerStatus::Other(o) => ServerStatus::Other(o),
+        })
+    }
+
+    async fn logs_tail(&self, name: &str, lines: usize) -> String {
+        self.engine.logs_tail(name, lines).await
+    }
+
+    async fn list_managed(&self) -> Result<Vec<ManagedServer>> {
+        Ok(self
+            .engine
+            .list_managed(&self.home)
+            .await?
+            .into_iter()
+            .map(|c| ManagedServer {
+                data_dir: c
+                    .mounts
+                    .iter()
+                    .find(|(target, _)| target == DATA)
+                    .map(|(_, source)| PathBuf::from(source)),
+                name: c.name,
+                project: c.project,
+                branch: c.branch,
+                running: c.running,
+                volumes: c.volumes,
+            })
+            .collect())
+    }
+
+    async fn version(&self) -> Result<String> {
+        Ok(format!("Docker {}", self.engine.version().await?))
+    }
+}
