@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Brings up velo's test rig on a Debian 12 machine (run as root):
-#   * apt packages: zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo iproute2
+#   * apt packages: zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo
+#     iproute2 btrfs-progs xfsprogs
 #   * the zfs-fuse daemon (userspace ZFS; the kernel has no ZFS module)
 #   * a file-backed pool $VELO_TEST_POOL (default velotest), imported and mounted
 #   * dockerd (started by hand: there is no systemd)
+#   * loop-mounted btrfs and xfs (reflink) images, and the non-root test user velo-ci with a
+#     private directory on btrfs, xfs and ext4 (scripts/rig/storage.sh)
 #   * the local image $VELO_TEST_IMAGE (default velo-test/postgres:15), built from
 #     Debian's postgresql-15 via debootstrap + docker import (no registry needed)
 #   * a smoke check that a container sees (and can write) a bind-mounted
 #     directory that lives on a zfs-fuse dataset
+# Paths and names: scripts/rig/env.sh. Each part logs what it does and how long it took.
 # Idempotent: on a machine where everything is up it only checks, and changes nothing.
 #
 # Environment:
@@ -18,6 +22,7 @@
 #   VELO_RIG_MIRROR      Debian mirror for debootstrap      (default: from apt sources)
 #   VELO_RIG_DOCKER_STORAGE_DRIVER  force dockerd's storage driver (default: overlay2,
 #                        falling back to vfs if containers cannot run on overlay2)
+#   VELO_RIG_FS_SIZE     sparse size of a new btrfs/xfs image (default 8G)
 set -euo pipefail
 
 POOL="${VELO_TEST_POOL:-velotest}"
@@ -36,13 +41,19 @@ ROOTFS_TAR="$CACHE_DIR/rootfs-$SUITE-postgresql-15-v$ROOTFS_VERSION.tar"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 IMAGE_CTX="$HERE/postgres-image"
 if [[ "${IMAGE##*/}" == *:* ]]; then BASE_IMAGE="$IMAGE-base"; else BASE_IMAGE="$IMAGE:base"; fi
-PACKAGES=(zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo iproute2)
+PACKAGES=(zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo iproute2
+	btrfs-progs xfsprogs)
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
 export DOCKER_BUILDKIT=0 # the legacy builder is all a registry-less 20.10 daemon needs
 
 START=$SECONDS
 log() { printf '[rig-up %3ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
 die() { printf '[rig-up] error: %s\n' "$*" >&2; exit 1; }
+
+# shellcheck source=rig/env.sh
+. "$HERE/rig/env.sh"
+# shellcheck source=rig/storage.sh
+. "$HERE/rig/storage.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root"
 mkdir -p "$RIG_DIR" "$POOL_DIR" "$CACHE_DIR"
@@ -65,6 +76,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	apt_opts=(-o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
 	apt-get "${apt_opts[@]}" update -qq
 	apt-get "${apt_opts[@]}" install -y -qq "${PACKAGES[@]}" >/dev/null
+	log "installed ${#missing[@]} package(s)"
 fi
 
 # --- 2. zfs-fuse ---------------------------------------------------------------
@@ -172,7 +184,14 @@ if ! docker info >/dev/null 2>&1; then
 	fi
 fi
 
-# --- 5. the postgres image -----------------------------------------------------
+# --- 5. file systems for the storage backends, and the non-root test user --------
+T0=$SECONDS
+rig_filesystems
+rig_test_user
+rig_fs_checks
+[ $((SECONDS - T0)) -lt 2 ] || log "file systems and $RIG_TEST_USER ready in $((SECONDS - T0))s"
+
+# --- 6. the postgres image -----------------------------------------------------
 debian_mirror() {
 	if [ -n "${VELO_RIG_MIRROR:-}" ]; then echo "$VELO_RIG_MIRROR"; return; fi
 	local m
@@ -279,7 +298,7 @@ if [ "$(image_label "$IMAGE" velo.rig.recipe)" != "$RECIPE_HASH" ]; then
 fi
 IMAGE_ID="$(docker image inspect --format '{{.Id}}' "$IMAGE")"
 
-# --- 6. smoke: a container uses a bind-mounted zfs-fuse dataset ---------------------
+# --- 7. smoke: a container uses a bind-mounted zfs-fuse dataset ---------------------
 # Cached per (dockerd, zfs-fuse, image): a second run does not redo it.
 DOCKER_DRIVER="$(docker info --format '{{.Driver}}')"
 SMOKE_KEY="dockerd=$(cat /var/run/docker.pid 2>/dev/null) zfs-fuse=$(cat "$ZFS_PIDFILE" 2>/dev/null) image=$IMAGE_ID pool=$POOL"
@@ -329,3 +348,5 @@ fi
 printf 'rig up: pool=%s (%s, mounted at %s) docker=%s (%s) image=%s (%s) in %ds\n' \
 	"$POOL" "$POOL_FILE" "$POOL_MNT" "$(docker version --format '{{.Server.Version}}')" "$DOCKER_DRIVER" \
 	"$IMAGE" "${IMAGE_ID#sha256:}" "$((SECONDS - START))" | cut -c1-400
+printf 'rig up: btrfs=%s xfs=%s ext4=%s user=%s\n' \
+	"$RIG_BTRFS_DIR" "$RIG_XFS_DIR" "$RIG_EXT4_DIR" "$RIG_TEST_USER"
