@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Brings up velo's test rig on a Debian 12 machine (run as root):
 #   * apt packages: zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo
-#     iproute2 btrfs-progs xfsprogs
+#     iproute2 btrfs-progs xfsprogs docker-registry curl
 #   * the zfs-fuse daemon (userspace ZFS; the kernel has no ZFS module)
 #   * a file-backed pool $VELO_TEST_POOL (default velotest), imported and mounted
 #   * dockerd (started by hand: there is no systemd)
@@ -13,6 +13,7 @@
 #     directory that lives on a zfs-fuse dataset
 #   * PostgreSQL 14-18 server binaries from npm in $VELO_RIG_DIR/pg/<major>, and images
 #     velo-test/postgres:{14,16,17,18} made from them (scripts/rig/postgres.sh)
+#   * a local registry on 127.0.0.1:5000 holding velo-test/postgres:17 (scripts/rig/registry.sh)
 # Paths and names: scripts/rig/env.sh. Each part logs what it does and how long it took.
 # Idempotent: on a machine where everything is up it only checks, and changes nothing.
 #
@@ -45,7 +46,7 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 IMAGE_CTX="$HERE/postgres-image"
 if [[ "${IMAGE##*/}" == *:* ]]; then BASE_IMAGE="$IMAGE-base"; else BASE_IMAGE="$IMAGE:base"; fi
 PACKAGES=(zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo iproute2
-	btrfs-progs xfsprogs)
+	btrfs-progs xfsprogs docker-registry curl)
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
 export DOCKER_BUILDKIT=0 # the legacy builder is all a registry-less 20.10 daemon needs
 
@@ -59,6 +60,8 @@ die() { printf '[rig-up] error: %s\n' "$*" >&2; exit 1; }
 . "$HERE/rig/storage.sh"
 # shellcheck source=rig/postgres.sh
 . "$HERE/rig/postgres.sh"
+# shellcheck source=rig/registry.sh
+. "$HERE/rig/registry.sh"
 
 [ "$(id -u)" = 0 ] || die "must run as root"
 mkdir -p "$RIG_DIR" "$POOL_DIR" "$CACHE_DIR"
@@ -369,17 +372,22 @@ if [ "$(cat "$SMOKE_OK" 2>/dev/null)" != "$SMOKE_KEY" ]; then
 	echo "$SMOKE_KEY" >"$SMOKE_OK"
 fi
 
-# --- 8. PostgreSQL 14-18 from npm: the binaries' check, and images -----------------
+# --- 8. PostgreSQL 14-18 from npm: the binaries' check, images, the local registry ---
 wait "$PG_VERIFY_PID" || die "checking PostgreSQL from npm failed (see above)"
 T0=$SECONDS
 rig_pg_build_images
+rig_registry_start
+# The push (dockerd compresses the layers) overlaps with the images' checks (which start servers).
+rig_registry_push &
+PUSH_PID=$!
 rig_pg_check_images
-[ $((SECONDS - T0)) -lt 2 ] || log "images ${RIG_PG_IMAGE_MAJORS[*]} ready in $((SECONDS - T0))s"
+wait "$PUSH_PID" || die "pushing to the local registry failed (see above)"
+[ $((SECONDS - T0)) -lt 2 ] || log "images ${RIG_PG_IMAGE_MAJORS[*]} and the registry ready in $((SECONDS - T0))s"
 
 printf 'rig up: pool=%s (%s, mounted at %s) docker=%s (%s) image=%s (%s) in %ds\n' \
 	"$POOL" "$POOL_FILE" "$POOL_MNT" "$(docker version --format '{{.Server.Version}}')" "$DOCKER_DRIVER" \
 	"$IMAGE" "${IMAGE_ID#sha256:}" "$((SECONDS - START))" | cut -c1-400
-printf 'rig up: btrfs=%s xfs=%s ext4=%s user=%s pg=%s (%s) images=%s\n' \
+printf 'rig up: btrfs=%s xfs=%s ext4=%s user=%s pg=%s (%s) images=%s registry=%s\n' \
 	"$RIG_BTRFS_DIR" "$RIG_XFS_DIR" "$RIG_EXT4_DIR" "$RIG_TEST_USER" "$RIG_PG_ROOT" \
 	"$(awk '{ printf "%s%s", sep, $2; sep = " " }' "$RIG_PG_VERSIONS")" \
-	"$RIG_PG_REPO:{$(IFS=,; echo "${RIG_PG_IMAGE_MAJORS[*]}")}"
+	"$RIG_PG_REPO:{$(IFS=,; echo "${RIG_PG_IMAGE_MAJORS[*]}")}" "$RIG_REGISTRY"

@@ -7,6 +7,7 @@
 #   VELO_RIG_FS_SIZE    sparse size of a new btrfs/xfs image    (default 8G)
 #   VELO_TEST_USER      the non-root test user                  (default velo-ci)
 #   VELO_RIG_PG_REPO    repository of the PostgreSQL images     (default velo-test/postgres)
+#   VELO_TEST_REGISTRY  address of the local registry           (default 127.0.0.1:5000)
 # (A second rig on the same host, for trying changes to the rig, sets all of them.)
 
 RIG_DIR="${VELO_RIG_DIR:-/var/lib/velo-rig}"
@@ -28,3 +29,6 @@ RIG_EXT4_DIR="$RIG_DIR/ext4/$RIG_TEST_USER" # on the root file system (ext4)
 RIG_PG_ROOT="$RIG_DIR/pg"
 RIG_PG_MAJORS=(14 15 16 17 18)
 RIG_PG_REPO="${VELO_RIG_PG_REPO:-velo-test/postgres}"
+
+# The local registry (Debian's docker-registry) for tests of `docker pull`.
+RIG_REGISTRY="${VELO_TEST_REGISTRY:-127.0.0.1:5000}"
