@@ -90,46 +90,21 @@ ensure_dir() {
 	fi
 }
 
-# first_free ID_DB: the first id from 1000 up that getent ID_DB (passwd or group) does not know.
-first_free() {
-	local n=1000
-	while getent "$1" "$n" >/dev/null; do n=$((n + 1)); done
-	echo "$n"
-}
-
 rig_test_user() {
-	local u="$RIG_TEST_USER" uid gid g dir clash=0 new
+	local u="$RIG_TEST_USER" g dir
 	if ! id -u "$u" >/dev/null 2>&1; then
 		# A regular user: `useradd --system` would take 999, the Debian image's postgres uid.
 		useradd --create-home --home-dir "/home/$u" --shell /bin/sh --user-group \
 			--comment 'velo test rig, non-root' "$u"
 		log "created user $u (uid $(id -u "$u"))"
 	fi
-	uid="$(id -u "$u")"
-	gid="$(id -g "$u")"
+	# A user made earlier by other means (useradd --system gives 999) may share its uid with the
+	# postgres of the rig's images. Renumbering it is not the rig's call: say so, and carry on.
 	for g in "${RIG_IMAGE_UIDS[@]}"; do
-		[ "$uid" != "$g" ] && [ "$gid" != "$g" ] || clash=1
+		if [ "$(id -u "$u")" = "$g" ] || [ "$(id -g "$u")" = "$g" ]; then
+			log "warning: user $u has uid/gid $(id -u "$u")/$(id -g "$u"), and $g is the postgres uid of the rig's images: on this host, files and processes of those containers are $u's. To fix: userdel -r $u, when nothing runs as $g, and run rig-up again"
+		fi
 	done
-	if [ "$clash" = 1 ]; then
-		# Made by hand earlier (as a system user, say): renumber it, with its files.
-		ps -u "$uid" >/dev/null 2>&1 && die "user $u has uid/gid $uid/$gid, which the rig's images use for postgres; it runs processes, so it cannot be renumbered now: stop them (or userdel $u) and run again"
-		if [[ " ${RIG_IMAGE_UIDS[*]} " == *" $gid "* ]]; then
-			new="$(first_free group)"
-			groupmod -g "$new" "$u"
-			log "user $u: group renumbered $gid -> $new"
-		fi
-		if [[ " ${RIG_IMAGE_UIDS[*]} " == *" $uid "* ]]; then
-			new="$(first_free passwd)"
-			usermod -u "$new" -g "$u" "$u" # also re-owns the files in its home
-			log "user $u: renumbered $uid -> $new (the rig's images use $uid for postgres)"
-		fi
-		for dir in "$RIG_BTRFS_DIR" "$RIG_XFS_DIR" "$RIG_EXT4_DIR"; do
-			[ -d "$dir" ] || continue
-			find "$dir" -uid "$uid" -exec chown -h "$u" {} +
-			find "$dir" -gid "$gid" -exec chgrp -h "$u" {} +
-		done
-		uid="$(id -u "$u")"
-	fi
 	[ "$(getent passwd "$u" | cut -d: -f7)" = /bin/sh ] || { usermod -s /bin/sh "$u"; log "user $u: shell now /bin/sh"; }
 	# no root-equivalent groups: the tests are about running velo without them
 	for g in docker sudo; do
