@@ -157,7 +157,8 @@ rig_fs_checks() {
 
 # rig_clean_test_dirs: empties the test user's directories (velo's leftovers), leaving the
 # directories and the mounts. A postmaster still running from a data directory in there is
-# stopped first (immediate shutdown, by the pid in its postmaster.pid); btrfs subvolumes are
+# stopped first (immediate shutdown, by the pid in its postmaster.pid, if that process is the
+# test user's postgres working in that directory); btrfs subvolumes are
 # deleted with `btrfs subvolume delete`, since rm cannot empty a read-only snapshot.
 rig_clean_test_dirs() {
 	local dir mnt pidfile pid uid n sub
@@ -173,7 +174,9 @@ rig_clean_test_dirs() {
 		while IFS= read -r -d '' pidfile; do
 			pid="$(head -n 1 "$pidfile" 2>/dev/null || true)"
 			[[ "$pid" =~ ^[0-9]+$ ]] && [ -d "/proc/$pid" ] || continue
-			[ "$(stat -c %u "/proc/$pid")" = "$uid" ] && [ "$(cat "/proc/$pid/comm")" = postgres ] || continue
+			# the postmaster of that very directory (it runs in it), not a process that got its pid since
+			[ "$(stat -c %u "/proc/$pid")" = "$uid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = postgres ] &&
+				[ "$(readlink "/proc/$pid/cwd")" = "$(dirname "$pidfile")" ] || continue
 			log "stopping postgres $pid (data $(dirname "$pidfile"))"
 			kill -QUIT "$pid" 2>/dev/null || true
 			for _ in $(seq 1 50); do [ -d "/proc/$pid" ] || break; sleep 0.1; done
