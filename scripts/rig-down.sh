@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Cleans up what velo's tests leave behind, leaving the rig itself (daemons,
-# pool, image) up:
+# pool, images, mounts, registry) up:
 #   * removes containers whose name starts with velo_ or velo- (running or not)
+#   * empties the test user's directories on btrfs, xfs and ext4 (scripts/rig/env.sh),
+#     stopping a postgres still running from one of them; the mounts stay
 #   * destroys the dataset tree $VELO_TEST_POOL/velo (default velotest/velo)
 # Idempotent; does nothing for parts of the rig that are not running.
 #
@@ -15,6 +17,13 @@ DATASET="${VELO_TEST_DATASET:-$POOL/velo}"
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
 
 log() { printf '[rig-down] %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=rig/env.sh
+. "$HERE/rig/env.sh"
+# shellcheck source=rig/storage.sh
+. "$HERE/rig/storage.sh"
 
 [ "$(id -u)" = 0 ] || { log "error: must run as root"; exit 1; }
 
@@ -29,6 +38,9 @@ if command -v docker >/dev/null && docker info >/dev/null 2>&1; then
 else
 	log "docker is not answering; no containers to remove"
 fi
+
+# --- the test user's directories (btrfs, xfs, ext4) --------------------------
+rig_clean_test_dirs
 
 # --- datasets --------------------------------------------------------------
 if ! command -v zfs >/dev/null || ! zpool list -H -o name "$POOL" >/dev/null 2>&1; then

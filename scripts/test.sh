@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The one "run all tests" command (CI runs it through .ci/run):
-#   1. scripts/rig-up.sh   (packages, zfs-fuse + pool, dockerd, postgres image)
+#   1. scripts/rig-up.sh   (packages, zfs-fuse + pool, dockerd, postgres images, btrfs/xfs
+#                           mounts, the test user velo-ci, PostgreSQL 14-18, a local registry)
 #   2. scripts/rig-down.sh (drop what an earlier run left: velo-*/velo_* containers,
-#                           the $VELO_TEST_POOL/velo tree) -- only in CI (CI=true) or with
-#                           VELO_RIG_CLEAN=1, so a developer's concurrent test run is not wiped
+#                           the $VELO_TEST_POOL/velo tree, the contents of velo-ci's directories)
+#                           -- only in CI (CI=true) or with VELO_RIG_CLEAN=1, so a developer's
+#                           concurrent test run is not wiped
 #   3. cargo fmt --check, cargo clippy -D warnings, cargo test
 # Runs as root (zfs and docker need it). Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -13,6 +15,16 @@ cd "$ROOT"
 
 export VELO_TEST_POOL="${VELO_TEST_POOL:-velotest}"
 export VELO_TEST_IMAGE="${VELO_TEST_IMAGE:-velo-test/postgres:15}"
+# What rig-up makes besides (scripts/rig/env.sh): the test user's private directories on
+# btrfs, xfs and ext4, PostgreSQL 14-18 binaries (<root>/<major>/bin) and the local registry.
+# shellcheck source=rig/env.sh
+. scripts/rig/env.sh
+export VELO_TEST_BTRFS_DIR="$RIG_BTRFS_DIR"
+export VELO_TEST_XFS_DIR="$RIG_XFS_DIR"
+export VELO_TEST_EXT4_DIR="$RIG_EXT4_DIR"
+export VELO_TEST_USER="$RIG_TEST_USER"
+export VELO_PG_ROOT="$RIG_PG_ROOT"
+export VELO_TEST_REGISTRY="$RIG_REGISTRY"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 

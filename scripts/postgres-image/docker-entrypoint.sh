@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Entrypoint of the local test image velo-test/postgres:15 (built by
-# scripts/rig-up.sh from Debian's postgresql-15 package; no registry needed).
+# Entrypoint of the local test images velo-test/postgres:<major> (built by
+# scripts/rig-up.sh: 15 from Debian's postgresql-15 package, the others from npm's
+# @embedded-postgres binaries; no registry needed).
 #
 # It follows the contract of the official `postgres` image:
 #   POSTGRES_PASSWORD          required unless POSTGRES_HOST_AUTH_METHOD=trust
@@ -8,9 +9,12 @@
 #   POSTGRES_DB                database created at init (default: $POSTGRES_USER)
 #   POSTGRES_INITDB_ARGS       extra initdb arguments
 #   POSTGRES_HOST_AUTH_METHOD  auth for `host all all all` (default: scram-sha-256)
-#   PGDATA                     data directory (default: /var/lib/postgresql/data)
+#   PGDATA                     data directory (the image's; /var/lib/postgresql/data up to 17,
+#                              /var/lib/postgresql/18/docker from 18)
 #   *_FILE variants of POSTGRES_PASSWORD/USER/DB/INITDB_ARGS are honoured.
 # /docker-entrypoint-initdb.d/*.sh, *.sql and *.sql.gz run once, at init.
+# From 18 (PG_MAJOR, set by the image), like upstream: with the default PGDATA, an empty data
+# directory is not initialised while old data (or a mount) sits at /var/lib/postgresql/data.
 #
 # When $PGDATA already holds a cluster (PG_VERSION exists) nothing is done
 # besides the ownership check: the script goes straight to `exec postgres`.
@@ -92,6 +96,38 @@ if [ -z "$POSTGRES_PASSWORD" ] && [ "$POSTGRES_HOST_AUTH_METHOD" != 'trust' ]; t
 	exit 1
 fi
 
+# Upstream's check for data at the pre-18 place (docker-library/postgres#1259): only with the
+# image's own PGDATA, so PGDATA=/var/lib/postgresql/data (what velo sets) works on any major.
+old_databases=()
+if [ -n "${PG_MAJOR:-}" ] && [ "$PGDATA" = "/var/lib/postgresql/$PG_MAJOR/docker" ]; then
+	for d in /var/lib/postgresql /var/lib/postgresql/data /var/lib/postgresql/*/docker; do
+		if [ -s "$d/PG_VERSION" ]; then
+			old_databases+=("$d")
+		fi
+	done
+	if [ "${#old_databases[@]}" -eq 0 ] && [ "$PG_MAJOR" -ge 18 ] && {
+		mountpoint -q /var/lib/postgresql/data ||
+			awk '$5 == "/var/lib/postgresql/data" { found = 1 } END { exit !found }' /proc/self/mountinfo
+	}; then
+		old_databases+=('/var/lib/postgresql/data (unused mount/volume)')
+	fi
+fi
+if [ "${#old_databases[@]}" -gt 0 ]; then
+	cat >&2 <<-EOE
+		Error: in 18+, this image keeps its data in $PGDATA (a directory per major,
+		       as pg_ctlcluster does; the volume is /var/lib/postgresql), and will not
+		       initialise it while there is data from an older image at:
+		         ${old_databases[*]}
+		       Upgrade that data with pg_upgrade, or point PGDATA at it
+		       (-e PGDATA=/var/lib/postgresql/data) if it is data of this major.
+		       See https://github.com/docker-library/postgres/pull/1259
+	EOE
+	exit 1
+fi
+
+# As root, the directory was made above; as another user, make it now (from 18, PGDATA is a
+# new directory inside the volume).
+mkdir -p "$PGDATA" 2>/dev/null || true
 if [ ! -w "$PGDATA" ]; then
 	log "error: $PGDATA is not writable by uid $(id -u)"
 	exit 1
