@@ -9,9 +9,7 @@
 //! Docker or velo's state.
 
 use std::collections::BTreeMap;
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -91,29 +89,21 @@ impl Config {
         }
     }
 
-    /// Writes the config atomically, readable by everyone (it holds no secret), mode 0644.
+    /// Writes the config atomically (a new temporary file, then a rename; no link followed),
+    /// readable by everyone (it holds no secret), mode 0644.
     pub fn save(&self, path: &Path) -> Result<(), ConfigError> {
         let err = |source| ConfigError::Write {
             path: path.to_path_buf(),
             source,
         };
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir).map_err(err)?;
-        }
-        let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name()) else {
+            return Err(err(std::io::Error::other("not a file path")));
+        };
+        fs::create_dir_all(dir).map_err(err)?;
         let mut text = serde_json::to_vec_pretty(self).expect("config serializes");
         text.push(b'\n');
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o644)
-            .open(&tmp)
-            .map_err(err)?;
-        file.write_all(&text).map_err(err)?;
-        file.sync_all().map_err(err)?;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o644)).map_err(err)?;
-        fs::rename(&tmp, path).map_err(err)
+        let dir = crate::fsx::open_dir(dir).map_err(err)?;
+        crate::fsx::replace_at(&dir, &name.to_string_lossy(), &text, 0o644, None).map_err(err)
     }
 
     /// Removes the config file (and its directory if that is left empty).

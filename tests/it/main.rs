@@ -1,6 +1,7 @@
 //! velo's integration tests: one binary, the real `velo` against real ZFS, Docker and
 //! PostgreSQL (prepared by `scripts/rig-up.sh`; run them with `scripts/test.sh`).
 
+mod attacks;
 mod branches;
 mod concurrency;
 mod crash;

@@ -1,0 +1,266 @@
+//! The threat model of docs/security.md, attack by attack, as root on the rig: a database
+//! superuser of a branch (who runs programs as the server's uid, `COPY … TO PROGRAM`), another
+//! local user, and a home or state someone else prepared. Each test performs the attack and
+//! checks that it fails. The non-root attacks (ZFS delegation, sudo) run in the OpenZFS VM
+//! (scripts/openzfs-vm-test.sh).
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::util::Sandbox;
+
+/// Runs a shell command inside a branch's server as its database superuser would.
+fn as_superuser(sb: &Sandbox, branch: &str, script: &str) {
+    let script = script.replace('\'', "''");
+    sb.sql(branch, &format!("COPY (SELECT 1) TO PROGRAM '{script}'"));
+}
+
+/// A root-owned file on the host that an attack tries to reach.
+struct Victim(std::path::PathBuf);
+
+impl Victim {
+    fn new(sb: &Sandbox) -> Victim {
+        let path = std::env::temp_dir().join(format!("velo-victim-{}", sb.project("v")));
+        std::fs::write(&path, "precious").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Victim(path)
+    }
+
+    fn assert_untouched(&self) {
+        let meta = std::fs::metadata(&self.0).unwrap();
+        assert_eq!(std::fs::read_to_string(&self.0).unwrap(), "precious");
+        assert_eq!(
+            (meta.uid(), meta.gid(), meta.mode() & 0o7777),
+            (0, 0, 0o644)
+        );
+    }
+}
+
+impl Drop for Victim {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn links_a_superuser_plants_in_a_data_directory_are_never_followed() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("links");
+    let main = format!("{p}/main");
+    let victim = Victim::new(&sb);
+    let target = victim.0.display().to_string();
+    // Links where velo once wrote as root: recovery.signal and postgresql.auto.conf.
+    as_superuser(
+        &sb,
+        &main,
+        &format!("ln -s {target} recovery.signal && ln -s {target} standby.signal.x"),
+    );
+    sb.sql(&main, "CREATE TABLE t (x int); INSERT INTO t VALUES (1)");
+    sb.ok(&["snapshot", "create", &main]);
+    sb.sql(&main, "INSERT INTO t VALUES (2)");
+    std::thread::sleep(Duration::from_millis(1100));
+    let when = chrono::Utc::now().to_rfc3339();
+    sb.sql(&main, "INSERT INTO t VALUES (3)");
+    sb.ok(&["branch", "create", &format!("{p}/pitr"), "--pitr", &when]);
+    assert_eq!(sb.sql(&format!("{p}/pitr"), "SELECT count(*) FROM t"), "2");
+    victim.assert_untouched();
+}
+
+#[test]
+fn no_command_sends_anything_to_a_program_squatting_a_branch_port() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("squat");
+    let dev = format!("{p}/dev");
+    sb.ok(&["branch", "create", &dev]);
+    let port = sb.port(&dev) as u16;
+    let kill = Command::new("docker")
+        .args(["kill", &format!("velo-{p}.dev")])
+        .output()
+        .unwrap();
+    assert!(kill.status.success());
+    // Another local program takes the port and waits for a password.
+    let squatter = TcpListener::bind(("127.0.0.1", port)).unwrap();
+    squatter.set_nonblocking(true).unwrap();
+    let reached = Arc::new(AtomicUsize::new(0));
+    let seen = reached.clone();
+    let stop = Arc::new(AtomicUsize::new(0));
+    let done = stop.clone();
+    let watcher = std::thread::spawn(move || {
+        while done.load(Ordering::SeqCst) == 0 {
+            if let Ok((mut conn, _)) = squatter.accept() {
+                seen.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0u8; 256];
+                let _ = conn.read(&mut buf);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let _ = sb.run(&["doctor", "--timeout", "1s"]);
+    let _ = sb.run(&["snapshot", "create", &dev]);
+    let _ = sb.run(&["branch", "list"]);
+    let _ = sb.run(&["status"]);
+    let _ = sb.run(&["repair"]);
+    let started = sb.run(&["branch", "start", &dev]);
+    assert!(!started.status.success(), "the port is taken");
+    let err = String::from_utf8_lossy(&started.stderr).into_owned();
+    assert!(err.contains(&format!("port {port}")), "{err}");
+    stop.store(1, Ordering::SeqCst);
+    watcher.join().unwrap();
+    assert_eq!(
+        reached.load(Ordering::SeqCst),
+        0,
+        "velo connected to the squatter"
+    );
+}
+
+#[test]
+fn a_setuid_program_a_superuser_leaves_cannot_be_run_by_other_users() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("suid");
+    let main = format!("{p}/main");
+    as_superuser(&sb, &main, "cp /bin/sh ./velo-sh && chmod 4755 ./velo-sh");
+    let program = format!("/{}/pgdata/velo-sh", sb.dataset(&p, "main", 0));
+    // Root sees it (root reaches everything)...
+    let meta = std::fs::metadata(&program).unwrap();
+    assert_eq!(meta.mode() & 0o4000, 0o4000, "the superuser made it setuid");
+    // ...no other user of the host does: the volume's root is velo's own, mode 0700.
+    let root = format!("/{}", sb.dataset(&p, "main", 0));
+    assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o777, 0o700);
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--", &program, "-c", "id -u"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "nobody ran it: {out:?}");
+    // And the dataset carries setuid=off, devices=off and exec=off from velo's base.
+    let props = Command::new("zfs")
+        .args([
+            "get",
+            "-H",
+            "-o",
+            "value",
+            "setuid,devices,exec",
+            &sb.base(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&props.stdout), "off\noff\noff\n");
+}
+
+#[test]
+fn servers_run_unprivileged_without_the_password_in_their_environment() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("priv");
+    sb.ok(&["branch", "create", &format!("{p}/dev")]);
+    let password = sb.json(&["branch", "password", &format!("{p}/main")])["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for name in sb.containers(&p) {
+        let out = Command::new("docker")
+            .args(["inspect", &name])
+            .output()
+            .unwrap();
+        let inspect: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let c = &inspect[0];
+        let text = c.to_string();
+        assert!(!text.contains(&password), "{name} holds the password");
+        assert!(!text.contains("POSTGRES_PASSWORD"), "{name}");
+        assert_eq!(
+            c["HostConfig"]["CapDrop"],
+            serde_json::json!(["ALL"]),
+            "{name}"
+        );
+        assert_eq!(c["HostConfig"]["CapAdd"], serde_json::json!([]), "{name}");
+        assert_eq!(
+            c["HostConfig"]["SecurityOpt"],
+            serde_json::json!(["no-new-privileges"]),
+            "{name}"
+        );
+        assert_eq!(c["HostConfig"]["PidsLimit"], 1024, "{name}");
+        let user = c["Config"]["User"].as_str().unwrap();
+        assert!(
+            !user.is_empty() && !user.starts_with("0:"),
+            "{name} runs as {user}"
+        );
+        assert_eq!(c["Config"]["Entrypoint"], serde_json::json!(["postgres"]));
+        assert!(
+            c["Mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|m| m["Type"] == "bind"),
+            "{name} has a Docker volume: {}",
+            c["Mounts"]
+        );
+        let pid = c["State"]["Pid"].as_u64().unwrap();
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+        assert!(!String::from_utf8_lossy(&environ).contains(&password));
+    }
+}
+
+#[test]
+fn root_refuses_a_home_another_user_could_replace() {
+    let sb = Sandbox::new();
+    let theirs = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(theirs.path(), Some(65534), Some(65534)).unwrap();
+    let run = |home: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_velo"))
+            .args(["project", "list"])
+            .env("VELO_HOME", home)
+            .env("VELO_CONFIG", sb.home().join("config.json"))
+            .output()
+            .unwrap()
+    };
+    let inside = theirs.path().join("velo");
+    let out = run(&inside);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("not safe to use"),
+        "{err}"
+    );
+    assert!(err.contains("uid 65534"), "{err}");
+    assert!(!inside.exists(), "nothing was made there");
+    // A home that is a link (to anywhere) is refused too.
+    let link = sb.home().join("link");
+    std::os::unix::fs::symlink(sb.home(), &link).unwrap();
+    let out = run(&link);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("symbolic link"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_state_file_naming_things_that_are_not_velos_is_refused() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("crafted");
+    let path = sb.home().join("state.json");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let mut state: Value = serde_json::from_str(&original).unwrap();
+    // An operation whose owner is gone and whose undo step names the pool's root.
+    state["journal"] = serde_json::json!([{
+        "id": "000000000001", "command": "branch create",
+        "owner": { "pid": 4_000_000_000u32, "started": null },
+        "started_at": "2026-01-01T00:00:00Z", "project": p,
+        "recovery": { "way": "roll_back", "forget": { "kind": "nothing" } },
+        "undo": [{ "kind": "destroy_dataset", "name": sb.rig.pool }]
+    }]);
+    std::fs::write(&path, state.to_string()).unwrap();
+    let err = sb.fails(&["branch", "list"]);
+    assert!(err.contains("is not valid velo state"), "{err}");
+    let pool = Command::new("zfs")
+        .args(["list", "-H", "-o", "name", &sb.rig.pool])
+        .output()
+        .unwrap();
+    assert!(pool.status.success(), "the pool is still there");
+    std::fs::write(&path, original).unwrap();
+    sb.ok(&["branch", "list"]);
+}
