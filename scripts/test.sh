@@ -13,6 +13,10 @@ cd "$ROOT"
 
 export VELO_TEST_POOL="${VELO_TEST_POOL:-velotest}"
 export VELO_TEST_IMAGE="${VELO_TEST_IMAGE:-velo-test/postgres:15}"
+# The file systems the storage backends are tested on (tests/it/storage.rs).
+export VELO_TEST_BTRFS_DIR="${VELO_TEST_BTRFS_DIR:-/var/lib/velo-rig/mnt/btrfs}"
+export VELO_TEST_XFS_DIR="${VELO_TEST_XFS_DIR:-/var/lib/velo-rig/mnt/xfs}"
+export VELO_TEST_EXT4_DIR="${VELO_TEST_EXT4_DIR:-/var/lib/velo-rig/ext4}"
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 

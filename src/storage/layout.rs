@@ -416,13 +416,14 @@ fn open_existing(
     })
 }
 
-/// Runs blocking file-system work off the async runtime's threads.
+/// Runs blocking file-system work in the data directory `dir` off the async runtime's threads.
 pub async fn blocking<T: Send + 'static>(
+    dir: &Path,
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
-    tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
-        Err(StorageError::io("running storage work for", PathBuf::new())(io::Error::other(e)))
-    })
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(StorageError::io("working in", dir)(io::Error::other(e))))
 }
 
 #[cfg(test)]

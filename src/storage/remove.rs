@@ -44,7 +44,10 @@ pub fn remove_at(parent: BorrowedFd<'_>, name: &OsStr, subvolumes: Subvolumes) -
     if FileType::from_raw_mode(st.st_mode) != FileType::Directory {
         return unlink(parent, name);
     }
-    if subvolumes == Subvolumes::Btrfs && btrfs::destroy_at(parent, name)? {
+    if subvolumes == Subvolumes::Btrfs
+        && btrfs::is_subvolume_root(&st)
+        && btrfs::destroy_at(parent, name)?
+    {
         return Ok(());
     }
     let Some(dir) = open_child(parent, name)? else {

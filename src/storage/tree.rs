@@ -73,8 +73,10 @@ pub fn reflink_works(dir: &Path) -> bool {
 
 fn probe_reflink(dir: BorrowedFd<'_>, names: &[String; 2]) -> io::Result<()> {
     use std::io::Write;
-    let mut source = fsx::create_new_at(dir, &names[0], 0o600)?;
-    source.write_all(b"velo reflink probe")?;
+    fsx::create_new_at(dir, &names[0], 0o600)?.write_all(b"velo reflink probe")?;
+    let fsx::Found::Regular(source, _) = fsx::open_regular_at(dir, &names[0])? else {
+        return Err(io::ErrorKind::NotFound.into());
+    };
     let copy = fsx::create_new_at(dir, &names[1], 0o600)?;
     Ok(rustix::fs::ioctl_ficlone(&copy, &source)?)
 }
@@ -316,17 +318,17 @@ impl Storage for TreeStorage {
 
     async fn prepare(&self) -> Result<()> {
         let data = self.data.clone();
-        blocking(move || data.prepare(|_| Ok(()))).await
+        blocking(&self.data.dir, move || data.prepare(|_| Ok(()))).await
     }
 
     async fn create_volume(&self, v: &VolumeId) -> Result<PathBuf> {
         let (me, v) = (self.clone(), v.clone());
-        blocking(move || me.create_now(&v)).await
+        blocking(&self.data.dir, move || me.create_now(&v)).await
     }
 
     async fn snapshot(&self, s: &SnapshotRef) -> Result<()> {
         let (me, s) = (self.clone(), s.clone());
-        blocking(move || me.snapshot_now(&s).map(drop)).await
+        blocking(&self.data.dir, move || me.snapshot_now(&s).map(drop)).await
     }
 
     async fn complete_snapshot(
@@ -341,7 +343,7 @@ impl Storage for TreeStorage {
             .iter()
             .map(|(n, c)| (n.to_string(), c.to_vec()))
             .collect();
-        blocking(move || {
+        blocking(&self.data.dir, move || {
             let late: Vec<&str> = late.iter().map(String::as_str).collect();
             let files: Vec<(&str, &[u8])> = files
                 .iter()
@@ -354,22 +356,22 @@ impl Storage for TreeStorage {
 
     async fn clone_snapshot(&self, from: &SnapshotRef, into: &VolumeId) -> Result<PathBuf> {
         let (me, from, into) = (self.clone(), from.clone(), into.clone());
-        blocking(move || me.clone_now(&from, &into)).await
+        blocking(&self.data.dir, move || me.clone_now(&from, &into)).await
     }
 
     async fn destroy_volume(&self, v: &VolumeId) -> Result<()> {
         let (data, v) = (self.data.clone(), v.clone());
-        blocking(move || data.destroy_volume(&v)).await
+        blocking(&self.data.dir, move || data.destroy_volume(&v)).await
     }
 
     async fn destroy_snapshot(&self, s: &SnapshotRef) -> Result<()> {
         let (data, s) = (self.data.clone(), s.clone());
-        blocking(move || data.destroy_snapshot(&s)).await
+        blocking(&self.data.dir, move || data.destroy_snapshot(&s)).await
     }
 
     async fn destroy_project(&self, project: &ProjectName) -> Result<()> {
         let (data, p) = (self.data.clone(), project.clone());
-        blocking(move || data.destroy_project(&p)).await
+        blocking(&self.data.dir, move || data.destroy_project(&p)).await
     }
 
     async fn path(&self, v: &VolumeId) -> Result<Option<PathBuf>> {
@@ -386,7 +388,7 @@ impl Storage for TreeStorage {
 
     async fn usage(&self, project: &ProjectName) -> Result<BTreeMap<String, u64>> {
         let (me, p) = (self.clone(), project.clone());
-        blocking(move || me.usage_now(&p)).await
+        blocking(&self.data.dir, move || me.usage_now(&p)).await
     }
 
     fn name_of(&self, v: &VolumeId) -> String {
@@ -403,7 +405,7 @@ impl Storage for TreeStorage {
 
     async fn inventory(&self) -> Result<Inventory> {
         let data = self.data.clone();
-        blocking(move || data.inventory()).await
+        blocking(&self.data.dir, move || data.inventory()).await
     }
 }
 

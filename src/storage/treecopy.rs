@@ -16,14 +16,16 @@
 //!   and, when velo runs as root, the source's owner (`fchown` on the open copy);
 //! - a tree deeper than [`MAX_DEPTH`] directories is refused, not recursed into.
 //!
-//! Timestamps, extended attributes and ACLs are not copied: PostgreSQL needs none of them.
+//! The files of a directory are copied once its listing is read, by a few threads when there
+//! are many. Timestamps, extended attributes and ACLs are not copied: PostgreSQL needs none of them.
 //! Nothing here syncs; the caller syncs the destination file system once at the end.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use rustix::fs::{AtFlags, Dir, FileType, Gid, Uid};
 use rustix::io::Errno;
@@ -33,6 +35,13 @@ use crate::fsx::{self, Found};
 
 /// How deep a copied tree may be, in directories. PostgreSQL's data directory is 3 deep.
 pub const MAX_DEPTH: usize = 64;
+
+/// A directory with at least this many files has them copied by several threads: creating a
+/// file and cloning its data each wait on the file system's journal, and threads overlap the
+/// waits (on XFS, two threads halve the time of 1,500 small files).
+const PARALLEL_FROM: usize = 32;
+/// At most this many threads copy files.
+const MAX_WORKERS: usize = 4;
 
 /// How file contents are copied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,6 +81,7 @@ pub fn copy_tree(
         dst: dst.try_clone_to_owned().map_err(fail)?,
         mode: st.st_mode & 0o777,
         rel: PathBuf::new(),
+        files: Vec::new(),
     };
     copier.walk(root)?;
     Ok(copier.report)
@@ -103,17 +113,20 @@ pub fn copy_entry(
 struct Copier<'a> {
     mode: Mode,
     as_root: bool,
+    workers: usize,
     shown_as: &'a Path,
     report: CopyReport,
 }
 
 /// A directory being copied: its listing, its open copy, the permission bits the copy gets
-/// once filled (it stays writable until then), and its path under the root, for errors.
+/// once filled (it stays writable until then), its path under the root (for errors), and the
+/// regular files listed so far, copied together once the listing ends.
 struct Frame {
     src: Dir,
     dst: OwnedFd,
     mode: u32,
     rel: PathBuf,
+    files: Vec<OsString>,
 }
 
 /// Where an entry is copied from and to.
@@ -129,6 +142,7 @@ impl<'a> Copier<'a> {
         Self {
             mode,
             as_root: rustix::process::geteuid().is_root(),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get().min(MAX_WORKERS)),
             shown_as,
             report: CopyReport::default(),
         }
@@ -155,6 +169,10 @@ impl<'a> Copier<'a> {
             let entry = entry.map_err(|e| self.fail("listing", &top.rel)(e.into()))?;
             let name = OsStr::from_bytes(entry.file_name().to_bytes());
             if name == "." || name == ".." {
+                continue;
+            }
+            if entry.file_type() == FileType::RegularFile {
+                top.files.push(name.to_os_string());
                 continue;
             }
             let src = top
@@ -197,7 +215,11 @@ impl<'a> Copier<'a> {
         };
         match kind {
             FileType::Directory => self.directory(at, name, dst_name, rel),
-            FileType::RegularFile => self.file(at, name, dst_name, &rel).map(|()| None),
+            FileType::RegularFile => {
+                let copied = self.file(at, name, dst_name, &rel)?;
+                self.tally(copied);
+                Ok(None)
+            }
             FileType::Symlink => self.link(at, name, dst_name, &rel).map(|()| None),
             _ => {
                 self.report.skipped += 1;
@@ -243,22 +265,83 @@ impl<'a> Copier<'a> {
             dst,
             mode: st.st_mode & 0o777,
             rel,
+            files: Vec::new(),
         }))
     }
 
-    /// A copied directory, now full, gets its source's permission bits.
-    fn finish(&self, frame: &Frame) -> Result<()> {
+    /// Copies a directory's files, then gives the copy its source's permission bits.
+    fn finish(&mut self, frame: &Frame) -> Result<()> {
+        self.files(frame)?;
         rustix::fs::fchmod(&frame.dst, rustix::fs::Mode::from_raw_mode(frame.mode))
             .map_err(|e| self.fail("setting the mode of the copy of", &frame.rel)(e.into()))
     }
 
-    fn file(&mut self, at: &Here<'_>, name: &OsStr, dst_name: &OsStr, rel: &Path) -> Result<()> {
+    /// Copies the regular files listed in a directory, on several threads when there are many.
+    fn files(&mut self, frame: &Frame) -> Result<()> {
+        let src = frame
+            .src
+            .fd()
+            .map_err(|e| self.fail("listing", &frame.rel)(e.into()))?;
+        let at = Here {
+            src,
+            dst: frame.dst.as_fd(),
+            rel: &frame.rel,
+            depth: 0,
+        };
+        let (next, stop) = (AtomicUsize::new(0), AtomicBool::new(false));
+        let this = &*self;
+        let worker = || -> Result<Vec<bool>> {
+            let mut copied = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                let Some(name) = frame.files.get(next.fetch_add(1, Ordering::Relaxed)) else {
+                    break;
+                };
+                let done = this.file(&at, name, name, &frame.rel.join(name));
+                stop.store(done.is_err(), Ordering::Relaxed);
+                copied.push(done?);
+            }
+            Ok(copied)
+        };
+        let workers = if frame.files.len() < PARALLEL_FROM {
+            1
+        } else {
+            self.workers
+        };
+        let results: Vec<Result<Vec<bool>>> = if workers == 1 {
+            vec![worker()]
+        } else {
+            std::thread::scope(|scope| {
+                let threads: Vec<_> = (0..workers).map(|_| scope.spawn(worker)).collect();
+                let panicked = || {
+                    Err(this.fail("copying", &frame.rel)(io::Error::other(
+                        "a copying thread failed",
+                    )))
+                };
+                threads
+                    .into_iter()
+                    .map(|t| t.join().unwrap_or_else(|_| panicked()))
+                    .collect()
+            })
+        };
+        for copied in results {
+            copied?.into_iter().for_each(|c| self.tally(c));
+        }
+        Ok(())
+    }
+
+    fn tally(&mut self, copied: bool) {
+        if copied {
+            self.report.files += 1;
+        } else {
+            self.report.changed += 1;
+        }
+    }
+
+    /// Copies one regular file; `false` if it was gone or had become something else.
+    fn file(&self, at: &Here<'_>, name: &OsStr, dst_name: &OsStr, rel: &Path) -> Result<bool> {
         let (mut src, st) = match fsx::open_regular_at(at.src, name) {
             Ok(Found::Regular(file, st)) => (file, st),
-            Ok(Found::Missing | Found::Other(_)) => {
-                self.report.changed += 1;
-                return Ok(());
-            }
+            Ok(Found::Missing | Found::Other(_)) => return Ok(false),
             Err(e) => return Err(self.fail("opening", rel)(e)),
         };
         let mut dst = fsx::create_new_at(at.dst, dst_name, 0o600)
@@ -273,8 +356,7 @@ impl<'a> Copier<'a> {
         }
         rustix::fs::fchmod(&dst, rustix::fs::Mode::from_raw_mode(st.st_mode & 0o777))
             .map_err(|e| self.fail("setting the mode of the copy of", rel)(e.into()))?;
-        self.report.files += 1;
-        Ok(())
+        Ok(true)
     }
 
     fn link(&mut self, at: &Here<'_>, name: &OsStr, dst_name: &OsStr, rel: &Path) -> Result<()> {

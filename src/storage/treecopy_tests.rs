@@ -237,14 +237,7 @@ fn sockets_and_devices_are_skipped_and_counted() {
     if is_root() {
         let mode = rustix::fs::Mode::from_raw_mode(0o666);
         let null = rustix::fs::makedev(1, 3);
-        rustix::fs::mknodat(
-            CWD,
-            src.join("null"),
-            FileType::CharacterDevice,
-            mode,
-            null,
-        )
-        .unwrap();
+        rustix::fs::mknodat(CWD, src.join("null"), FileType::CharacterDevice, mode, null).unwrap();
         specials += 1;
     }
     let dst = t.path().join("dst");
@@ -351,4 +344,29 @@ fn copy_entry_copies_one_file_or_tree_under_a_new_name() {
     );
     assert!(dst.join("wal2/archive_status").is_dir());
     assert_eq!(std::fs::read_to_string(dst.join("b")).unwrap(), "label");
+}
+
+#[test]
+fn a_directory_of_many_files_is_copied_whole_by_several_threads() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("base/1")).unwrap();
+    let n = PARALLEL_FROM * 5;
+    for i in 0..n {
+        std::fs::write(src.join(format!("base/1/{i}")), i.to_string()).unwrap();
+    }
+    mkfifo(&src.join("base/1/fifo"));
+    symlink("0", src.join("base/1/link")).unwrap();
+    let dst = t.path().join("dst");
+    let report = copy(&src, &dst).unwrap();
+    assert_eq!(
+        (report.files, report.skipped, report.links),
+        (n as u64, 1, 1)
+    );
+    for i in 0..n {
+        assert_eq!(
+            std::fs::read_to_string(dst.join(format!("base/1/{i}"))).unwrap(),
+            i.to_string()
+        );
+    }
 }

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, FileType};
+use rustix::fs::{AtFlags, FileType, Stat};
 use rustix::io::Errno;
 use rustix::ioctl::{Getter, Opcode, Setter, opcode};
 
@@ -75,17 +75,21 @@ pub fn fd_is_btrfs(fd: BorrowedFd<'_>) -> io::Result<bool> {
 
 /// Whether an open directory on Btrfs is the root of a subvolume.
 pub fn is_subvolume(dir: BorrowedFd<'_>) -> io::Result<bool> {
-    Ok(rustix::fs::fstat(dir)?.st_ino == SUBVOLUME_ROOT_INO)
+    Ok(is_subvolume_root(&rustix::fs::fstat(dir)?))
 }
 
 /// Whether `name` in `parent` (on Btrfs) is the root of a subvolume; `false` if it is gone.
 pub fn is_subvolume_at(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
     match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
-        Ok(st) => Ok(FileType::from_raw_mode(st.st_mode) == FileType::Directory
-            && st.st_ino == SUBVOLUME_ROOT_INO),
+        Ok(st) => Ok(is_subvolume_root(&st)),
         Err(Errno::NOENT) => Ok(false),
         Err(e) => Err(e.into()),
     }
+}
+
+/// Whether a file's status (on Btrfs) is that of a subvolume's root directory.
+pub fn is_subvolume_root(st: &Stat) -> bool {
+    FileType::from_raw_mode(st.st_mode) == FileType::Directory && st.st_ino == SUBVOLUME_ROOT_INO
 }
 
 /// Creates the empty subvolume `name` in the directory `parent`.
@@ -164,7 +168,8 @@ pub fn unfreeze_at(parent: BorrowedFd<'_>, name: &OsStr) -> io::Result<bool> {
     Ok(true)
 }
 
-/// Deletes the subvolume `name` in `parent` with everything in it, first making it writable.
+/// Deletes the subvolume (and only a subvolume) `name` in `parent` with everything in it,
+/// first making it writable.
 /// `false` when the kernel does not allow it (a user who is not root, on a Btrfs mounted
 /// without `user_subvol_rm_allowed`; or subvolumes inside it): the caller empties it and
 /// removes it as a directory instead. Missing is success.

@@ -135,17 +135,20 @@ impl Storage for BtrfsStorage {
 
     async fn prepare(&self) -> Result<()> {
         let data = self.data.clone();
-        blocking(move || data.prepare(|fd| check_btrfs(&data.dir, fd))).await
+        blocking(&self.data.dir, move || {
+            data.prepare(|fd| check_btrfs(&data.dir, fd))
+        })
+        .await
     }
 
     async fn create_volume(&self, v: &VolumeId) -> Result<PathBuf> {
         let (me, v) = (self.clone(), v.clone());
-        blocking(move || me.create_now(&v)).await
+        blocking(&self.data.dir, move || me.create_now(&v)).await
     }
 
     async fn snapshot(&self, s: &SnapshotRef) -> Result<()> {
         let (me, s) = (self.clone(), s.clone());
-        blocking(move || me.snapshot_now(&s)).await
+        blocking(&self.data.dir, move || me.snapshot_now(&s)).await
     }
 
     async fn complete_snapshot(
@@ -162,22 +165,22 @@ impl Storage for BtrfsStorage {
 
     async fn clone_snapshot(&self, from: &SnapshotRef, into: &VolumeId) -> Result<PathBuf> {
         let (me, from, into) = (self.clone(), from.clone(), into.clone());
-        blocking(move || me.clone_now(&from, &into)).await
+        blocking(&self.data.dir, move || me.clone_now(&from, &into)).await
     }
 
     async fn destroy_volume(&self, v: &VolumeId) -> Result<()> {
         let (data, v) = (self.data.clone(), v.clone());
-        blocking(move || data.destroy_volume(&v)).await
+        blocking(&self.data.dir, move || data.destroy_volume(&v)).await
     }
 
     async fn destroy_snapshot(&self, s: &SnapshotRef) -> Result<()> {
         let (data, s) = (self.data.clone(), s.clone());
-        blocking(move || data.destroy_snapshot(&s)).await
+        blocking(&self.data.dir, move || data.destroy_snapshot(&s)).await
     }
 
     async fn destroy_project(&self, project: &ProjectName) -> Result<()> {
         let (data, p) = (self.data.clone(), project.clone());
-        blocking(move || data.destroy_project(&p)).await
+        blocking(&self.data.dir, move || data.destroy_project(&p)).await
     }
 
     async fn path(&self, v: &VolumeId) -> Result<Option<PathBuf>> {
@@ -212,6 +215,6 @@ impl Storage for BtrfsStorage {
 
     async fn inventory(&self) -> Result<Inventory> {
         let data = self.data.clone();
-        blocking(move || data.inventory()).await
+        blocking(&self.data.dir, move || data.inventory()).await
     }
 }
