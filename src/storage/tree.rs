@@ -199,14 +199,13 @@ impl TreeStorage {
         };
         let tmp = layout::temp_name(name);
         if exists {
-            treecopy::copy_entry(
-                src,
-                OsStr::new(name),
-                dst,
-                OsStr::new(&tmp),
-                self.mode,
-                shown_as,
-            )?;
+            let tmp = OsStr::new(&tmp);
+            let copied = treecopy::copy_entry(src, OsStr::new(name), dst, tmp, self.mode, shown_as);
+            if copied.is_err() {
+                // The copy's error is the one to report; what is left goes with the snapshot.
+                let _ = remove::remove_at(dst, tmp, Subvolumes::No);
+            }
+            copied?;
         }
         remove::remove_at(dst, OsStr::new(name), Subvolumes::No).map_err(fail("replacing"))?;
         if exists {
