@@ -6,14 +6,20 @@
 //! opened relative to a directory handle with `O_NOFOLLOW`, checked to be a regular file (a
 //! FIFO could block forever, a device could be anything), and changed through its open handle
 //! (`fchown`, `fchmod`), so a name swapped between a check and a use cannot redirect velo.
-//! Temporary files are created with `O_EXCL`.
+//! Temporary files are created with `O_EXCL`, and a finished one takes its name with a rename
+//! that refuses to replace anything.
+//!
+//! Names are single path components (`&str`, or the `OsStr` of a directory entry, which need
+//! not be UTF-8); anything with a `/`, and `.` or `..`, is refused.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use rustix::fs::{AtFlags, Mode, OFlags, RawMode};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawMode, RenameFlags, Stat};
 
 /// Opens a directory without following a link in its last component.
 pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
@@ -25,42 +31,22 @@ pub fn open_dir(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// Opens the directory `name` inside `dir`, refusing a link.
-pub fn open_dir_at(dir: impl AsFd, name: &str) -> io::Result<OwnedFd> {
+pub fn open_dir_at(dir: impl AsFd, name: impl AsRef<OsStr>) -> io::Result<OwnedFd> {
+    let dir = dir.as_fd();
     Ok(rustix::fs::openat(
-        dir.as_fd(),
-        one_component(name)?,
+        dir,
+        one_component(name.as_ref())?,
         OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
         Mode::empty(),
     )?)
 }
 
-/// Creates the directory `name` in `dir` (it must not exist), mode `mode` exactly, owned by
-/// `owner` when given; returns a handle on it.
-pub fn make_dir_at(
-    dir: impl AsFd,
-    name: &str,
-    mode: u32,
-    owner: Option<(u32, u32)>,
-) -> io::Result<OwnedFd> {
-    let name = one_component(name)?;
-    rustix::fs::mkdirat(dir.as_fd(), name, Mode::from_raw_mode(mode as RawMode))?;
-    let fd = open_dir_at(dir.as_fd(), name)?;
-    if let Some((uid, gid)) = owner {
-        rustix::fs::fchown(
-            &fd,
-            Some(rustix::fs::Uid::from_raw(uid)),
-            Some(rustix::fs::Gid::from_raw(gid)),
-        )?;
-    }
-    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode as RawMode))?;
-    Ok(fd)
-}
-
 /// Creates `name` in `dir` as a new regular file (it must not exist, as anything), mode `mode`.
-pub fn create_new_at(dir: impl AsFd, name: &str, mode: u32) -> io::Result<File> {
+pub fn create_new_at(dir: impl AsFd, name: impl AsRef<OsStr>, mode: u32) -> io::Result<File> {
+    let dir = dir.as_fd();
     let fd = rustix::fs::openat(
-        dir.as_fd(),
-        one_component(name)?,
+        dir,
+        one_component(name.as_ref())?,
         OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::WRONLY,
         Mode::from_raw_mode(mode as RawMode),
     )?;
@@ -69,8 +55,9 @@ pub fn create_new_at(dir: impl AsFd, name: &str, mode: u32) -> io::Result<File> 
 
 /// Removes `name` from `dir` if it is anything but a directory (a link is removed, never
 /// followed). Missing is success.
-pub fn remove_at(dir: impl AsFd, name: &str) -> io::Result<()> {
-    match rustix::fs::unlinkat(dir.as_fd(), one_component(name)?, AtFlags::empty()) {
+pub fn remove_at(dir: impl AsFd, name: impl AsRef<OsStr>) -> io::Result<()> {
+    let dir = dir.as_fd();
+    match rustix::fs::unlinkat(dir, one_component(name.as_ref())?, AtFlags::empty()) {
         Err(rustix::io::Errno::NOENT) => Ok(()),
         other => Ok(other?),
     }
@@ -87,38 +74,16 @@ pub fn replace_at(
     owner: Option<(u32, u32)>,
 ) -> io::Result<()> {
     let dir = dir.as_fd();
-    let name = one_component(name)?;
-    let tmp = format!(".{name}.velo-{}", std::process::id());
-    remove_at(dir, &tmp)?;
-    let mut file = create_new_at(dir, &tmp, mode)?;
-    let written = (|| {
-        if let Some((uid, gid)) = owner {
-            rustix::fs::fchown(
-                &file,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-            )?;
-        }
-        // The umask narrowed the mode at creation; set it exactly.
-        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode as RawMode))?;
-        file.write_all(contents)?;
-        file.sync_all()?;
-        rustix::fs::renameat(dir, &tmp, dir, name)?;
-        rustix::fs::fsync(dir)?;
-        Ok(())
-    })();
-    if written.is_err() {
-        let _ = remove_at(dir, &tmp);
-    }
-    written
+    publish_at(dir, name, contents, mode, owner, RenameFlags::empty())
 }
 
 /// Reads the regular file `name` in `dir`, at most `limit` bytes; `None` if it does not exist.
 /// A link, FIFO, device or directory there is an error, never followed or opened for reading.
 pub fn read_regular_at(dir: impl AsFd, name: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let dir = dir.as_fd();
     let fd = match rustix::fs::openat(
-        dir.as_fd(),
-        one_component(name)?,
+        dir,
+        one_component(name.as_ref())?,
         OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC | OFlags::RDONLY,
         Mode::empty(),
     ) {
@@ -134,10 +99,141 @@ pub fn read_regular_at(dir: impl AsFd, name: &str, limit: u64) -> io::Result<Opt
     Ok(Some(out))
 }
 
+/// Writes `contents` as the new regular file `name` in `dir`, mode `mode`, all or nothing:
+/// the file is written and synced under a temporary name, then takes `name` only if nothing
+/// has it (`AlreadyExists` otherwise, and nothing is changed).
+pub fn write_new_at(dir: impl AsFd, name: &str, contents: &[u8], mode: u32) -> io::Result<()> {
+    let dir = dir.as_fd();
+    publish_at(dir, name, contents, mode, None, RenameFlags::NOREPLACE)
+}
+
+/// Writes a complete, synced file under a temporary name, then renames it to `name` with
+/// `flags`; nothing is left behind if any step fails.
+fn publish_at(
+    dir: impl AsFd,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    flags: RenameFlags,
+) -> io::Result<()> {
+    let dir = dir.as_fd();
+    one_component(name.as_ref())?;
+    let tmp = format!(".{name}.velo-{}", std::process::id());
+    remove_at(dir, &tmp)?;
+    let mut file = create_new_at(dir, &tmp, mode)?;
+    let written = (|| {
+        if let Some((uid, gid)) = owner {
+            rustix::fs::fchown(
+                &file,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )?;
+        }
+        // The umask narrowed the mode at creation; set it exactly.
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(mode as RawMode))?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        rustix::fs::renameat_with(dir, &tmp, dir, name, flags)?;
+        rustix::fs::fsync(dir)?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = remove_at(dir, &tmp);
+    }
+    written
+}
+
+/// Creates the directory `name` in `dir` (nothing may have that name) and opens it.
+pub fn create_dir_at(dir: impl AsFd, name: impl AsRef<OsStr>, mode: u32) -> io::Result<OwnedFd> {
+    let dir = dir.as_fd();
+    let name = one_component(name.as_ref())?;
+    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(mode as RawMode))?;
+    open_dir_at(dir, name)
+}
+
+/// Creates the directory `name` in `dir` (it must not exist), mode `mode` exactly, owned by
+/// `owner` when given; returns a handle on it.
+pub fn make_dir_at(
+    dir: impl AsFd,
+    name: &str,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> io::Result<OwnedFd> {
+    let fd = create_dir_at(dir, name, mode)?;
+    if let Some((uid, gid)) = owner {
+        rustix::fs::fchown(
+            &fd,
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+        )?;
+    }
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode as RawMode))?;
+    Ok(fd)
+}
+
+/// Renames `from` in `from_dir` to `to` in `to_dir` unless something has that name
+/// (`AlreadyExists`): how a finished build takes its final name without replacing another.
+pub fn rename_new_at(
+    from_dir: impl AsFd,
+    from: impl AsRef<OsStr>,
+    to_dir: impl AsFd,
+    to: impl AsRef<OsStr>,
+) -> io::Result<()> {
+    let from_dir = from_dir.as_fd();
+    let to_dir = to_dir.as_fd();
+    Ok(rustix::fs::renameat_with(
+        from_dir,
+        one_component(from.as_ref())?,
+        to_dir,
+        one_component(to.as_ref())?,
+        RenameFlags::NOREPLACE,
+    )?)
+}
+
+/// What [`open_regular_at`] found under a name.
+#[derive(Debug)]
+pub enum Found {
+    /// A regular file, open for reading, and its status.
+    Regular(File, Stat),
+    /// Anything else (a directory, a link, a FIFO, a device, a socket): never opened.
+    Other(FileType),
+    Missing,
+}
+
+/// Opens `name` in `dir` for reading if it is a regular file, and opens nothing else, not even
+/// for a moment: the name is first opened as a bare reference (`O_PATH|O_NOFOLLOW`, which
+/// opens no FIFO or device and follows no link), its type checked through that handle, and
+/// only that same file is then opened for reading (through `/proc/self/fd`), so a name swapped
+/// between the check and the open cannot make velo open something else.
+pub fn open_regular_at(dir: impl AsFd, name: impl AsRef<OsStr>) -> io::Result<Found> {
+    let dir = dir.as_fd();
+    let path = match rustix::fs::openat(
+        dir,
+        one_component(name.as_ref())?,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) {
+        Err(rustix::io::Errno::NOENT) => return Ok(Found::Missing),
+        other => other?,
+    };
+    let st = rustix::fs::fstat(&path)?;
+    let kind = FileType::from_raw_mode(st.st_mode);
+    if kind != FileType::RegularFile {
+        return Ok(Found::Other(kind));
+    }
+    let reopened = rustix::fs::open(
+        format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&path)),
+        OFlags::RDONLY | OFlags::NOCTTY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(Found::Regular(File::from(reopened), st))
+}
+
 /// Whether an open file is a regular file.
 pub fn is_regular(fd: BorrowedFd<'_>) -> io::Result<bool> {
     let st = rustix::fs::fstat(fd)?;
-    Ok(rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile)
+    Ok(FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
 }
 
 fn not_regular(name: &str) -> io::Error {
@@ -150,11 +246,17 @@ fn not_regular(name: &str) -> io::Error {
 }
 
 /// `name` must be one ordinary path component: no `/`, not `.` or `..`, not empty.
-fn one_component(name: &str) -> io::Result<&str> {
-    if name.is_empty() || name == "." || name == ".." || name.contains('/') || name.contains('\0') {
+fn one_component(name: &OsStr) -> io::Result<&OsStr> {
+    let bytes = name.as_bytes();
+    if bytes.is_empty()
+        || bytes == b"."
+        || bytes == b".."
+        || bytes.contains(&b'/')
+        || bytes.contains(&0)
+    {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            format!("`{name}` is not a single file name"),
+            format!("`{}` is not a single file name", Path::new(name).display()),
         ));
     }
     Ok(name)

@@ -10,6 +10,9 @@
 //! The backends differ in what they promise, and say so in [`Capabilities`]: the operations
 //! branch their logic on a capability, never on a backend's name.
 //!
+//! Backends: ZFS ([`crate::zfs`]), Btrfs subvolumes ([`btrfs`]), and directory trees copied
+//! with reflinks or plainly ([`tree`]); the last two share one data directory layout.
+//!
 //! This module knows nothing of PostgreSQL, containers or velo's state.
 
 #[cfg(test)]
@@ -24,6 +27,13 @@ use serde::Serialize;
 
 use crate::names::ProjectName;
 pub use crate::names::{SnapshotRef, VolumeId};
+
+pub mod btrfs;
+mod layout;
+mod remove;
+mod trash;
+pub mod tree;
+pub mod treecopy;
 
 /// What a backend can promise.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

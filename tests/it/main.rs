@@ -1,5 +1,6 @@
 //! velo's integration tests: one binary, the real `velo` against real ZFS, Docker and
-//! PostgreSQL (prepared by `scripts/rig-up.sh`; run them with `scripts/test.sh`).
+//! PostgreSQL, and the storage backends on real Btrfs, XFS and ext4 (prepared by
+//! `scripts/rig-up.sh`; run them with `scripts/test.sh`).
 
 mod attacks;
 mod branches;
@@ -10,4 +11,5 @@ mod failures;
 mod hardening;
 mod history;
 mod host;
+mod storage;
 mod util;
