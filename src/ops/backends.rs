@@ -15,6 +15,9 @@ use crate::runtime::Runtime;
 use crate::runtime::docker::DockerRuntime;
 use crate::state::{RuntimeRecord, StorageRecord};
 use crate::storage::Storage;
+use crate::storage::btrfs::BtrfsStorage;
+use crate::storage::tree::TreeStorage;
+use crate::storage::treecopy::Mode;
 use crate::storage::zfs::ZfsStorage;
 use crate::zfs::Zfs;
 
@@ -96,7 +99,13 @@ impl Backends {
                 *layout,
                 self.label(),
             )),
-            other => bail!("this velo cannot use {} storage", other.kind()),
+            StorageRecord::Btrfs { dir } => Arc::new(BtrfsStorage::new(dir, self.label())),
+            StorageRecord::Reflink { dir } => {
+                Arc::new(TreeStorage::new(dir, Mode::Reflink, self.label()))
+            }
+            StorageRecord::Copy { dir } => {
+                Arc::new(TreeStorage::new(dir, Mode::Copy, self.label()))
+            }
         };
         made.insert(record.clone(), storage.clone());
         Ok(storage)

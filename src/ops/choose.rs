@@ -8,6 +8,8 @@ use anyhow::{Context as _, Result, bail};
 use super::Ctx;
 use crate::pgversion::MIN_MAJOR;
 use crate::state::{RuntimeRecord, StorageRecord, ZfsLayout};
+use crate::storage::btrfs::is_btrfs;
+use crate::storage::tree::reflink_works;
 use crate::storage::zfs::user_base;
 
 /// The PostgreSQL major a new project gets when nothing says otherwise.
@@ -71,23 +73,76 @@ pub async fn choose(ctx: &Ctx, wanted: &Wanted) -> Result<Choice> {
 }
 
 async fn choose_storage(ctx: &Ctx, wanted: &Wanted) -> Result<(StorageRecord, String)> {
+    let dir = data_dir(ctx, wanted);
     match wanted.storage {
-        None | Some(StorageKind::Zfs) => {
-            let (pool, why) = choose_pool(ctx, wanted.pool.clone()).await?;
-            let record = StorageRecord::Zfs {
-                base: user_base(&pool, &dataset_user()),
-                pool,
-                layout: ZfsLayout::Flat,
-            };
-            let why = if wanted.storage.is_some() {
-                "zfs as asked".to_string()
-            } else {
-                why
-            };
-            Ok((record, why))
+        Some(StorageKind::Zfs) => {
+            let (pool, _) = choose_pool(ctx, wanted.pool.clone()).await?;
+            Ok((zfs_record(pool), "zfs, as asked".into()))
         }
-        Some(other) => bail!("this velo cannot use {other:?} storage yet"),
+        Some(StorageKind::Btrfs) => Ok((StorageRecord::Btrfs { dir }, "btrfs, as asked".into())),
+        Some(StorageKind::Reflink) => {
+            Ok((StorageRecord::Reflink { dir }, "reflink, as asked".into()))
+        }
+        Some(StorageKind::Copy) => Ok((StorageRecord::Copy { dir }, "copy, as asked".into())),
+        None => default_storage(ctx, wanted, dir).await,
     }
+}
+
+/// The best copy-on-write the machine offers: ZFS when a pool is set up for this user (or,
+/// as root, the only pool imported); else Btrfs if the data directory is on Btrfs; else
+/// reflinks if `FICLONE` works there; else plain copies, with a warning.
+async fn default_storage(
+    ctx: &Ctx,
+    wanted: &Wanted,
+    dir: PathBuf,
+) -> Result<(StorageRecord, String)> {
+    if let Some((pool, why)) = usable_pool(ctx, wanted).await {
+        return Ok((zfs_record(pool), why));
+    }
+    crate::hostdir::private_dir(&dir)
+        .with_context(|| format!("preparing velo's data directory {}", dir.display()))?;
+    let shown = dir.display().to_string();
+    if is_btrfs(&dir) {
+        let why = format!("btrfs: {shown} is on Btrfs");
+        return Ok((StorageRecord::Btrfs { dir }, why));
+    }
+    if reflink_works(&dir) {
+        let why = format!("reflink: {shown} shares blocks between copies (FICLONE)");
+        return Ok((StorageRecord::Reflink { dir }, why));
+    }
+    ctx.shell.warn(&format!(
+        "{shown} can neither snapshot (Btrfs, ZFS) nor share blocks (XFS with reflink, Btrfs, bcachefs): branches will be full copies, slow and as big as their parent; put velo's data on such a file system (--data-dir), or set up ZFS"
+    ));
+    let why = format!("copy: {shown} has no copy-on-write");
+    Ok((StorageRecord::Copy { dir }, why))
+}
+
+/// A ZFS pool this user can use without being asked: the one `velo setup` prepared for them,
+/// or, as root, the configured pool or the only one imported.
+async fn usable_pool(ctx: &Ctx, wanted: &Wanted) -> Option<(String, String)> {
+    let set_up = ctx.config.users.contains_key(&dataset_user());
+    if !(crate::zfs::is_root() || set_up) {
+        return None;
+    }
+    choose_pool(ctx, wanted.pool.clone()).await.ok()
+}
+
+fn zfs_record(pool: String) -> StorageRecord {
+    StorageRecord::Zfs {
+        base: user_base(&pool, &dataset_user()),
+        pool,
+        layout: ZfsLayout::Flat,
+    }
+}
+
+/// Where btrfs, reflink and copy storage keep their data: `--data-dir`, else
+/// `$VELO_HOME/data`.
+fn data_dir(ctx: &Ctx, wanted: &Wanted) -> PathBuf {
+    let dir = wanted
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| ctx.store.dir().join("data"));
+    std::path::absolute(&dir).unwrap_or(dir)
 }
 
 fn choose_runtime(wanted: &Wanted) -> Result<(RuntimeRecord, String)> {
