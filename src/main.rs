@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use velo::cli::{Cli, Command};
+use velo::cli::{ChildExit, Cli, Command};
 use velo::ops::{Ctx, recover, signal};
 use velo::state::Store;
 use velo::ui::Shell;
@@ -38,6 +38,10 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<ChildExit>() => {
+            let code = e.downcast_ref::<ChildExit>().map_or(1, |c| c.0);
+            ExitCode::from(u8::try_from(code).unwrap_or(1))
+        }
         Err(e) => {
             report(&shell, &e);
             if signal::interrupted() {

@@ -62,9 +62,34 @@ pub enum BranchCmd {
     /// Show how to connect: host, port, user, password, database and URL.
     #[command(visible_alias = "pass")]
     Password {
+        /// The branch, as <project>/<branch>.
         branch: BranchRef,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the branch's connection URL (without the password unless asked).
+    #[command(visible_alias = "connection-string")]
+    Url {
+        /// The branch, as <project>/<branch>.
+        branch: BranchRef,
+        /// Put the password in the URL (for scripts and .env files).
+        #[arg(long)]
+        with_password: bool,
+    },
+    /// Print `export` lines of PGHOST, PGPORT, PGUSER, PGPASSWORD, PGDATABASE and DATABASE_URL,
+    /// for `eval "$(velo branch env P/B)"`.
+    Env {
+        /// The branch, as <project>/<branch>.
+        branch: BranchRef,
+    },
+    /// Run psql on the branch (over its private socket: no password asked or shown).
+    Psql {
+        /// The branch, as <project>/<branch>.
+        branch: BranchRef,
+        /// Arguments for psql, after `--`.
+        #[arg(last = true, value_name = "PSQL ARGS")]
+        args: Vec<String>,
     },
 }
 
@@ -107,6 +132,18 @@ impl BranchCmd {
             BranchCmd::Stop { branch } => branch::stop(ctx, &branch).await,
             BranchCmd::Restart { branch } => branch::restart(ctx, &branch).await,
             BranchCmd::Password { branch, json } => branch::password(ctx, &branch, json).await,
+            BranchCmd::Url {
+                branch,
+                with_password,
+            } => branch::connect::print_url(ctx, &branch, with_password),
+            BranchCmd::Env { branch } => branch::connect::env(ctx, &branch),
+            BranchCmd::Psql { branch, args } => {
+                let code = branch::connect::psql(ctx, &branch, &args).await?;
+                if code != 0 {
+                    return Err(crate::cli::ChildExit(code).into());
+                }
+                Ok(())
+            }
         }
     }
 }

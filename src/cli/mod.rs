@@ -79,6 +79,11 @@ pub enum Command {
     },
 }
 
+/// A child program velo ran for the user (psql) exited with this code: velo exits with it too.
+#[derive(Debug, thiserror::Error)]
+#[error("exited with status {0}")]
+pub struct ChildExit(pub i32);
+
 impl Cli {
     pub async fn run(self, ctx: &Ctx) -> Result<()> {
         match self.command {

@@ -74,7 +74,20 @@ pub async fn choose(ctx: &Ctx, wanted: &Wanted) -> Result<Choice> {
 
 async fn choose_storage(ctx: &Ctx, wanted: &Wanted) -> Result<(StorageRecord, String)> {
     let dir = data_dir(ctx, wanted);
-    match wanted.storage {
+    // A pool asked for is a ZFS project.
+    let kind = wanted
+        .storage
+        .or(wanted.pool.as_ref().map(|_| StorageKind::Zfs));
+    if wanted.pool.is_some() && kind != Some(StorageKind::Zfs) {
+        bail!(
+            "--pool is for ZFS storage; leave it out with --storage {}",
+            kind_word(kind)
+        );
+    }
+    if wanted.data_dir.is_some() && kind == Some(StorageKind::Zfs) {
+        bail!("--data-dir is for btrfs, reflink and copy storage; ZFS keeps data in its pool");
+    }
+    match kind {
         Some(StorageKind::Zfs) => {
             let (pool, _) = choose_pool(ctx, wanted.pool.clone()).await?;
             Ok((zfs_record(pool), "zfs, as asked".into()))
@@ -85,6 +98,15 @@ async fn choose_storage(ctx: &Ctx, wanted: &Wanted) -> Result<(StorageRecord, St
         }
         Some(StorageKind::Copy) => Ok((StorageRecord::Copy { dir }, "copy, as asked".into())),
         None => default_storage(ctx, wanted, dir).await,
+    }
+}
+
+fn kind_word(kind: Option<StorageKind>) -> &'static str {
+    match kind {
+        Some(StorageKind::Zfs) | None => "zfs",
+        Some(StorageKind::Btrfs) => "btrfs",
+        Some(StorageKind::Reflink) => "reflink",
+        Some(StorageKind::Copy) => "copy",
     }
 }
 

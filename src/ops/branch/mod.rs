@@ -6,6 +6,7 @@
 //! server is ready the old data is intact, and any failure puts the old server back on it.
 
 mod change;
+pub mod connect;
 mod delete;
 mod query;
 mod run;
