@@ -16,9 +16,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub mod native;
 
 /// Host directories a server uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerPaths {
     /// The data directory (`<volume>/pgdata`).
     pub data_dir: PathBuf,
@@ -34,7 +37,7 @@ pub struct ServerPaths {
 }
 
 /// Everything a runtime needs to make a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerSpec {
     pub name: String,
     pub labels: Labels,
@@ -44,7 +47,7 @@ pub struct ServerSpec {
 }
 
 /// What a server is, for the runtime's own records and `velo repair`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Labels {
     pub project: String,
     pub branch: String,
@@ -95,6 +98,8 @@ pub struct ManagedServer {
 pub enum RuntimeError {
     #[error(transparent)]
     Docker(#[from] crate::docker::DockerError),
+    #[error(transparent)]
+    Native(#[from] native::NativeError),
     #[error("{action} {path}")]
     Io {
         action: &'static str,
