@@ -14,7 +14,7 @@
 
 use std::ffi::OsStr;
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -228,6 +228,106 @@ pub fn open_regular_at(dir: impl AsFd, name: impl AsRef<OsStr>) -> io::Result<Fo
         Mode::empty(),
     )?;
     Ok(Found::Regular(File::from(reopened), st))
+}
+
+/// Reads the last `limit` bytes (or fewer) of the regular file `name` in `dir`; `None` if it
+/// does not exist. Refuses what [`read_regular_at`] refuses.
+pub fn read_tail_at(dir: impl AsFd, name: &str, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let Some(fd) = open_regular_with(dir, name, OFlags::RDONLY, 0)? else {
+        return Ok(None);
+    };
+    let size = rustix::fs::fstat(&fd)?.st_size.max(0) as u64;
+    let mut file = File::from(fd);
+    file.seek(SeekFrom::Start(size.saturating_sub(limit)))?;
+    let mut out = Vec::new();
+    file.take(limit).read_to_end(&mut out)?;
+    Ok(Some(out))
+}
+
+/// Opens the regular file `name` in `dir` for appending, creating it with mode `mode` if it
+/// does not exist. A link, FIFO, device or directory there is an error, never followed.
+pub fn open_append_at(dir: impl AsFd, name: &str, mode: u32) -> io::Result<File> {
+    let flags = OFlags::CREATE | OFlags::WRONLY | OFlags::APPEND;
+    let fd = open_regular_with(dir, name, flags, mode)?
+        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))?;
+    Ok(File::from(fd))
+}
+
+/// Opens `name` in `dir` with `flags` (never following a link, never blocking on a FIFO) and
+/// checks it is a regular file; `None` if it does not exist.
+fn open_regular_with(
+    dir: impl AsFd,
+    name: &str,
+    flags: OFlags,
+    mode: u32,
+) -> io::Result<Option<OwnedFd>> {
+    let fd = match rustix::fs::openat(
+        dir.as_fd(),
+        one_component(name.as_ref())?,
+        flags | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode as RawMode),
+    ) {
+        Err(rustix::io::Errno::NOENT) => return Ok(None),
+        Err(rustix::io::Errno::LOOP | rustix::io::Errno::NXIO) => return Err(not_regular(name)),
+        other => other?,
+    };
+    if !is_regular(fd.as_fd())? {
+        return Err(not_regular(name));
+    }
+    Ok(Some(fd))
+}
+
+/// Opens the directory `name` in `dir`, creating it if it does not exist, and sets its mode to
+/// `mode`. A link there is refused, never followed.
+pub fn ensure_dir_at(dir: impl AsFd, name: &str, mode: u32) -> io::Result<OwnedFd> {
+    let dir = dir.as_fd();
+    match rustix::fs::mkdirat(
+        dir,
+        one_component(name.as_ref())?,
+        Mode::from_raw_mode(mode as RawMode),
+    ) {
+        Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let fd = open_dir_at(dir, name)?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode as RawMode))?;
+    Ok(fd)
+}
+
+/// The names in a directory (without `.` and `..`) that are valid UTF-8.
+pub fn list_at(dir: impl AsFd) -> io::Result<Vec<String>> {
+    let mut names = Vec::new();
+    for entry in rustix::fs::Dir::read_from(dir.as_fd())? {
+        let entry = entry?;
+        if let Ok(name) = entry.file_name().to_str()
+            && name != "."
+            && name != ".."
+        {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
+}
+
+/// Removes the directory `name` in `dir` and the files in it (links are removed, never
+/// followed). A directory inside it is an error. Missing is success.
+pub fn remove_dir_at(dir: impl AsFd, name: &str) -> io::Result<()> {
+    let dir = dir.as_fd();
+    let inner = match open_dir_at(dir, name) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        other => other?,
+    };
+    for entry in rustix::fs::Dir::read_from(&inner)? {
+        let entry = entry?;
+        let file = entry.file_name();
+        if file != c"." && file != c".." {
+            rustix::fs::unlinkat(&inner, file, AtFlags::empty())?;
+        }
+    }
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Err(rustix::io::Errno::NOENT) => Ok(()),
+        other => Ok(other?),
+    }
 }
 
 /// Whether an open file is a regular file.

@@ -20,9 +20,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+pub mod native;
 
 /// Host directories a server uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerPaths {
     /// The data directory (`<volume>/pgdata`).
     pub data_dir: PathBuf,
@@ -38,7 +41,7 @@ pub struct ServerPaths {
 }
 
 /// Everything a runtime needs to make a server.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerSpec {
     pub name: String,
     pub labels: Labels,
@@ -50,7 +53,7 @@ pub struct ServerSpec {
 }
 
 /// What a server is, for the runtime's own records and `velo repair`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Labels {
     pub project: String,
     pub branch: String,
@@ -59,7 +62,7 @@ pub struct Labels {
 }
 
 /// Who a runtime's servers run as.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerUser {
     pub uid: u32,
     pub gid: u32,
@@ -103,6 +106,8 @@ pub struct ManagedServer {
 pub enum RuntimeError {
     #[error(transparent)]
     Docker(#[from] crate::docker::DockerError),
+    #[error(transparent)]
+    Native(#[from] native::NativeError),
     #[error("{action} {path}")]
     Io {
         action: &'static str,
