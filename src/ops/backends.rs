@@ -6,13 +6,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Result, bail};
+use anyhow::Result;
 
 use crate::config::Config;
 use crate::docker::Engine;
 use crate::pg::{Endpoint, Sql};
 use crate::runtime::Runtime;
 use crate::runtime::docker::DockerRuntime;
+use crate::runtime::native::NativeRuntime;
 use crate::state::{RuntimeRecord, StorageRecord};
 use crate::storage::Storage;
 use crate::storage::btrfs::BtrfsStorage;
@@ -125,7 +126,11 @@ impl Backends {
                 image.clone(),
                 self.label(),
             )),
-            other => bail!("this velo cannot use the {} runtime", other.kind()),
+            RuntimeRecord::Native { bindir } => Arc::new(NativeRuntime::new(
+                bindir.clone(),
+                self.home.clone(),
+                self.label(),
+            )),
         };
         made.insert(record.clone(), runtime.clone());
         Ok(runtime)

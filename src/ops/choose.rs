@@ -64,7 +64,7 @@ pub async fn choose(ctx: &Ctx, wanted: &Wanted) -> Result<Choice> {
         );
     }
     let (storage, storage_why) = choose_storage(ctx, wanted).await?;
-    let (runtime, runtime_why) = choose_runtime(wanted)?;
+    let (runtime, runtime_why) = choose_runtime(ctx, wanted).await?;
     Ok(Choice {
         storage,
         runtime,
@@ -167,17 +167,65 @@ fn data_dir(ctx: &Ctx, wanted: &Wanted) -> PathBuf {
     std::path::absolute(&dir).unwrap_or(dir)
 }
 
-fn choose_runtime(wanted: &Wanted) -> Result<(RuntimeRecord, String)> {
-    match wanted.runtime {
-        None | Some(RuntimeKind::Docker) => {
-            let image = wanted
-                .image
-                .clone()
-                .unwrap_or_else(|| image_for(wanted.pg_version.unwrap_or(DEFAULT_MAJOR)));
-            Ok((RuntimeRecord::Docker { image }, "docker".into()))
+async fn choose_runtime(ctx: &Ctx, wanted: &Wanted) -> Result<(RuntimeRecord, String)> {
+    let docker = |image: String, why: &str| (RuntimeRecord::Docker { image }, why.to_string());
+    let image = || {
+        wanted
+            .image
+            .clone()
+            .unwrap_or_else(|| image_for(wanted.pg_version.unwrap_or(DEFAULT_MAJOR)))
+    };
+    match (wanted.runtime, &wanted.image) {
+        (Some(RuntimeKind::Native), Some(_)) => {
+            bail!(
+                "--image is for the Docker runtime; the native runtime uses the host's binaries (--pg-version)"
+            )
         }
-        Some(RuntimeKind::Native) => bail!("this velo cannot use the native runtime yet"),
+        (Some(RuntimeKind::Native), None) => native(wanted, "native, as asked"),
+        (Some(RuntimeKind::Docker), _) | (None, Some(_)) => Ok(docker(image(), "docker, as asked")),
+        (None, None) => {
+            let image = image();
+            let found = ctx.backends.docker().image_id(&image).await;
+            match found {
+                Ok(Some(_)) => Ok(docker(
+                    image.clone(),
+                    &format!("docker: the daemon answers and has {image}"),
+                )),
+                _ if crate::zfs::is_root() => bail!(
+                    "no runtime for a new project: Docker {} and the native runtime does not run as root; start Docker and `docker pull {image}` (or pass --image), or run velo as a regular user",
+                    docker_problem(&found)
+                ),
+                _ => native(
+                    wanted,
+                    &format!("native: Docker {}", docker_problem(&found)),
+                ),
+            }
+        }
     }
+}
+
+fn docker_problem(found: &Result<Option<String>, crate::docker::DockerError>) -> &'static str {
+    match found {
+        Ok(Some(_)) => "has the image",
+        Ok(None) => "does not have the image",
+        Err(_) => "does not answer (or you may not use it)",
+    }
+}
+
+/// The native runtime with the host's binaries of the major asked for, else the newest.
+fn native(wanted: &Wanted, why: &str) -> Result<(RuntimeRecord, String)> {
+    let found = crate::runtime::native::bins::find(wanted.pg_version)?;
+    let why = format!(
+        "{why}, PostgreSQL {} in {}",
+        found.version,
+        found.bindir.display()
+    );
+    Ok((
+        RuntimeRecord::Native {
+            bindir: found.bindir,
+        },
+        why,
+    ))
 }
 
 /// The pool to use: the one asked for, else the one `velo setup` recorded, else the only

@@ -28,7 +28,7 @@ use super::error::NativeError;
 use crate::runtime::Result;
 
 /// The oldest PostgreSQL velo runs.
-pub const MIN_MAJOR: u32 = 14;
+pub use crate::pgversion::MIN_MAJOR;
 
 /// A bin directory holding a PostgreSQL server (`postgres` and `initdb`).
 #[derive(Debug, Clone, PartialEq, Eq)]
