@@ -231,13 +231,17 @@ fn native(wanted: &Wanted, why: &str) -> Result<(RuntimeRecord, String)> {
 /// The pool to use: the one asked for, else the one `velo setup` recorded, else the only
 /// imported pool; and why.
 pub async fn choose_pool(ctx: &Ctx, asked: Option<String>) -> Result<(String, String)> {
-    let pools = ctx
-        .backends
-        .zfs()
-        .pools()
-        .await
-        .context("listing ZFS pools")?;
-    let (asked, why) = match (asked, &ctx.config.pool) {
+    pick_pool(ctx.backends.zfs(), ctx.config.pool.as_ref(), asked).await
+}
+
+/// [`choose_pool`] with these ZFS tools and this configured pool.
+pub async fn pick_pool(
+    zfs: &crate::zfs::Zfs,
+    configured: Option<&String>,
+    asked: Option<String>,
+) -> Result<(String, String)> {
+    let pools = zfs.pools().await.context("listing ZFS pools")?;
+    let (asked, why) = match (asked, configured) {
         (Some(p), _) => (Some(p), "the pool asked for"),
         (None, Some(p)) => (Some(p.clone()), "the pool `velo setup` recorded"),
         (None, None) => (None, "the only pool imported"),

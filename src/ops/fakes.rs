@@ -280,10 +280,52 @@ fn a_project_create_that_fails_at_any_step_leaves_nothing() {
                 format!("{err:#}").contains("nothing was left behind"),
                 "{fault:?}: {err:#}"
             );
-            assert_eq!(w.snapshot(), (String::new(), BTreeSet::new(), Vec::new()));
+            // Nothing of the project; a prepared cluster only if it was finished (recorded),
+            // for the next project to use.
+            let kept: BTreeSet<String> = w
+                .ctx
+                .store
+                .read()
+                .unwrap()
+                .prepared
+                .iter()
+                .flat_map(|p| [p.volume().to_string(), p.snapshot_ref().to_string()])
+                .collect();
+            assert_eq!(w.snapshot(), (String::new(), kept, Vec::new()), "{fault:?}");
             let archives = w.ctx.archives().project_dir(&"demo".parse().unwrap());
             assert!(!archives.exists(), "{fault:?}: archive left");
         }
+    });
+}
+
+#[test]
+fn projects_are_clones_of_one_prepared_cluster_made_once() {
+    tokio().block_on(async {
+        let w = World::with_project().await;
+        let choice = Choice {
+            storage: StorageRecord::Copy {
+                dir: "/fake".into(),
+            },
+            runtime: RuntimeRecord::Docker {
+                image: "fake".into(),
+            },
+            why: "tests".into(),
+        };
+        w.runtime.fail_next("init");
+        project::create_with(&w.ctx, &"other".parse().unwrap(), choice)
+            .await
+            .unwrap();
+        let state = w.ctx.store.read().unwrap();
+        assert_eq!(state.prepared.len(), 1, "one prepared cluster for both");
+        let name = &state.prepared[0].name;
+        for p in state.projects.values() {
+            assert_eq!(p.prepared_from.as_ref(), Some(name));
+        }
+        assert!(
+            w.ctx.shell.output().matches("▸ Initialise").count() == 1,
+            "initdb ran once: {}",
+            w.ctx.shell.output()
+        );
     });
 }
 

@@ -27,6 +27,7 @@ mod fakes;
 mod generation;
 pub mod journal;
 mod launch;
+mod prepared;
 pub mod project;
 pub mod recover;
 pub mod server;

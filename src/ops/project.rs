@@ -11,6 +11,7 @@ use super::choose::{self, Choice, Wanted};
 use super::generation::create_archive;
 use super::journal::Intent;
 use super::launch::{Launch, launch_new};
+use super::prepared;
 use super::server;
 use super::{Ctx, Undo, allocate_port, busy_marker, get_project, remove_dir, rolled_back};
 use crate::names::{self, BranchName, BranchRef, ProjectName, VolumeId};
@@ -41,23 +42,42 @@ pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Resul
     );
     // The storage's root and the server software are checked at once; a bad storage is
     // reported first, whichever answer comes first.
-    let (prepared, user) = tokio::join!(
+    let (ready, software) = tokio::join!(
         ctx.shell.step("Prepare storage", storage.prepare()),
-        ctx.shell.step("Check server software", runtime.prepare())
+        ctx.shell.step("Check server software", runtime.software())
     );
-    prepared?;
-    let user = user?;
-    let (project, main, mut undo) = ctx.store.update(|s| reserve(s, &name, &choice, user))?;
+    ready?;
+    let software = software?;
+    let cluster = prepared::name_for(&choice.storage, &choice.runtime, &software);
+    let existing = prepared::find(&ctx.store.read()?, &cluster).cloned();
+    let user = match &existing {
+        Some(p) => ServerUser {
+            uid: p.pg_uid,
+            gid: p.pg_gid,
+        },
+        None => {
+            ctx.shell
+                .step("Check who servers run as", runtime.prepare())
+                .await?
+        }
+    };
+    let (project, main, mut undo) = ctx
+        .store
+        .update(|s| reserve(s, &name, &choice, &cluster, user))?;
     let main_ref = BranchRef::new(name.clone(), BranchName::main());
 
     let result: Result<Branch> = async {
         undo.intend(ctx, "dataset", UndoStep::DestroyProject)
             .await?;
+        let cluster = match existing {
+            Some(p) => p,
+            None => prepared::make(ctx, &project, &cluster, &software, user, &mut undo).await?,
+        };
         let root = ctx
             .shell
             .step(
-                "Create volume",
-                storage.create_volume(&main.volume(&main_ref)),
+                "Clone",
+                storage.clone_snapshot(&cluster.snapshot_ref(), &main.volume(&main_ref)),
             )
             .await?;
         undo.intend(
@@ -70,13 +90,6 @@ pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Resul
         )
         .await?;
         create_archive(ctx, &project, &main_ref, main.generation)?;
-        let pgdata = ctx
-            .shell
-            .step("Prepare data directory", runtime.make_data_dir(&root, user))
-            .await?;
-        ctx.shell
-            .step("Initialise", runtime.init(&pgdata, &project.user, user))
-            .await?;
         let how = Launch {
             root: &root,
             deadline: PROJECT_READY,
@@ -111,6 +124,7 @@ pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Resul
         undo.commit(s);
         Ok::<_, anyhow::Error>(())
     })?;
+    prepared::tidy(ctx).await;
     ctx.shell.note(&format!(
         "Project `{name}` is ready ({}); its main branch is `{main_ref}`.",
         choice.why
@@ -127,6 +141,7 @@ fn reserve(
     s: &mut crate::state::State,
     name: &ProjectName,
     choice: &Choice,
+    cluster: &BranchName,
     user: ServerUser,
 ) -> Result<(Project, Branch, Undo)> {
     if s.projects.contains_key(name) {
@@ -147,6 +162,7 @@ fn reserve(
         storage: choice.storage.clone(),
         runtime: choice.runtime.clone(),
         chosen: Some(choice.why.clone()),
+        prepared_from: Some(cluster.clone()),
         pg_version: None,
         user: "postgres".into(),
         password: super::new_password(),
@@ -314,6 +330,7 @@ pub async fn delete(ctx: &Ctx, name: &ProjectName, force: bool) -> Result<()> {
             "fix the cause and run `velo project delete {name} --force` again"
         )));
     }
+    prepared::tidy(ctx).await;
     ctx.shell.note(&format!("Project `{name}` deleted."));
     Ok(())
 }

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::process::Command;
 
 use super::Ctx;
-use super::choose::{choose_pool, plain_user_name};
+use super::choose::{pick_pool, plain_user_name};
 use crate::config::{Config, UserSetup};
 use crate::storage::zfs::user_base;
 use crate::zfs::{
@@ -80,9 +80,9 @@ pub async fn setup(ctx: &Ctx, req: SetupRequest) -> Result<()> {
     let user = target_user(req.user.as_deref())?;
     let config_path = Config::path();
     let old = Config::load(&config_path)?;
-    let zfs = Zfs::new(
-        Some(system_program("zfs")?.display().to_string()),
-        Some(system_program("zpool")?.display().to_string()),
+    let zfs = Zfs::at(
+        system_program("zfs")?.display().to_string(),
+        system_program("zpool")?.display().to_string(),
     );
     let mut steps = Steps {
         ctx,
@@ -193,7 +193,7 @@ async fn apply(
         .implementation()
         .await
         .context("asking ZFS which it is")?;
-    let (pool, _) = choose_pool(ctx, asked_pool).await?;
+    let (pool, _) = pick_pool(zfs, old.pool.as_ref(), asked_pool).await?;
     if !pool
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))

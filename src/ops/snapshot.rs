@@ -424,6 +424,7 @@ mod tests {
             storage: crate::state::StorageRecord::Copy { dir: "/d".into() },
             runtime: crate::state::RuntimeRecord::Docker { image: "i".into() },
             chosen: None,
+            prepared_from: None,
             pg_version: None,
             user: "postgres".into(),
             password: "x".into(),

@@ -206,6 +206,11 @@ pub enum UndoStep {
     },
     /// Everything the project has in its storage (a project create that did not finish).
     DestroyProject,
+    /// A prepared cluster this operation was making, unless the state records it by now
+    /// (then other projects may rely on it).
+    DestroyPrepared {
+        name: BranchName,
+    },
     /// Removes the branch's server if it carries this velo home's label (never someone else's).
     RemoveServer {
         branch: BranchName,
