@@ -10,6 +10,7 @@ mod wal;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::names::ProjectName;
 use crate::ops::{self, Ctx};
 
 /// Git-style branches for PostgreSQL, on ZFS clones and Docker.
@@ -77,6 +78,17 @@ pub enum Command {
         #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
         timeout: std::time::Duration,
     },
+    /// Work velo does after a command has answered (started by velo itself).
+    #[command(name = "__background", hide = true, subcommand)]
+    Background(Background),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Background {
+    /// Finish the journal operation `id` that the velo process `parent` handed over.
+    Finish { id: String, parent: u32 },
+    /// Remove what `project` no longer needs (old generations, stale prepared clusters).
+    Tidy { project: ProjectName },
 }
 
 /// A child program velo ran for the user (psql) exited with this code: velo exits with it too.
@@ -111,6 +123,13 @@ impl Cli {
                 ops::setup::setup(ctx, req).await
             }
             Command::Doctor { json, timeout } => ops::doctor::doctor(ctx, json, timeout).await,
+            Command::Background(Background::Finish { id, parent }) => {
+                ops::background::run_finish(ctx, &id, parent).await
+            }
+            Command::Background(Background::Tidy { project }) => {
+                ops::background::tidy_here(ctx, &project).await;
+                Ok(())
+            }
         }
     }
 }

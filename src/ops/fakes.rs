@@ -99,6 +99,7 @@ impl World {
             shell: Shell::captured(),
             backends: Backends::fixed(home.path(), fixed),
             ready_timeout: None,
+            background: false,
         };
         World {
             ctx,
@@ -360,11 +361,31 @@ fn a_port_taken_meanwhile_moves_a_new_branch_to_another() {
     });
 }
 
+/// Makes every open operation's owner a process that is gone, as after the command exits.
+fn orphan_all(w: &World) {
+    use crate::state::Owner;
+    w.ctx
+        .store
+        .update(|s| {
+            let ids: Vec<String> = s.journal.iter().map(|op| op.id.clone()).collect();
+            for id in ids {
+                if let Some(op) = s.journal.get_mut(&id) {
+                    op.owner = Owner {
+                        pid: u32::MAX - 1,
+                        started: None,
+                    };
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .unwrap();
+}
+
 #[test]
-fn a_delete_that_fails_is_finished_when_run_again() {
+fn a_delete_that_fails_before_forgetting_is_finished_when_run_again() {
     tokio().block_on(async {
         let w = World::with_project().await;
-        w.storage.fail_next("destroy_volume");
+        w.runtime.fail_next("remove");
         let err = branch::delete(&w.ctx, &r("demo/dev"), false)
             .await
             .unwrap_err();
@@ -372,11 +393,70 @@ fn a_delete_that_fails_is_finished_when_run_again() {
             format!("{err:#}").contains("run `velo branch delete"),
             "{err:#}"
         );
+        let (branches, _, _) = w.snapshot();
+        assert!(branches.contains("dev"), "{branches}");
         branch::delete(&w.ctx, &r("demo/dev"), false).await.unwrap();
         let (branches, contents, servers) = w.snapshot();
         assert!(!branches.contains("dev"), "{branches}");
         assert!(contents.iter().all(|c| !c.contains("dev")), "{contents:?}");
         assert_eq!(servers, vec![("velo-demo.main".to_string(), true)]);
+    });
+}
+
+#[test]
+fn data_a_delete_could_not_destroy_is_destroyed_by_the_next_command() {
+    tokio().block_on(async {
+        let w = World::with_project().await;
+        w.storage.fail_next("destroy_volume");
+        branch::delete(&w.ctx, &r("demo/dev"), false).await.unwrap();
+        let said = w.ctx.shell.output();
+        assert!(said.contains("the next velo command tries again"), "{said}");
+        // The branch is gone at once; its data stays recorded until it is destroyed.
+        let state = w.ctx.store.read().unwrap();
+        let pending = super::background::pending(&state);
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert!(pending[0].to_string().contains("dev"), "{}", pending[0]);
+        assert!(
+            !state
+                .projects
+                .values()
+                .any(|p| p.branch(&r("demo/dev").branch).is_some())
+        );
+        drop(state);
+        assert!(w.storage.contents().iter().any(|c| c.contains("dev")));
+        orphan_all(&w);
+        super::recover::recover(&w.ctx).await;
+        let (branches, contents, servers) = w.snapshot();
+        assert!(!branches.contains("dev"), "{branches}");
+        assert!(contents.iter().all(|c| !c.contains("dev")), "{contents:?}");
+        assert_eq!(servers, vec![("velo-demo.main".to_string(), true)]);
+    });
+}
+
+#[test]
+fn a_project_delete_forgets_first_and_destroys_after() {
+    tokio().block_on(async {
+        let w = World::with_project().await;
+        w.storage.fail_next("destroy_project");
+        project::delete(&w.ctx, &"demo".parse().unwrap(), true)
+            .await
+            .unwrap();
+        let state = w.ctx.store.read().unwrap();
+        assert!(state.projects.is_empty());
+        assert_eq!(super::background::pending(&state).len(), 1);
+        drop(state);
+        assert!(w.storage.contents().iter().any(|c| c.starts_with("demo")));
+        assert!(w.runtime.servers().is_empty());
+        orphan_all(&w);
+        super::recover::recover(&w.ctx).await;
+        let (branches, contents, servers) = w.snapshot();
+        assert_eq!(branches, "");
+        // Only the prepared cluster stays, for the next project.
+        assert!(
+            contents.iter().all(|c| c.starts_with("prepared/")),
+            "{contents:?}"
+        );
+        assert!(servers.is_empty());
     });
 }
 

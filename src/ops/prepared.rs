@@ -15,19 +15,26 @@ use super::{Ctx, Undo};
 use crate::names::{BranchName, SnapshotId, SnapshotRef};
 use crate::runtime::ServerUser;
 use crate::state::{
-    Prepared, Project, RuntimeRecord, State, StorageRecord, UndoStep, prepared_volume,
+    Finish, Prepared, Project, Recovery, RuntimeRecord, State, StorageRecord, UndoStep,
+    prepared_volume,
 };
 
 /// Bumped when velo initialises clusters differently (initdb's flags): old ones are then
 /// prepared again.
 const INIT_FORMAT: &str = "initdb-1";
 
-/// The name of the prepared cluster for a storage, a runtime and its software: `p` and 11 hex
-/// digits of a hash that does not change between velo builds (FNV-1a).
-pub fn name_for(storage: &StorageRecord, runtime: &RuntimeRecord, software: &str) -> BranchName {
+/// The name of the prepared cluster of a velo home for a storage, a runtime and its software:
+/// `p` and 11 hex digits of a hash that does not change between velo builds (FNV-1a). Homes
+/// sharing a storage (one user's, or root's and a user's on one pool) never share a name.
+pub fn name_for(
+    home: &str,
+    storage: &StorageRecord,
+    runtime: &RuntimeRecord,
+    software: &str,
+) -> BranchName {
     // The records as the state file spells them: a format velo keeps stable.
     let key = format!(
-        "{}|{}|{software}|{INIT_FORMAT}",
+        "{home}|{}|{}|{software}|{INIT_FORMAT}",
         serde_json::to_string(storage).expect("records serialize"),
         serde_json::to_string(runtime).expect("records serialize")
     );
@@ -133,8 +140,20 @@ pub async fn tidy(ctx: &Ctx) {
     }
 }
 
-/// Prepared clusters nothing needs any more.
+/// Prepared clusters nothing needs any more. None while a project delete is being finished:
+/// its volumes may still be clones of one.
 fn stale(state: &State) -> Vec<Prepared> {
+    let deleting = state.journal.iter().any(|op| {
+        matches!(
+            op.recovery,
+            Recovery::RollForward {
+                finish: Finish::DeleteProject { .. }
+            }
+        )
+    });
+    if deleting {
+        return Vec::new();
+    }
     state
         .prepared
         .iter()
@@ -164,10 +183,11 @@ mod tests {
         let docker = RuntimeRecord::Docker {
             image: "postgres:17".into(),
         };
-        let a = name_for(&copy, &docker, "sha256:1");
-        assert_eq!(a, name_for(&copy, &docker, "sha256:1"));
-        assert_ne!(a, name_for(&copy, &docker, "sha256:2"));
-        // FNV-1a over the records' JSON: the same name in every build of velo.
-        assert_eq!(a.as_str(), "p2d39c7aa572");
+        let a = name_for("/h", &copy, &docker, "sha256:1");
+        assert_eq!(a, name_for("/h", &copy, &docker, "sha256:1"));
+        assert_ne!(a, name_for("/h", &copy, &docker, "sha256:2"));
+        assert_ne!(a, name_for("/other", &copy, &docker, "sha256:1"));
+        // FNV-1a over the home and the records' JSON: the same name in every build of velo.
+        assert_eq!(a.as_str(), "p7cb3bca8ede");
     }
 }

@@ -217,7 +217,8 @@ async fn apply(
         })
         .await?;
     next.created_base |= !root_exists;
-    let security = security_set(zfs, &root).await?;
+    // A root made just now (or, in a dry run, to be made) has them from its creation.
+    let security = !root_exists || security_set(zfs, &root).await?;
     steps
         .step(
             security,
@@ -370,7 +371,11 @@ async fn delegate(
         .await?;
     next.enabled_delegation |= delegation != "on";
     let name = &user.name;
-    let on_root = zfs.delegated(root, name).await?;
+    let on_root = if zfs.exists(root).await? {
+        zfs.delegated(root, name).await?
+    } else {
+        Default::default()
+    };
     let stale: Vec<&str> = on_root
         .local
         .iter()

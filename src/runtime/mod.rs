@@ -168,6 +168,7 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// the old is removed; `Ok(false)` if there is none called `name`.
     async fn rename(&self, name: &str, to: &str) -> Result<bool>;
 
+    /// Kills the server if it runs (as [`Runtime::kill`]), then removes it. Missing is success.
     async fn remove(&self, name: &str) -> Result<()>;
 
     async fn status(&self, name: &str) -> Result<ServerStatus>;

@@ -321,12 +321,13 @@ async fn forget(ctx: &Ctx, r: &BranchRef) -> Result<()> {
                 recovery: Recovery::RollForward {
                     finish: Finish::DeleteBranches {
                         release: Vec::new(),
+                        volumes: Vec::new(),
                     },
                 },
             },
         ))
     })?;
-    let result = super::branch::delete_held(ctx, &r.project, &undo).await;
+    let result = super::recover::finish_forward(ctx, &undo).await;
     if result.is_err() {
         ctx.store.update(|s| {
             undo.abandon(s);
