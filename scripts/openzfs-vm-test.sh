@@ -146,6 +146,9 @@ time velo repair
 time velo doctor --timeout 60s
 time velo branch delete demo/dev
 time velo project delete demo --force
+# Deletes answer first; their data goes in the background (`velo status` lists it meanwhile).
+for _ in $(seq 600); do velo status --json | grep -q '"pending": \[\]' && break; sleep 1; done
+velo status --json | grep -q '"pending": \[\]'
 [ -z "$(zfs list -H -o name -r tank/velo/user.tester | grep -v '^tank/velo/user.tester$')" ]
 EOF
 
@@ -224,6 +227,7 @@ runuser -u other -- ls /tank/velo/user.tester && { echo "FAIL: other lists the b
 zfs unmount -a && zfs mount -a
 findmnt -n -o TARGET -t zfs | grep -v '^/tank' && { echo "FAIL: a dataset mounted elsewhere"; exit 1; }
 runuser -u tester -- velo project delete atk --force
+for _ in $(seq 600); do runuser -u tester -- velo status --json | grep -q '"pending": \[\]' && break; sleep 1; done
 EOF
 
 log "as root: setup --undo takes back what setup added"
