@@ -113,6 +113,9 @@ impl Engine {
         let probe = ContainerSpec {
             image: image.to_string(),
             labels: vec![(LABEL_MANAGED.into(), "probe".into())],
+            // Never run, but Docker refuses to create a container of an image without a CMD
+            // (one made with `docker import`) unless it is given one.
+            entrypoint: vec!["postgres".into()],
             ..ContainerSpec::default()
         };
         let id = self.create(&probe).await?;
