@@ -24,9 +24,13 @@ pub mod doctor;
 pub mod drift;
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod fakes_lifetimes;
+pub mod gc;
 mod generation;
 pub mod journal;
 mod launch;
+pub mod lifetime;
 pub mod project;
 pub mod recover;
 pub mod server;

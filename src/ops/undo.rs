@@ -2,7 +2,7 @@
 //! which the project's storage and runtime map to what they are; each treats "already gone"
 //! as success.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 
 use super::{Ctx, server};
 use crate::names::{self, BranchRef, SnapshotRef, VolumeId};
@@ -65,6 +65,22 @@ pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
             let r = at(branch);
             let b = super::get_branch(project, &r)?;
             server::restore(ctx, project, &r, b, *start).await?;
+        }
+        UndoStep::RenameVolume {
+            from,
+            to,
+            generation,
+        } => {
+            let (old, new) = (
+                VolumeId::new(&at(from), *generation),
+                VolumeId::new(&at(to), *generation),
+            );
+            ctx.storage(project)?.rename_volume(&new, &old).await?;
+        }
+        UndoStep::RenameArchive { from, to } => {
+            ctx.archives()
+                .rename_branch(&name, to, from, false)
+                .with_context(|| format!("moving the WAL archive of `{name}/{to}` back"))?;
         }
     }
     Ok(())

@@ -1,4 +1,4 @@
-//! Branches: create (from a parent, a snapshot or a moment), reset, restore, delete,
+//! Branches: create (from a parent, a snapshot or a moment), reset, restore, rename, delete,
 //! start/stop/restart, list/get, password.
 //!
 //! A branch's data is one volume, its *generation*. Reset and restore clone a new generation
@@ -9,7 +9,9 @@ mod change;
 pub mod connect;
 mod delete;
 mod query;
+pub(super) mod rename;
 mod run;
+mod tree;
 
 use std::time::Duration;
 
@@ -17,9 +19,10 @@ use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
 
 pub use change::{reset, restore};
-pub use delete::{delete, delete_held};
-pub use query::{branch_json, get, list, observe, password};
-pub use run::{restart, start, stop};
+pub use delete::{Guard, delete, delete_held, delete_if};
+pub use query::{ListOptions, branch_json, get, list, observe, password};
+pub use rename::rename;
+pub use run::{restart, start, start_quietly, stop, stop_idle};
 
 use super::generation::{new_generation, take_snapshot};
 use super::journal::Intent;
@@ -29,9 +32,7 @@ use super::{
     Ctx, Undo, allocate_port, branch_mut, get_branch, get_project, get_project_mut, rolled_back,
 };
 use crate::names::{BranchName, BranchRef, SnapshotId};
-use crate::state::{
-    Branch, Forget, Origin, Pin, Project, Recovery as JournalRecovery, RunState, State,
-};
+use crate::state::{Branch, Forget, Origin, Pin, Project, Recovery as JournalRecovery, State};
 
 /// How long a point-in-time recovery may take to replay WAL and promote.
 const PITR_READY: Duration = Duration::from_secs(600);
@@ -61,6 +62,16 @@ struct Reserved {
 }
 
 pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
+    create_expiring(ctx, r, source, None).await
+}
+
+/// Creates a branch that `velo gc` deletes at `expires_at` (never if `None`).
+pub async fn create_expiring(
+    ctx: &Ctx,
+    r: &BranchRef,
+    source: Source,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<()> {
     if let Source::Pitr { parent, .. } = &source {
         let name = parent.clone().unwrap_or_else(BranchName::main);
         super::wal::flush_archive(ctx, &BranchRef::new(r.project.clone(), name)).await?;
@@ -73,7 +84,9 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
         origin,
         pitr,
         mut undo,
-    } = ctx.store.update(|s| reserve(ctx, s, r, &source, &snap))?;
+    } = ctx
+        .store
+        .update(|s| reserve(ctx, s, r, &source, &snap, expires_at))?;
     let branch = project.branch(&r.branch).expect("reserved above").clone();
 
     let result = async {
@@ -124,10 +137,18 @@ fn reserve(
     r: &BranchRef,
     source: &Source,
     snap: &SnapshotId,
+    expires_at: Option<DateTime<Utc>>,
 ) -> Result<Reserved> {
     let p = get_project(s, &r.project)?;
     if p.branch(&r.branch).is_some() {
         bail!("branch `{r}` already exists (see `velo branch get {r}`)");
+    }
+    if let Some(op) = s.journal.holding(&r.project, &r.branch) {
+        bail!(
+            "the name `{r}` is reserved by `velo {}` (pid {}); try again when it is done",
+            op.command,
+            op.owner.pid
+        );
     }
     // Generations the clone reads from: kept (not tidied away) until it is committed.
     let mut pins = Vec::new();
@@ -190,14 +211,13 @@ fn reserve(
     }
     let port = allocate_port(s, &[])?;
     let branch = Branch {
-        parent: Some(parent_ref.branch.clone()),
-        port,
-        generation: 0,
-        origin: Some(origin.clone()),
-        retired: Vec::new(),
-        desired: RunState::Running,
-        created_at: Utc::now(),
-        busy: Some(super::busy_marker("branch create")),
+        expires_at,
+        ..Branch::new(
+            Some(parent_ref.branch.clone()),
+            port,
+            Some(origin.clone()),
+            super::busy_marker("branch create"),
+        )
     };
     let undo = Undo::begin(
         s,
