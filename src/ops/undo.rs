@@ -75,7 +75,19 @@ pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
                 VolumeId::new(&at(from), *generation),
                 VolumeId::new(&at(to), *generation),
             );
-            ctx.storage(project)?.rename_volume(&new, &old).await?;
+            let storage = ctx.storage(project)?;
+            // Servers that keep the volume from being renamed back (a child the rename
+            // started again) stop first; the steps recorded before this one restart them.
+            for v in storage.clones_blocking_rename(&new).await? {
+                let r = at(&v.branch);
+                if project.branch(&r.branch).is_some_and(|b| b.volume(&r) == v) {
+                    let server = names::server_name(&r);
+                    ctx.runtime(project)?
+                        .stop(&server, server::STOP_TIMEOUT)
+                        .await?;
+                }
+            }
+            storage.rename_volume(&new, &old).await?;
         }
         UndoStep::RenameArchive { from, to } => {
             ctx.archives()
