@@ -302,6 +302,8 @@ fn kill_9_at_each_step_of_a_rename_is_rolled_back_by_the_next_command() {
             said.contains("`velo branch rename`") && said.contains("rolling it back"),
             "after a kill at {step}: {said}"
         );
+        // Shown only if a check below fails.
+        eprintln!("killed at {step}; the next command said: {said}");
         let branches = sb.state()["projects"][&p]["branches"].clone();
         assert!(branches.get("renamed").is_none(), "at {step}");
         sb.assert_consistent(&p);

@@ -18,9 +18,9 @@ use serde_json::json;
 
 use super::lifetime::NoLongerDue;
 use super::{BranchBusy, Ctx, branch, server};
-use crate::names::BranchRef;
+use crate::names::{BranchName, BranchRef};
 use crate::runtime::ServerStatus;
-use crate::state::State;
+use crate::state::{Branch, Project, State};
 use plan::{Action, Candidate, Due, Seen};
 
 /// How `velo gc` was asked to run.
@@ -141,29 +141,7 @@ fn record_use(ctx: &Ctx, used: &[BranchRef], now: DateTime<Utc>) -> Result<()> {
 async fn act(ctx: &Ctx, due: &Due, now: DateTime<Utc>) -> Outcome {
     let done = match &due.action {
         Action::Delete { with } => {
-            let still_due = |p: &crate::state::Project, b: &crate::state::Branch| {
-                if b.expires_at.is_none_or(|t| t > now) {
-                    return Err(NoLongerDue("its expiry was changed meanwhile".into()).into());
-                }
-                let mut below = p.subtree_post_order(&due.r.branch);
-                below.pop();
-                if below != *with {
-                    let now: Vec<String> = below
-                        .iter()
-                        .map(|b| format!("{}/{b}", due.r.project))
-                        .collect();
-                    return Err(NoLongerDue(format!(
-                        "the branches made from it changed meanwhile (now: {})",
-                        if now.is_empty() {
-                            "none".into()
-                        } else {
-                            now.join(", ")
-                        }
-                    ))
-                    .into());
-                }
-                Ok(())
-            };
+            let still_due = |p: &Project, b: &Branch| still_expired(&due.r, with, now, p, b);
             branch::delete_if(ctx, &due.r, !with.is_empty(), &still_due).await
         }
         Action::Stop { last_used } => branch::stop_idle(ctx, &due.r, *last_used).await,
@@ -173,6 +151,34 @@ async fn act(ctx: &Ctx, due: &Due, now: DateTime<Utc>) -> Outcome {
         Err(e) if e.is::<NoLongerDue>() || e.is::<BranchBusy>() => Outcome::Skipped(e.to_string()),
         Err(e) => Outcome::Failed(format!("{e:#}")),
     }
+}
+
+/// Whether an expired branch is still due to be deleted with `with` as gc planned, when its
+/// delete claims it: still expired at `now`, with the same branches made from it.
+fn still_expired(
+    r: &BranchRef,
+    with: &[BranchName],
+    now: DateTime<Utc>,
+    p: &Project,
+    b: &Branch,
+) -> Result<()> {
+    if b.expires_at.is_none_or(|t| t > now) {
+        bail!(NoLongerDue("its expiry was changed meanwhile".into()));
+    }
+    let mut below = p.subtree_post_order(&r.branch);
+    below.pop();
+    if below != with {
+        let names: Vec<String> = below.iter().map(|x| format!("{}/{x}", r.project)).collect();
+        bail!(NoLongerDue(format!(
+            "the branches made from it changed meanwhile (now: {})",
+            if names.is_empty() {
+                "none".into()
+            } else {
+                names.join(", ")
+            }
+        )));
+    }
+    Ok(())
 }
 
 /// Prints what gc did (or would do); fails if anything it tried failed.
