@@ -172,17 +172,7 @@ impl Zfs {
 
     /// Runs `zfs <args>`, retrying for a while as long as ZFS says a dataset is busy.
     async fn retrying_busy(&self, args: &[&str]) -> Result<(), ZfsError> {
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(20);
-        loop {
-            match self.zfs(args).await {
-                Err(e) if e.kind() == ZfsErrorKind::Busy && start.elapsed() < BUSY_RETRY_FOR => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                other => return other.map(drop),
-            }
-        }
+        while_busy(|| self.zfs(args)).await.map(drop)
     }
 
     /// Names of the imported pools.
@@ -262,8 +252,11 @@ impl Zfs {
     }
 
     /// Unmounts a filesystem; one that is not mounted is success.
+    ///
+    /// Retries while ZFS says busy: a server that has just stopped (or its container's mount
+    /// namespace) may hold the dataset for a moment.
     pub async fn unmount(&self, dataset: &str) -> Result<(), ZfsError> {
-        match self.privileged("unmount", dataset).await {
+        match while_busy(|| self.privileged("unmount", dataset)).await {
             Err(e) if e.kind() == ZfsErrorKind::NotMounted => Ok(()),
             other => other.map(drop),
         }
@@ -542,6 +535,26 @@ impl Scope {
         match self {
             Scope::Local => "-l",
             Scope::Descendent => "-d",
+        }
+    }
+}
+
+/// Runs `attempt` again, with growing pauses, for as long as it fails because ZFS says a
+/// dataset is busy, up to [`BUSY_RETRY_FOR`].
+async fn while_busy<F, Fut>(mut attempt: F) -> Result<String, ZfsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<String, ZfsError>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match attempt().await {
+            Err(e) if e.kind() == ZfsErrorKind::Busy && start.elapsed() < BUSY_RETRY_FOR => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
         }
     }
 }

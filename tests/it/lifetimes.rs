@@ -41,16 +41,20 @@ fn triple(b: &str, action: &str, outcome: &str) -> (String, String, String) {
 fn expired_branches_go_at_the_next_gc_and_a_dry_run_changes_nothing() {
     let sb = Sandbox::new();
     let p = sb.create_project("ttl");
-    let (tmp, keep) = (format!("{p}/tmp"), format!("{p}/keep"));
-    // Long enough for the next few commands on a busy host; the test waits for it.
-    sb.ok(&["branch", "create", &tmp, "--ttl", "12s"]);
-    sb.ok(&["branch", "create", &keep, "--ttl", "2s"]);
-    sb.ok(&["branch", "set", &keep, "--no-expiry"]);
+    let (tmp, later, never) = (
+        format!("{p}/tmp"),
+        format!("{p}/later"),
+        format!("{p}/never"),
+    );
+    sb.ok(&["branch", "create", &tmp, "--ttl", "2s"]);
+    sb.ok(&["branch", "create", &later, "--ttl", "1h"]);
+    sb.ok(&["branch", "create", &never, "--ttl", "2s"]);
+    sb.ok(&["branch", "set", &never, "--no-expiry"]);
     let list = sb.json(&["branch", "list", &p]);
     let expires = branch(&list, "tmp").unwrap()["expires_at"].clone();
-    assert!(branch(&list, "keep").unwrap()["expires_at"].is_null());
-    assert!(sb.ok(&["branch", "get", &tmp]).contains("expires (UTC)"));
-    assert!(results(&sb.json(&["gc"])).is_empty(), "not expired yet");
+    assert!(branch(&list, "later").unwrap()["expires_at"].is_string());
+    assert!(branch(&list, "never").unwrap()["expires_at"].is_null());
+    assert!(sb.ok(&["branch", "get", &later]).contains("expires (UTC)"));
 
     let expires: chrono::DateTime<chrono::Utc> = expires.as_str().unwrap().parse().unwrap();
     let left = (expires - chrono::Utc::now()).to_std().unwrap_or_default();
@@ -68,7 +72,8 @@ fn expired_branches_go_at_the_next_gc_and_a_dry_run_changes_nothing() {
         [triple("tmp", "delete", "done")]
     );
     let list = sb.json(&["branch", "list", &p]);
-    assert!(branch(&list, "tmp").is_none() && branch(&list, "keep").is_some());
+    assert!(branch(&list, "tmp").is_none());
+    assert!(branch(&list, "later").is_some() && branch(&list, "never").is_some());
     sb.assert_consistent(&p);
     assert!(sb.ok(&["gc"]).is_empty(), "nothing left to do");
 }

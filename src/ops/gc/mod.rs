@@ -149,8 +149,20 @@ async fn act(ctx: &Ctx, due: &Due, now: DateTime<Utc>) -> Outcome {
     match done {
         Ok(()) => Outcome::Done,
         Err(e) if e.is::<NoLongerDue>() || e.is::<BranchBusy>() => Outcome::Skipped(e.to_string()),
+        Err(_) if gone(ctx, &due.r) => {
+            Outcome::Skipped("it was deleted or renamed meanwhile".into())
+        }
         Err(e) => Outcome::Failed(format!("{e:#}")),
     }
+}
+
+/// Whether a branch is no longer in the state (another command deleted or renamed it).
+fn gone(ctx: &Ctx, r: &BranchRef) -> bool {
+    ctx.store.read().is_ok_and(|s| {
+        s.projects
+            .get(&r.project)
+            .is_none_or(|p| p.branch(&r.branch).is_none())
+    })
 }
 
 /// Whether an expired branch is still due to be deleted with `with` as gc planned, when its
@@ -253,4 +265,36 @@ fn report(ctx: &Ctx, results: &[(Due, Outcome)], opts: GcOptions) -> Result<()> 
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::Duration as ChronoDuration;
+
+    use super::super::fakes::{World, r, tokio};
+    use super::*;
+
+    #[test]
+    fn a_branch_renamed_after_gc_looked_is_skipped_not_failed() {
+        tokio().block_on(async {
+            let w = World::with_project().await;
+            let now = Utc::now();
+            w.ctx
+                .store
+                .update(|s| {
+                    super::super::branch_mut(s, &r("demo/dev"))?.expires_at =
+                        Some(now - ChronoDuration::seconds(1));
+                    Ok::<_, anyhow::Error>(())
+                })
+                .unwrap();
+            let dues = plan::expired(&w.ctx.store.read().unwrap(), now, false);
+            let to = "kept".parse().unwrap();
+            branch::rename(&w.ctx, &r("demo/dev"), &to).await.unwrap();
+            let outcome = act(&w.ctx, &dues[0], now).await;
+            let why = "it was deleted or renamed meanwhile".to_string();
+            assert_eq!(outcome, Outcome::Skipped(why));
+            let s = w.ctx.store.read().unwrap();
+            assert!(s.projects[&r("demo/kept").project].branch(&to).is_some());
+        });
+    }
 }
