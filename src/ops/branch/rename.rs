@@ -126,10 +126,37 @@ struct Move<'a> {
 }
 
 impl Move<'_> {
+    /// Every step, in order; the state is changed by the caller once this succeeds.
     async fn run(&self, ctx: &Ctx, undo: &mut Undo) -> Result<()> {
-        let (storage, runtime) = (ctx.storage(self.project)?, ctx.runtime(self.project)?);
         self.refuse_leftovers(ctx).await?;
         let blocking = self.blocking_children(ctx).await?;
+        let running = self.stop_servers(ctx, &blocking, undo).await?;
+        self.rename_volumes(ctx, undo).await?;
+        let step = UndoStep::RenameArchive {
+            from: self.old.branch.clone(),
+            to: self.new.branch.clone(),
+        };
+        undo.intend(ctx, "rename-archive", step).await?;
+        ctx.archives()
+            .rename_branch(&self.old.project, &self.old.branch, &self.new.branch, true)
+            .with_context(|| format!("moving the WAL archive of `{}`", self.old))?;
+        self.serve_new(ctx, running, undo).await?;
+        for (child, _) in blocking.iter().filter(|(_, was)| *was) {
+            let b = &self.project.branches[&child.branch];
+            server::start_and_wait(ctx, self.project, child, b, BRANCH_READY).await?;
+        }
+        undo.step(ctx, "commit").await
+    }
+
+    /// Stops and removes the branch's server, and stops the children's in `blocking`, each
+    /// recorded to be put back; returns whether the branch's server was running.
+    async fn stop_servers(
+        &self,
+        ctx: &Ctx,
+        blocking: &[(BranchRef, bool)],
+        undo: &mut Undo,
+    ) -> Result<bool> {
+        let runtime = ctx.runtime(self.project)?;
         let old_server = names::server_name(self.old);
         let running = runtime.status(&old_server).await? == ServerStatus::Running;
         undo.intend(ctx, "stop", self.restore(self.old, running))
@@ -140,7 +167,7 @@ impl Move<'_> {
                 runtime.remove(&old_server).await
             })
             .await?;
-        for (child, child_running) in &blocking {
+        for (child, child_running) in blocking {
             undo.intend(ctx, "stop", self.restore(child, *child_running))
                 .await?;
             let name = names::server_name(child);
@@ -148,6 +175,12 @@ impl Move<'_> {
                 .step(&format!("Stop {child}"), runtime.stop(&name, STOP_TIMEOUT))
                 .await?;
         }
+        Ok(running)
+    }
+
+    /// Renames every generation's volume, with its snapshots.
+    async fn rename_volumes(&self, ctx: &Ctx, undo: &mut Undo) -> Result<()> {
+        let storage = ctx.storage(self.project)?;
         for generation in self.branch.generations() {
             let step = UndoStep::RenameVolume {
                 from: self.old.branch.clone(),
@@ -166,37 +199,25 @@ impl Move<'_> {
                 )
                 .await?;
         }
-        let step = UndoStep::RenameArchive {
-            from: self.old.branch.clone(),
-            to: self.new.branch.clone(),
-        };
-        undo.intend(ctx, "rename-archive", step).await?;
-        ctx.archives()
-            .rename_branch(&self.old.project, &self.old.branch, &self.new.branch, true)
-            .with_context(|| format!("moving the WAL archive of `{}`", self.old))?;
+        Ok(())
+    }
+
+    /// Creates the server under the new name, on the renamed volume, started if the old one
+    /// was running.
+    async fn serve_new(&self, ctx: &Ctx, running: bool, undo: &mut Undo) -> Result<()> {
+        let (storage, runtime) = (ctx.storage(self.project)?, ctx.runtime(self.project)?);
         let note = |what: &str| ctx.shell.note(&format!("▸ {what}"));
         let root = storage
             .ensure_available(&self.branch.volume(self.new), &note)
             .await?;
-        let spec = server::spec(
-            ctx,
-            self.project,
-            self.new,
-            self.branch,
-            &root,
-            runtime.as_ref(),
-            None,
-        )?;
+        let (p, b) = (self.project, self.branch);
+        let spec = server::spec(ctx, p, self.new, b, &root, runtime.as_ref(), None)?;
         create_server(ctx, runtime.as_ref(), &spec, self.new, undo).await?;
         undo.step(ctx, "start").await?;
         if running {
-            server::start_and_wait(ctx, self.project, self.new, self.branch, BRANCH_READY).await?;
+            server::start_and_wait(ctx, p, self.new, b, BRANCH_READY).await?;
         }
-        for (child, _) in blocking.iter().filter(|(_, was)| *was) {
-            let b = &self.project.branches[&child.branch];
-            server::start_and_wait(ctx, self.project, child, b, BRANCH_READY).await?;
-        }
-        undo.step(ctx, "commit").await
+        Ok(())
     }
 
     fn restore(&self, r: &BranchRef, start: bool) -> UndoStep {
