@@ -129,6 +129,10 @@ psql "$(url demo/dev)" -c "INSERT INTO users (name) VALUES ('Dave'), ('Eve'); DE
 [ "$(users demo/main)" = "Alice,Bob,Charlie" ]
 time velo branch reset demo/dev
 [ "$(users demo/dev)" = "Alice,Bob,Charlie" ]
+time velo branch rename demo/dev feature
+[ "$(users demo/feature)" = "Alice,Bob,Charlie" ]
+zfs list -H -o name tank/velo/user.tester/demo.feature.1
+velo branch rename demo/feature dev
 time velo snapshot create demo/main --label before-migration
 velo snapshot list --json | grep -q '"wal_from": "0000'
 psql "$(url demo/main)" -c "INSERT INTO users (name) VALUES ('Frank');"
@@ -187,7 +191,7 @@ bad=$(printf '%s\n' "$cmds" | grep -Ev '^COMMAND=list( |$)' | grep -Ev "$ok" | g
 if [ -n "$bad" ]; then echo "FAIL: sudo ran other commands:"; echo "$bad"; exit 1; fi
 echo "--- ZFS changes since setup, with the user that made them"
 skip=$(cat /tmp/history-lines)
-zpool history -l tank | tail -n +"$skip" | grep -E ' zfs (create|clone|snapshot|destroy)' | tee /tmp/changes
+zpool history -l tank | tail -n +"$skip" | grep -E ' zfs (create|clone|snapshot|destroy|rename)' | tee /tmp/changes
 if grep -v 'user 1000 (tester)' /tmp/changes | grep -q .; then echo "FAIL: a ZFS change not made by tester"; exit 1; fi
 [ -s /tmp/changes ]
 EOF
@@ -209,6 +213,13 @@ zfs set mountpoint=/etc $main && fail "set a mountpoint"
 zfs set setuid=on $main && fail "turned setuid on"
 zfs destroy tank/velo/user.tester && fail "destroyed the base"
 zfs create tank/velo/user.other.x.1 && fail "created outside its base"
+# Renames (delegated for `branch rename`) stay direct children of the base.
+zfs rename $main $main/x.y.1 2>/dev/null && fail "renamed into its own dataset"
+zfs create $base/atk.side.0 2>/dev/null
+zfs rename $main $base/atk.side.0/x.y.1 && fail "renamed into its own dataset"
+zfs destroy $base/atk.side.0
+zfs rename $main tank/velo/user.other.x.1 && fail "renamed out of its base"
+zfs rename $base tank/velo/user.t2 && fail "renamed the base"
 # Links where sudo mounts: the base's directory is root's.
 ln -s /etc /tank/velo/user.tester/evil.a.1 && fail "planted a link in the base"
 # The sudo rule's other shapes.

@@ -93,6 +93,12 @@ impl Shell {
         }
     }
 
+    /// Whether results go to a terminal (not a pipe, a file or a test's capture): tables may
+    /// then use box-drawing characters.
+    pub fn stdout_is_terminal(&self) -> bool {
+        self.captured.is_none() && std::io::stdout().is_terminal()
+    }
+
     /// A line of progress or explanation, on stderr.
     pub fn note(&self, text: &str) {
         self.write(false, text);

@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::names::{BranchRef, ProjectName};
+use crate::names::{BranchName, BranchRef, ProjectName};
 use crate::ops::{self, Ctx};
 
 #[derive(Debug, Subcommand)]
@@ -23,6 +23,8 @@ pub enum BranchCmd {
         /// time ago ("2 hours ago", "-90m", "30m"). UTC inside.
         #[arg(long, value_name = "TIME", allow_hyphen_values = true)]
         pitr: Option<String>,
+        #[command(flatten)]
+        expiry: ExpiryArgs,
     },
     /// List branches, of one project or of all.
     #[command(visible_alias = "ls")]
@@ -30,6 +32,22 @@ pub enum BranchCmd {
         project: Option<ProjectName>,
         #[arg(long)]
         json: bool,
+        /// Show children under their parents (with --json: nested under `children`).
+        #[arg(long)]
+        tree: bool,
+    },
+    /// Change when a branch expires: `velo gc` deletes it then.
+    Set {
+        branch: BranchRef,
+        #[command(flatten)]
+        expiry: SetExpiryArgs,
+    },
+    /// Rename a branch: its data, snapshots, WAL archive and server; its children follow.
+    #[command(visible_alias = "mv")]
+    Rename {
+        branch: BranchRef,
+        /// The new name (or <project>/<new name>, in the same project).
+        new_name: String,
     },
     /// Show one branch.
     Get {
@@ -93,6 +111,68 @@ pub enum BranchCmd {
     },
 }
 
+/// When a new branch expires.
+#[derive(Debug, clap::Args)]
+pub struct ExpiryArgs {
+    /// Delete the branch (at the next `velo gc`) this long after it is made: 30m, 8h, 7d.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, conflicts_with = "expires_at")]
+    ttl: Option<std::time::Duration>,
+    /// Delete the branch (at the next `velo gc`) after this moment: RFC 3339
+    /// ("2025-10-07T14:30:00Z") or a UTC date and time ("2025-10-07 14:30:00").
+    #[arg(long, value_name = "TIME")]
+    expires_at: Option<String>,
+}
+
+impl ExpiryArgs {
+    fn expiry(self) -> ops::lifetime::Expiry {
+        use ops::lifetime::Expiry;
+        match (self.ttl, self.expires_at) {
+            (Some(ttl), _) => Expiry::Ttl(ttl),
+            (None, Some(at)) => Expiry::At(at),
+            (None, None) => Expiry::Never,
+        }
+    }
+}
+
+/// A branch's new expiry: exactly one of these.
+#[derive(Debug, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct SetExpiryArgs {
+    /// Expire this long from now: 30m, 8h, 7d.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    ttl: Option<std::time::Duration>,
+    /// Expire at this moment: RFC 3339 or a UTC date and time.
+    #[arg(long, value_name = "TIME")]
+    expires_at: Option<String>,
+    /// Never expire.
+    #[arg(long)]
+    no_expiry: bool,
+}
+
+impl SetExpiryArgs {
+    fn expiry(self) -> ops::lifetime::Expiry {
+        ExpiryArgs {
+            ttl: self.ttl,
+            expires_at: self.expires_at,
+        }
+        .expiry()
+    }
+}
+
+/// The new name of `branch`: a bare name, or `<project>/<name>` in the same project.
+fn new_name(branch: &BranchRef, text: &str) -> Result<BranchName> {
+    if !text.contains('/') {
+        return Ok(text.parse()?);
+    }
+    let r: BranchRef = text.parse()?;
+    if r.project != branch.project {
+        anyhow::bail!(
+            "`{text}` is in another project than `{branch}`; a branch is renamed within its project"
+        );
+    }
+    Ok(r.branch)
+}
+
 impl BranchCmd {
     pub async fn run(self, ctx: &Ctx) -> Result<()> {
         use ops::branch;
@@ -102,7 +182,9 @@ impl BranchCmd {
                 parent,
                 from_snapshot,
                 pitr,
+                expiry,
             } => {
+                let expires_at = expiry.expiry().resolve(chrono::Utc::now())?;
                 if let Some(p) = &parent
                     && p.project != branch.project
                 {
@@ -119,12 +201,29 @@ impl BranchCmd {
                     },
                     (None, None) => branch::Source::Parent(parent),
                 };
-                branch::create(ctx, &branch, source).await
+                branch::create_expiring(ctx, &branch, source, expires_at).await
+            }
+            BranchCmd::Set { branch, expiry } => {
+                ops::lifetime::set_expiry(ctx, &branch, &expiry.expiry()).await
+            }
+            BranchCmd::Rename {
+                branch,
+                new_name: to,
+            } => {
+                let to = new_name(&branch, &to)?;
+                branch::rename(ctx, &branch, &to).await
             }
             BranchCmd::Restore { branch, snapshot } => {
                 branch::restore(ctx, &branch, &snapshot).await
             }
-            BranchCmd::List { project, json } => branch::list(ctx, project.as_ref(), json).await,
+            BranchCmd::List {
+                project,
+                json,
+                tree,
+            } => {
+                let opts = branch::ListOptions { json, tree };
+                branch::list(ctx, project.as_ref(), opts).await
+            }
             BranchCmd::Get { branch, json } => branch::get(ctx, &branch, json).await,
             BranchCmd::Delete { branch, force } => branch::delete(ctx, &branch, force).await,
             BranchCmd::Reset { branch } => branch::reset(ctx, &branch).await,

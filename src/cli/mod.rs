@@ -47,6 +47,18 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Delete expired branches and stop idle ones (for cron or a systemd timer).
+    Gc {
+        /// Print what would be done; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Also delete an expired branch that has children (with them), and stop an idle one.
+        #[arg(long)]
+        include_parents: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Pool usage and every project and branch.
     #[command(visible_alias = "ls")]
     Status {
@@ -104,6 +116,18 @@ impl Cli {
             Command::Snapshot(cmd) => cmd.run(ctx).await,
             Command::Wal(cmd) => cmd.run(ctx).await,
             Command::Status { json } => ops::status::status(ctx, json).await,
+            Command::Gc {
+                dry_run,
+                include_parents,
+                json,
+            } => {
+                let opts = ops::gc::GcOptions {
+                    dry_run,
+                    json,
+                    include_parents,
+                };
+                ops::gc::gc(ctx, opts).await
+            }
             Command::Repair { fix, force, json } => {
                 let opts = ops::drift::RepairOptions { fix, force, json };
                 ops::drift::repair(ctx, opts).await

@@ -48,6 +48,15 @@ pub enum ProjectCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Change a project's settings.
+    Set {
+        name: ProjectName,
+        /// Stop (at the next `velo gc`) a branch no client has used for this long: 30m, 2h;
+        /// `off` to never (the default). Never main, nor a branch with children unless
+        /// `velo gc --include-parents`.
+        #[arg(long, value_name = "DURATION|off", value_parser = ops::lifetime::parse_idle_stop)]
+        idle_stop: ops::lifetime::IdleStop,
+    },
     /// Delete a project with all its data.
     #[command(visible_alias = "rm")]
     Delete {
@@ -83,6 +92,9 @@ impl ProjectCmd {
             ProjectCmd::List { json } => ops::project::list(ctx, json).await,
             ProjectCmd::Get { name, json } => ops::project::get(ctx, &name, json).await,
             ProjectCmd::Delete { name, force } => ops::project::delete(ctx, &name, force).await,
+            ProjectCmd::Set { name, idle_stop } => {
+                ops::lifetime::set_idle_stop(ctx, &name, idle_stop).await
+            }
         }
     }
 }

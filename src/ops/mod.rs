@@ -25,9 +25,13 @@ pub mod doctor;
 pub mod drift;
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod fakes_lifetimes;
+pub mod gc;
 mod generation;
 pub mod journal;
 mod launch;
+pub mod lifetime;
 mod prepared;
 pub mod project;
 pub mod recover;

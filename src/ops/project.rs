@@ -19,7 +19,7 @@ use super::{
 use crate::names::{self, BranchName, BranchRef, ProjectName, VolumeId};
 use crate::runtime::ServerUser;
 use crate::state::{
-    Branch, Finish, Forget, Project, Recovery, RunState, RuntimeRecord, StorageRecord, UndoStep,
+    Branch, Finish, Forget, Project, Recovery, RuntimeRecord, StorageRecord, UndoStep,
 };
 
 /// How long a new project's first start (initdb done) may take.
@@ -162,16 +162,7 @@ fn reserve(
         bail!("project `{name}` already exists (see `velo project get {name}`)");
     }
     let port = allocate_port(s, &[])?;
-    let main = Branch {
-        parent: None,
-        port,
-        generation: 0,
-        origin: None,
-        retired: Vec::new(),
-        desired: RunState::Running,
-        created_at: Utc::now(),
-        busy: Some(busy_marker("project create")),
-    };
+    let main = Branch::new(None, port, None, busy_marker("project create"));
     let project = Project {
         storage: choice.storage.clone(),
         runtime: choice.runtime.clone(),
@@ -186,6 +177,7 @@ fn reserve(
         created_at: Utc::now(),
         branches: BTreeMap::from([(BranchName::main(), main.clone())]),
         snapshots: Vec::new(),
+        idle_stop_seconds: None,
     };
     s.projects.insert(name.clone(), project.clone());
     let undo = Undo::begin(
@@ -223,6 +215,7 @@ fn project_json(name: &ProjectName, p: &Project) -> serde_json::Value {
         "pg_version": p.pg_version,
         "branches": p.branches.keys().map(BranchName::as_str).collect::<Vec<_>>(),
         "created_at": p.created_at,
+        "idle_stop_seconds": p.idle_stop_seconds,
     })
 }
 
@@ -296,6 +289,12 @@ pub async fn get(ctx: &Ctx, name: &ProjectName, as_json: bool) -> Result<()> {
         vec![
             "created (UTC)".into(),
             p.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        ],
+        vec![
+            "idle stop".into(),
+            p.idle_stop_seconds
+                .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string())
+                .unwrap_or_else(|| "off".into()),
         ],
     ];
     ctx.shell.table(&["FIELD", "VALUE"], rows);

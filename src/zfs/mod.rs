@@ -47,11 +47,14 @@ pub const SECURITY_PROPERTIES: &[(&str, &str)] =
 /// docs/setup.md; tested on OpenZFS 2.1 in the VM, docs/security.md): on the base itself only
 /// what makes a direct child (`create`, and the `mount` that creating needs); below it what
 /// works on those children (`clone` is checked on the origin, `userprop` at creation on the new
-/// dataset, `mount` by `destroy`). Nothing lets a user create a dataset inside one of their own,
-/// whose mountpoint would be a directory they control. velo never renames, rolls back,
-/// promotes or sets properties.
+/// dataset, `mount` by `destroy`, `rename` for `velo branch rename`, which ZFS allows only into
+/// a parent where the user may `create`: the base). Nothing lets a user create a dataset, or
+/// move one, inside one of their own, whose mountpoint would be a directory they control.
+/// velo never rolls back, promotes or sets properties.
 pub const DELEGATED_LOCAL: &[&str] = &["create", "mount"];
-pub const DELEGATED_DESCENDENT: &[&str] = &["clone", "destroy", "mount", "snapshot", "userprop"];
+pub const DELEGATED_DESCENDENT: &[&str] = &[
+    "clone", "destroy", "mount", "rename", "snapshot", "userprop",
+];
 
 /// The ZFS command-line tools.
 #[derive(Debug, Clone)]
@@ -171,18 +174,15 @@ impl Zfs {
 
     /// Runs a destroy, retrying briefly while ZFS says the dataset is busy.
     async fn destroy_retrying(&self, args: &[&str]) -> Result<(), ZfsError> {
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(20);
-        loop {
-            match self.zfs(args).await {
-                Err(e) if e.kind() == ZfsErrorKind::Busy && start.elapsed() < BUSY_RETRY_FOR => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Err(e) if e.kind() == ZfsErrorKind::NotFound => return Ok(()),
-                other => return other.map(drop),
-            }
+        match self.retrying_busy(args).await {
+            Err(e) if e.kind() == ZfsErrorKind::NotFound => Ok(()),
+            other => other,
         }
+    }
+
+    /// Runs `zfs <args>`, retrying for a while as long as ZFS says a dataset is busy.
+    async fn retrying_busy(&self, args: &[&str]) -> Result<(), ZfsError> {
+        while_busy(|| self.zfs(args)).await.map(drop)
     }
 
     /// Names of the imported pools.
@@ -262,8 +262,11 @@ impl Zfs {
     }
 
     /// Unmounts a filesystem; one that is not mounted is success.
+    ///
+    /// Retries while ZFS says busy: a server that has just stopped (or its container's mount
+    /// namespace) may hold the dataset for a moment.
     pub async fn unmount(&self, dataset: &str) -> Result<(), ZfsError> {
-        match self.privileged("unmount", dataset).await {
+        match while_busy(|| self.privileged("unmount", dataset)).await {
             Err(e) if e.kind() == ZfsErrorKind::NotMounted => Ok(()),
             other => other.map(drop),
         }
@@ -352,6 +355,13 @@ impl Zfs {
             }
         }
         self.destroy_retrying(&["destroy", "-r", dataset]).await
+    }
+
+    /// Renames a filesystem (and its snapshots) that is not mounted; it stays unmounted. The
+    /// new name must be a sibling: velo's delegation lets a user rename only within their
+    /// base. Retries while ZFS says busy (zfs-fuse finishes an unmount asynchronously).
+    pub async fn rename(&self, dataset: &str, to: &str) -> Result<(), ZfsError> {
+        self.retrying_busy(&["rename", dataset, to]).await
     }
 
     /// Destroys a single snapshot. Missing is success.
@@ -535,6 +545,26 @@ impl Scope {
         match self {
             Scope::Local => "-l",
             Scope::Descendent => "-d",
+        }
+    }
+}
+
+/// Runs `attempt` again, with growing pauses, for as long as it fails because ZFS says a
+/// dataset is busy, up to [`BUSY_RETRY_FOR`].
+async fn while_busy<F, Fut>(mut attempt: F) -> Result<String, ZfsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<String, ZfsError>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match attempt().await {
+            Err(e) if e.kind() == ZfsErrorKind::Busy && start.elapsed() < BUSY_RETRY_FOR => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
         }
     }
 }

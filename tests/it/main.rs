@@ -11,5 +11,6 @@ mod failures;
 mod hardening;
 mod history;
 mod host;
+mod lifetimes;
 mod storage;
 mod util;
