@@ -2,20 +2,27 @@
 //! Parsing validates names (through their `FromStr`), so operations only see valid input.
 
 mod branch;
-mod parse;
+mod docs;
+pub mod parse;
 mod project;
 mod snapshot;
+mod target;
 mod wal;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
+use crate::names::ProjectName;
 use crate::ops::{self, Ctx};
+use crate::ui::Shell;
 
-/// Git-style branches for PostgreSQL, on ZFS clones and Docker.
+/// Git-style branches for PostgreSQL, on copy-on-write clones.
 #[derive(Debug, Parser)]
-#[command(name = "velo", version, about, propagate_version = true)]
+#[command(name = "velo", version, about)]
 pub struct Cli {
+    /// Print only results, warnings and errors: no progress, no notes.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -34,6 +41,26 @@ pub enum Command {
     /// WAL archives: what is kept, and retention.
     #[command(subcommand)]
     Wal(wal::WalCmd),
+    /// Choose the default project, for branches written without `<project>/`.
+    Use {
+        /// The project that `velo branch create dev` and the like mean (default: show the
+        /// current one; VELO_PROJECT wins over it).
+        project: Option<ProjectName>,
+        /// Forget the default project.
+        #[arg(long, conflicts_with = "project")]
+        clear: bool,
+    },
+    /// Print a shell completion script (see the README for where to put it).
+    Completion {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print velo's man page, or write one page per command into a directory.
+    Man {
+        /// Write velo.1, velo-branch.1, velo-branch-create.1, … into this directory instead.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<std::path::PathBuf>,
+    },
     /// Compare state, ZFS and Docker and report every mismatch; --fix repairs them.
     Repair {
         /// Repair what can be repaired safely (restart, re-create, mount, forget what is gone).
@@ -73,8 +100,9 @@ pub enum Command {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
-        /// How long each branch's port may take to answer before it is called dead.
-        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        /// How long each branch may take to answer before it is called dead: a number and a
+        /// unit, such as 2s or 500ms.
+        #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse::duration)]
         timeout: std::time::Duration,
     },
 }
@@ -85,6 +113,15 @@ pub enum Command {
 pub struct ChildExit(pub i32);
 
 impl Cli {
+    /// Runs the commands that need no velo home (completions, man pages); `None` for others.
+    pub fn run_offline(&self, shell: &Shell) -> Option<Result<()>> {
+        match &self.command {
+            Command::Completion { shell: kind } => Some(docs::print_completion(shell, *kind)),
+            Command::Man { dir } => Some(docs::print_man(shell, dir.as_deref())),
+            _ => None,
+        }
+    }
+
     pub async fn run(self, ctx: &Ctx) -> Result<()> {
         match self.command {
             Command::Project(cmd) => cmd.run(ctx).await,
@@ -111,6 +148,11 @@ impl Cli {
                 ops::setup::setup(ctx, req).await
             }
             Command::Doctor { json, timeout } => ops::doctor::doctor(ctx, json, timeout).await,
+            Command::Use { project, clear } => {
+                ops::current::use_project(ctx, project.as_ref(), clear)
+            }
+            Command::Completion { shell } => docs::print_completion(&ctx.shell, shell),
+            Command::Man { dir } => docs::print_man(&ctx.shell, dir.as_deref()),
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::Ctx;
+use super::{Ctx, UsageError};
 use crate::pgversion::MIN_MAJOR;
 use crate::state::{RuntimeRecord, StorageRecord, ZfsLayout};
 use crate::storage::btrfs::is_btrfs;
@@ -79,13 +79,17 @@ async fn choose_storage(ctx: &Ctx, wanted: &Wanted) -> Result<(StorageRecord, St
         .storage
         .or(wanted.pool.as_ref().map(|_| StorageKind::Zfs));
     if wanted.pool.is_some() && kind != Some(StorageKind::Zfs) {
-        bail!(
+        return Err(UsageError(format!(
             "--pool is for ZFS storage; leave it out with --storage {}",
             kind_word(kind)
-        );
+        ))
+        .into());
     }
     if wanted.data_dir.is_some() && kind == Some(StorageKind::Zfs) {
-        bail!("--data-dir is for btrfs, reflink and copy storage; ZFS keeps data in its pool");
+        return Err(UsageError(
+            "--data-dir is for btrfs, reflink and copy storage; ZFS keeps data in its pool".into(),
+        )
+        .into());
     }
     match kind {
         Some(StorageKind::Zfs) => {
@@ -176,11 +180,10 @@ async fn choose_runtime(ctx: &Ctx, wanted: &Wanted) -> Result<(RuntimeRecord, St
             .unwrap_or_else(|| image_for(wanted.pg_version.unwrap_or(DEFAULT_MAJOR)))
     };
     match (wanted.runtime, &wanted.image) {
-        (Some(RuntimeKind::Native), Some(_)) => {
-            bail!(
-                "--image is for the Docker runtime; the native runtime uses the host's binaries (--pg-version)"
-            )
-        }
+        (Some(RuntimeKind::Native), Some(_)) => Err(UsageError(
+            "--image is for the Docker runtime; the native runtime uses the host's binaries (--pg-version)".into(),
+        )
+        .into()),
         (Some(RuntimeKind::Native), None) => native(wanted, "native, as asked"),
         (Some(RuntimeKind::Docker), _) | (None, Some(_)) => Ok(docker(image(), "docker, as asked")),
         (None, None) => {
@@ -190,6 +193,13 @@ async fn choose_runtime(ctx: &Ctx, wanted: &Wanted) -> Result<(RuntimeRecord, St
                 Ok(Some(_)) => Ok(docker(
                     image.clone(),
                     &format!("docker: the daemon answers and has {image}"),
+                )),
+                // The native runtime refuses root: pull the image rather than fail.
+                Ok(None) if crate::zfs::is_root() => Ok(docker(
+                    image.clone(),
+                    &format!(
+                        "docker: the daemon answers and {image} is pulled (the native runtime does not run as root)"
+                    ),
                 )),
                 _ if crate::zfs::is_root() => bail!(
                     "no runtime for a new project: Docker {} and the native runtime does not run as root; start Docker and `docker pull {image}` (or pass --image), or run velo as a regular user",

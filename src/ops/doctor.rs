@@ -37,11 +37,11 @@ pub enum Mark {
 }
 
 impl Mark {
-    fn symbol(self) -> &'static str {
+    fn shown(self) -> crate::ui::Mark {
         match self {
-            Mark::Ok => "✓",
-            Mark::Warn => "!",
-            Mark::Fail => "✗",
+            Mark::Ok => crate::ui::Mark::Ok,
+            Mark::Warn => crate::ui::Mark::Warn,
+            Mark::Fail => crate::ui::Mark::Fail,
         }
     }
 
@@ -146,7 +146,7 @@ pub async fn doctor(ctx: &Ctx, as_json: bool, probe_timeout: Duration) -> Result
         print(ctx, &checks);
     }
     if failed > 0 {
-        bail!("velo doctor found {failed} problem(s); each ✗ above says how to fix it");
+        bail!("velo doctor found {failed} problem(s); each one marked above says how to fix it");
     }
     Ok(())
 }
@@ -158,8 +158,8 @@ fn print(ctx: &Ctx, checks: &[Check]) {
             group = c.group;
             ctx.shell.out(group);
         }
-        ctx.shell
-            .out(&format!("  {} {}: {}", c.mark.symbol(), c.name, c.detail));
+        let mark = ctx.shell.out_glyph(c.mark.shown());
+        ctx.shell.out(&format!("  {mark} {}: {}", c.name, c.detail));
         if let Some(fix) = &c.fix {
             ctx.shell.out(&format!("      fix: {fix}"));
         }

@@ -20,6 +20,7 @@
 mod backends;
 pub mod branch;
 pub mod choose;
+pub mod current;
 pub mod doctor;
 pub mod drift;
 #[cfg(test)]
@@ -189,6 +190,12 @@ pub fn claim(branch: &mut Branch, r: &BranchRef, operation: &str) -> Result<()> 
 pub fn claim_taking_over(branch: &mut Branch, r: &BranchRef, operation: &str) -> Result<()> {
     claim_inner(branch, r, operation, true)
 }
+
+/// A request that cannot work as given: options that contradict each other, a branch that
+/// needs a default project. velo exits with status 2 for it, as for clap's usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Another live command holds the branch.
 #[derive(Debug, thiserror::Error)]

@@ -25,6 +25,9 @@ pub struct State {
     /// Multi-step commands in flight (see [`super::journal`]).
     #[serde(default)]
     pub journal: Journal,
+    /// The project a branch written without `<project>/` belongs to (`velo use`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_project: Option<ProjectName>,
 }
 
 impl Default for State {
@@ -33,6 +36,7 @@ impl Default for State {
             version: SCHEMA_VERSION,
             projects: BTreeMap::new(),
             journal: Journal::default(),
+            default_project: None,
         }
     }
 }

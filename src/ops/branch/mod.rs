@@ -18,13 +18,13 @@ use chrono::{DateTime, Utc};
 
 pub use change::{reset, restore};
 pub use delete::{delete, delete_held};
-pub use query::{branch_json, get, list, observe, password};
+pub use query::{branch_json, get, list, observe, password, show};
 pub use run::{restart, start, stop};
 
 use super::generation::{new_generation, take_snapshot};
 use super::journal::Intent;
 use super::launch::{Launch, launch_new};
-use super::server::{self, BRANCH_READY, Recovery};
+use super::server::{BRANCH_READY, Recovery};
 use super::{
     Ctx, Undo, allocate_port, branch_mut, get_branch, get_project, get_project_mut, rolled_back,
 };
@@ -92,13 +92,13 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
             },
             recovery: pitr.as_ref(),
         };
-        let launched = launch_new(ctx, &project, r, &branch, how, &mut undo).await?;
+        launch_new(ctx, &project, r, &branch, how, &mut undo).await?;
         undo.step(ctx, "commit").await?;
-        Ok::<_, anyhow::Error>((launched, origin))
+        Ok::<_, anyhow::Error>(origin)
     }
     .await;
 
-    let (branch, origin) = match result {
+    let origin = match result {
         Ok(done) => done,
         Err(e) => {
             let how = rolled_back(undo.roll_back(ctx).await);
@@ -112,7 +112,6 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     ctx.shell.note(&format!("Branch `{r}` is ready."));
-    ctx.shell.out(&server::url(&project, &branch));
     Ok(())
 }
 

@@ -20,7 +20,6 @@ pub async fn start(ctx: &Ctx, r: &BranchRef) -> Result<()> {
     let result = ensure_running(ctx, &project, r, &b).await;
     finish_run_change(ctx, r, RunState::Running, result, undo)?;
     ctx.shell.note(&format!("Branch `{r}` is running."));
-    ctx.shell.out(&server::url(&project, &b));
     Ok(())
 }
 
@@ -52,7 +51,6 @@ pub async fn restart(ctx: &Ctx, r: &BranchRef) -> Result<()> {
     .await;
     finish_run_change(ctx, r, RunState::Running, result, undo)?;
     ctx.shell.note(&format!("Branch `{r}` is running."));
-    ctx.shell.out(&server::url(&project, &b));
     Ok(())
 }
 
@@ -87,7 +85,7 @@ fn finish_run_change(
 pub async fn ensure_running(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> Result<()> {
     let (storage, runtime) = (ctx.storage(project)?, ctx.runtime(project)?);
     let name = names::server_name(r);
-    let note = |what: &str| ctx.shell.note(&format!("▸ {what}"));
+    let note = |what: &str| ctx.shell.note_marked(crate::ui::Mark::Step, what);
     match runtime.status(&name).await? {
         ServerStatus::Running => return server::wait_ready(ctx, project, r, b, BRANCH_READY).await,
         ServerStatus::Missing => {
