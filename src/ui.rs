@@ -132,7 +132,7 @@ impl Shell {
     }
 
     /// A download to show: a bar of parts and bytes on a terminal, a line per finished part
-    /// elsewhere.
+    /// elsewhere, and at the end a step's line.
     pub fn transfer(&self, label: &str) -> Transfer {
         let bar = self.bars.as_ref().map(|bars| {
             let bar = bars.add(ProgressBar::new(0));
@@ -147,9 +147,6 @@ impl Shell {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar
         });
-        if bar.is_none() {
-            self.note(&format!("{label} …"));
-        }
         Transfer {
             shell: self.clone(),
             label: label.to_string(),
@@ -256,7 +253,8 @@ impl Transfer {
                 bar.set_message(format!("{} {counted}", self.label));
             }
             None if parts_done > self.parts_done => self.shell.note(&format!(
-                "  {counted}, {} of {}",
+                "  {}: {counted}, {} of {}",
+                self.label,
                 human_bytes(bytes),
                 human_bytes(total)
             )),

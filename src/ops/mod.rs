@@ -77,7 +77,7 @@ impl Ctx {
     pub fn new(home: PathBuf, shell: Shell) -> Result<Self> {
         let config = Config::load(&Config::path())?;
         let store = Store::new(home);
-        let backends = Backends::new(&config, store.dir());
+        let backends = Backends::new(&config, store.dir(), shell.clone());
         let ready_timeout = std::env::var("VELO_READY_TIMEOUT")
             .ok()
             .and_then(|v| humantime::parse_duration(&v).ok());
