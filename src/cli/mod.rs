@@ -156,3 +156,88 @@ impl Cli {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    /// Every command's path and its arguments that have no help line.
+    fn without_help(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        if cmd.get_about().is_none() {
+            missing.push(format!("{path} (the command)"));
+        }
+        for arg in cmd.get_arguments() {
+            let generated = matches!(arg.get_id().as_str(), "help" | "version");
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            if !generated && help.trim().is_empty() {
+                missing.push(format!("{path} {}", arg.get_id()));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            without_help(sub, &format!("{path} {}", sub.get_name()), missing);
+        }
+    }
+
+    #[test]
+    fn every_command_and_argument_has_help() {
+        let mut missing = Vec::new();
+        without_help(&Cli::command(), "velo", &mut missing);
+        assert!(missing.is_empty(), "no help line: {missing:#?}");
+    }
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_numbers_are_usage_errors_that_name_the_forms() {
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["snapshot", "create", "a/b", "--wait", "forever"],
+                "30s, 10m",
+            ),
+            (&["doctor", "--timeout", "abc"], "30s, 10m"),
+            (
+                &["snapshot", "cleanup", "--all", "--days", "7d"],
+                "such as 7",
+            ),
+            (
+                &["snapshot", "cleanup", "--all", "--days", "-1"],
+                "0 or more",
+            ),
+            (
+                &["wal", "cleanup", "a/b", "--days", "99999999"],
+                "at most 36500",
+            ),
+            (&["branch", "create", "a/b", "--pitr", "x"], "2 hours ago"),
+            (&["snapshot", "list", "Bad/x"], "give a project (demo)"),
+        ];
+        for (args, says) in cases {
+            let err = Cli::try_parse_from(std::iter::once(&"velo").chain(args.iter())).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+            let text = err.to_string();
+            assert!(text.contains(says), "{args:?}: {text}");
+        }
+        let err = Cli::try_parse_from(["velo", "status", "--verbose"]).unwrap_err();
+        assert!(!err.to_string().contains("--version"), "{err}");
+    }
+
+    proptest::proptest! {
+        /// No value of any numeric or time option panics the parser.
+        #[test]
+        fn no_option_value_panics(value in "\\PC{0,30}", which in 0usize..6) {
+            let args: Vec<&str> = match which {
+                0 => vec!["snapshot", "create", "a/b", "--wait", &value],
+                1 => vec!["doctor", "--timeout", &value],
+                2 => vec!["snapshot", "cleanup", "--all", "--days", &value],
+                3 => vec!["wal", "cleanup", "a/b", "--days", &value],
+                4 => vec!["branch", "create", "a/b", "--pitr", &value],
+                _ => vec!["project", "create", "p", "--pg-version", &value],
+            };
+            let _ = Cli::try_parse_from(std::iter::once("velo").chain(args));
+        }
+    }
+}
