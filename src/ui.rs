@@ -135,7 +135,7 @@ impl Shell {
     /// elsewhere, and at the end a step's line.
     pub fn transfer(&self, label: &str) -> Transfer {
         let bar = self.bars.as_ref().map(|bars| {
-            let bar = bars.add(ProgressBar::new(0));
+            let bar = bars.add(ProgressBar::no_length());
             bar.set_style(
                 ProgressStyle::with_template(
                     "{msg} [{bar:30}] {binary_bytes}/{binary_total_bytes} {elapsed}",
@@ -245,14 +245,18 @@ pub struct Transfer {
 impl Transfer {
     /// `parts_done` of `parts` finished; `bytes` of `total` bytes.
     pub fn update(&mut self, parts_done: usize, parts: usize, bytes: u64, total: u64) {
-        let counted = format!("{parts_done}/{parts} layers");
+        let counted = format!("{parts_done} of {parts} layers");
         match &self.bar {
             Some(bar) => {
-                bar.set_length(total);
-                bar.set_position(bytes.min(total));
+                if total > 0 {
+                    bar.set_length(total);
+                    bar.set_position(bytes.min(total));
+                }
                 bar.set_message(format!("{} {counted}", self.label));
             }
-            None if parts_done > self.parts_done => self.shell.note(&format!(
+            // A line per finished layer once there are bytes to tell of (layers the host has
+            // already finish at once).
+            None if parts_done > self.parts_done && total > 0 => self.shell.note(&format!(
                 "  {}: {counted}, {} of {}",
                 self.label,
                 human_bytes(bytes),
@@ -333,6 +337,20 @@ mod tests {
         shell.error("error: bad");
         shell.out("result");
         assert_eq!(shell.output(), "warning: careful\nerror: bad\nresult\n");
+    }
+
+    #[test]
+    fn transfers_print_a_line_per_downloaded_layer_off_a_terminal() {
+        let shell = Shell::captured();
+        let mut t = shell.transfer("Pull x:1");
+        t.update(1, 1, 0, 0);
+        t.update(1, 2, 512, 2048);
+        t.update(2, 2, 2048, 2048);
+        t.finish(true, Duration::from_millis(1500));
+        assert_eq!(
+            shell.output(),
+            "  Pull x:1: 2 of 2 layers, 2.0 KiB of 2.0 KiB\n- Pull x:1 1.5s\n"
+        );
     }
 
     #[test]

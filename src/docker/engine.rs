@@ -405,7 +405,7 @@ fn pull_failed(image: &str, source: BollardError) -> DockerError {
         BollardError::DockerStreamError { error } => error.clone(),
         _ => return DockerError::Unreachable { source },
     };
-    let (image, registry) = (image.to_string(), pull::registry(&image).to_string());
+    let (image, registry) = (image.to_string(), pull::registry(image).to_string());
     if pull::unreachable_registry(&message) {
         DockerError::RegistryUnreachable {
             image,
