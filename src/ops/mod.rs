@@ -78,9 +78,15 @@ impl Ctx {
         let config = Config::load(&Config::path())?;
         let store = Store::new(home);
         let backends = Backends::new(&config, store.dir(), shell.clone());
-        let ready_timeout = std::env::var("VELO_READY_TIMEOUT")
-            .ok()
-            .and_then(|v| humantime::parse_duration(&v).ok());
+        let ready_timeout = std::env::var("VELO_READY_TIMEOUT").ok().and_then(|v| {
+            let parsed = humantime::parse_duration(v.trim()).ok();
+            if parsed.is_none() {
+                shell.warn(&format!(
+                    "VELO_READY_TIMEOUT=`{v}` is not a duration (give a number and a unit, such as 90s or 5m); using the default"
+                ));
+            }
+            parsed
+        });
         Ok(Self {
             config,
             store,
