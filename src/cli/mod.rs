@@ -50,6 +50,13 @@ pub enum Command {
         #[arg(long, conflicts_with = "project")]
         clear: bool,
     },
+    /// Keep every branch in ~/.pgpass and ~/.pg_service.conf (service <project>-<branch>).
+    ConnectionFiles {
+        /// `on` writes velo's entries and keeps them up to date, `off` removes them (default:
+        /// say which it is).
+        #[arg(value_enum)]
+        switch: Option<Switch>,
+    },
     /// Print a shell completion script (see the README for where to put it).
     Completion {
         /// The shell to complete for.
@@ -107,6 +114,13 @@ pub enum Command {
     },
 }
 
+/// `on` or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
+}
+
 /// A child program velo ran for the user (psql) exited with this code: velo exits with it too.
 #[derive(Debug, thiserror::Error)]
 #[error("exited with status {0}")]
@@ -122,7 +136,25 @@ impl Cli {
         }
     }
 
+    /// Runs the command; then, if it may have changed branches (or the recovery before it
+    /// did), brings the connection files in line ([`ops::connfiles::sync`]).
     pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let sync = !matches!(
+            self.command,
+            Command::Setup { .. }
+                | Command::Doctor { .. }
+                | Command::ConnectionFiles { .. }
+                | Command::Completion { .. }
+                | Command::Man { .. }
+        );
+        let result = self.dispatch(ctx).await;
+        if sync {
+            ops::connfiles::sync(ctx);
+        }
+        result
+    }
+
+    async fn dispatch(self, ctx: &Ctx) -> Result<()> {
         match self.command {
             Command::Project(cmd) => cmd.run(ctx).await,
             Command::Branch(cmd) => cmd.run(ctx).await,
@@ -150,6 +182,9 @@ impl Cli {
             Command::Doctor { json, timeout } => ops::doctor::doctor(ctx, json, timeout).await,
             Command::Use { project, clear } => {
                 ops::current::use_project(ctx, project.as_ref(), clear)
+            }
+            Command::ConnectionFiles { switch } => {
+                ops::connfiles::set(ctx, switch.map(|s| s == Switch::On))
             }
             Command::Completion { shell } => docs::print_completion(&ctx.shell, shell),
             Command::Man { dir } => docs::print_man(&ctx.shell, dir.as_deref()),

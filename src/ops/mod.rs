@@ -20,6 +20,7 @@
 mod backends;
 pub mod branch;
 pub mod choose;
+pub mod connfiles;
 pub mod current;
 pub mod doctor;
 pub mod drift;

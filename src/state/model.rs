@@ -28,6 +28,9 @@ pub struct State {
     /// The project a branch written without `<project>/` belongs to (`velo use`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_project: Option<ProjectName>,
+    /// Keep every branch in `~/.pgpass` and `~/.pg_service.conf` (`velo connection-files`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub connection_files: bool,
 }
 
 impl Default for State {
@@ -37,6 +40,7 @@ impl Default for State {
             projects: BTreeMap::new(),
             journal: Journal::default(),
             default_project: None,
+            connection_files: false,
         }
     }
 }

@@ -287,3 +287,89 @@ fn marks_and_tables_are_plain_off_a_terminal() {
         "{steps}"
     );
 }
+
+/// psql through a service of `~/.pg_service.conf` (and the password from `~/.pgpass`).
+fn psql_service(home: &Path, service: &str) -> Output {
+    Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT 1",
+            &format!("service={service}"),
+        ])
+        .env("HOME", home)
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSERVICEFILE")
+        .env_remove("PGPASSFILE")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn connection_files_follow_the_branches() {
+    let mut sb = Sandbox::new();
+    let user_home = tempfile::tempdir().unwrap();
+    let (pgpass, services) = (
+        user_home.path().join(".pgpass"),
+        user_home.path().join(".pg_service.conf"),
+    );
+    let theirs = "db.example:5432:*:me:secret\n";
+    std::fs::write(&pgpass, theirs).unwrap();
+    sb.set_env("HOME", user_home.path().to_str().unwrap());
+    let p = sb.create_project("conn");
+    let dev = format!("{p}/dev");
+    sb.ok(&["branch", "create", &dev]);
+    assert_eq!(
+        std::fs::read_to_string(&pgpass).unwrap(),
+        theirs,
+        "off: untouched"
+    );
+
+    sb.ok(&["connection-files", "on"]);
+    assert_eq!(sb.ok(&["connection-files"]).trim(), "on");
+    let out = psql_service(user_home.path(), &format!("{p}-dev"));
+    assert_eq!(text(&out.stdout).trim(), "1", "{}", text(&out.stderr));
+    let text_now = std::fs::read_to_string(&pgpass).unwrap();
+    assert!(text_now.starts_with(theirs), "{text_now}");
+    use std::os::unix::fs::PermissionsExt;
+    for file in [&pgpass, &services] {
+        let mode = std::fs::metadata(file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{}", file.display());
+    }
+
+    // Create, reset and delete keep the files true.
+    let feat = format!("{p}/feat");
+    sb.ok(&["branch", "create", &feat]);
+    let out = psql_service(user_home.path(), &format!("{p}-feat"));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    sb.ok(&["branch", "reset", &feat]);
+    assert!(
+        psql_service(user_home.path(), &format!("{p}-feat"))
+            .status
+            .success()
+    );
+    sb.ok(&["branch", "delete", &feat]);
+    let listed = std::fs::read_to_string(&services).unwrap();
+    assert!(!listed.contains(&format!("[{p}-feat]")), "{listed}");
+    assert!(listed.contains(&format!("[{p}-dev]")), "{listed}");
+
+    // A link in place of a file is refused, not followed.
+    let target = user_home.path().join("elsewhere");
+    std::fs::write(&target, "[mine]\n").unwrap();
+    std::fs::remove_file(&services).unwrap();
+    std::os::unix::fs::symlink(&target, &services).unwrap();
+    let out = sb.run(&["branch", "list"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stderr).contains("not a regular file"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "[mine]\n");
+    std::fs::remove_file(&services).unwrap();
+
+    sb.ok(&["connection-files", "off"]);
+    assert_eq!(std::fs::read_to_string(&pgpass).unwrap(), theirs);
+}
