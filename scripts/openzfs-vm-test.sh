@@ -86,7 +86,9 @@ tester <<'EOF'
 set -uxo pipefail
 if sudo -n true 2>/dev/null; then echo "FAIL: tester still has sudo"; exit 1; fi
 if docker ps >/dev/null 2>&1; then echo "FAIL: tester can still use docker"; exit 1; fi
-velo doctor; echo "doctor before setup: exit $? (non-zero expected)"
+# Nothing is broken before setup: the default (copy storage, native runtime) needs none.
+velo doctor || { echo "FAIL: doctor before setup"; exit 1; }
+velo doctor | grep -q 'project create: copy' || { echo "FAIL: the default is not copy+native"; exit 1; }
 EOF
 
 log "as root: velo setup --user tester (twice), then its sudo rights and delegation"

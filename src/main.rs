@@ -30,8 +30,12 @@ fn main() -> ExitCode {
         tokio::spawn(watch_signals(shell.clone()));
         let ctx = Ctx::new(Store::default_dir(), shell.clone())?;
         // setup and doctor look at the host: they never act on a journal (run as root, they
-        // might be run with a home someone else prepared).
-        if !matches!(cli.command, Command::Setup { .. } | Command::Doctor { .. }) {
+        // might be run with a home someone else prepared). A background velo finishes only
+        // the operation it was handed.
+        if !matches!(
+            cli.command,
+            Command::Setup { .. } | Command::Doctor { .. } | Command::Background(_)
+        ) {
             recover::recover(&ctx).await;
         }
         cli.run(&ctx).await

@@ -63,8 +63,14 @@ fn plain_asked() -> bool {
 }
 
 /// Formats a step's time the way the original tool's transcript did ("0.1s").
+/// A step's time: milliseconds under a second (what most steps take, and what the benchmark
+/// reads), else seconds to a tenth.
 pub fn secs(d: Duration) -> String {
-    format!("{:.1}s", d.as_secs_f64())
+    if d < Duration::from_secs(1) {
+        format!("{}ms", d.as_millis())
+    } else {
+        format!("{:.1}s", d.as_secs_f64())
+    }
 }
 
 impl Shell {
@@ -355,7 +361,7 @@ mod tests {
 
     #[test]
     fn step_times() {
-        assert_eq!(secs(Duration::from_millis(149)), "0.1s");
+        assert_eq!(secs(Duration::from_micros(149_900)), "149ms");
         assert_eq!(secs(Duration::from_millis(1250)), "1.2s");
     }
 }

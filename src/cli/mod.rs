@@ -112,6 +112,25 @@ pub enum Command {
         #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse::duration)]
         timeout: std::time::Duration,
     },
+    /// Work velo does after a command has answered (started by velo itself).
+    #[command(name = "__background", hide = true, subcommand)]
+    Background(Background),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Background {
+    /// Finish the journal operation `id` that the velo process `parent` handed over.
+    Finish {
+        /// The journal operation.
+        id: String,
+        /// The velo process that handed it over.
+        parent: u32,
+    },
+    /// Remove what `project` no longer needs (old generations, stale prepared clusters).
+    Tidy {
+        /// The project to tidy.
+        project: ProjectName,
+    },
 }
 
 /// `on` or `off`.
@@ -146,6 +165,7 @@ impl Cli {
                 | Command::ConnectionFiles { .. }
                 | Command::Completion { .. }
                 | Command::Man { .. }
+                | Command::Background(_)
         );
         let result = self.dispatch(ctx).await;
         if sync {
@@ -180,6 +200,13 @@ impl Cli {
                 ops::setup::setup(ctx, req).await
             }
             Command::Doctor { json, timeout } => ops::doctor::doctor(ctx, json, timeout).await,
+            Command::Background(Background::Finish { id, parent }) => {
+                ops::background::run_finish(ctx, &id, parent).await
+            }
+            Command::Background(Background::Tidy { project }) => {
+                ops::background::tidy_here(ctx, &project).await;
+                Ok(())
+            }
             Command::Use { project, clear } => {
                 ops::current::use_project(ctx, project.as_ref(), clear)
             }

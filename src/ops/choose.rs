@@ -202,15 +202,8 @@ async fn choose_runtime(ctx: &Ctx, wanted: &Wanted) -> Result<(RuntimeRecord, St
                     image.clone(),
                     &format!("docker: the daemon answers and has {image}"),
                 )),
-                // The native runtime refuses root: pull the image rather than fail.
-                Ok(None) if crate::zfs::is_root() => Ok(docker(
-                    image.clone(),
-                    &format!(
-                        "docker: the daemon answers and {image} is pulled (the native runtime does not run as root)"
-                    ),
-                )),
                 _ if crate::zfs::is_root() => bail!(
-                    "no runtime for a new project: Docker {} and the native runtime does not run as root; start Docker and `docker pull {image}` (or pass --image), or run velo as a regular user",
+                    "no runtime for a new project: Docker {} and the native runtime does not run as root; with Docker running, pass `--runtime docker` (velo pulls {image}) or `docker pull {image}`, or pass --image; or run velo as a regular user",
                     docker_problem(&found)
                 ),
                 _ => native(
@@ -249,13 +242,17 @@ fn native(wanted: &Wanted, why: &str) -> Result<(RuntimeRecord, String)> {
 /// The pool to use: the one asked for, else the one `velo setup` recorded, else the only
 /// imported pool; and why.
 pub async fn choose_pool(ctx: &Ctx, asked: Option<String>) -> Result<(String, String)> {
-    let pools = ctx
-        .backends
-        .zfs()
-        .pools()
-        .await
-        .context("listing ZFS pools")?;
-    let (asked, why) = match (asked, &ctx.config.pool) {
+    pick_pool(ctx.backends.zfs(), ctx.config.pool.as_ref(), asked).await
+}
+
+/// [`choose_pool`] with these ZFS tools and this configured pool.
+pub async fn pick_pool(
+    zfs: &crate::zfs::Zfs,
+    configured: Option<&String>,
+    asked: Option<String>,
+) -> Result<(String, String)> {
+    let pools = zfs.pools().await.context("listing ZFS pools")?;
+    let (asked, why) = match (asked, configured) {
         (Some(p), _) => (Some(p), "the pool asked for"),
         (None, Some(p)) => (Some(p.clone()), "the pool `velo setup` recorded"),
         (None, None) => (None, "the only pool imported"),

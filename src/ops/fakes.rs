@@ -99,6 +99,7 @@ impl World {
             shell: Shell::captured(),
             backends: Backends::fixed(home.path(), fixed),
             ready_timeout: None,
+            background: false,
         };
         World {
             ctx,
@@ -280,10 +281,52 @@ fn a_project_create_that_fails_at_any_step_leaves_nothing() {
                 format!("{err:#}").contains("nothing was left behind"),
                 "{fault:?}: {err:#}"
             );
-            assert_eq!(w.snapshot(), (String::new(), BTreeSet::new(), Vec::new()));
+            // Nothing of the project; a prepared cluster only if it was finished (recorded),
+            // for the next project to use.
+            let kept: BTreeSet<String> = w
+                .ctx
+                .store
+                .read()
+                .unwrap()
+                .prepared
+                .iter()
+                .flat_map(|p| [p.volume().to_string(), p.snapshot_ref().to_string()])
+                .collect();
+            assert_eq!(w.snapshot(), (String::new(), kept, Vec::new()), "{fault:?}");
             let archives = w.ctx.archives().project_dir(&"demo".parse().unwrap());
             assert!(!archives.exists(), "{fault:?}: archive left");
         }
+    });
+}
+
+#[test]
+fn projects_are_clones_of_one_prepared_cluster_made_once() {
+    tokio().block_on(async {
+        let w = World::with_project().await;
+        let choice = Choice {
+            storage: StorageRecord::Copy {
+                dir: "/fake".into(),
+            },
+            runtime: RuntimeRecord::Docker {
+                image: "fake".into(),
+            },
+            why: "tests".into(),
+        };
+        w.runtime.fail_next("init");
+        project::create_with(&w.ctx, &"other".parse().unwrap(), choice)
+            .await
+            .unwrap();
+        let state = w.ctx.store.read().unwrap();
+        assert_eq!(state.prepared.len(), 1, "one prepared cluster for both");
+        let name = &state.prepared[0].name;
+        for p in state.projects.values() {
+            assert_eq!(p.prepared_from.as_ref(), Some(name));
+        }
+        assert!(
+            w.ctx.shell.output().matches("- Initialise").count() == 1,
+            "initdb ran once: {}",
+            w.ctx.shell.output()
+        );
     });
 }
 
@@ -318,11 +361,31 @@ fn a_port_taken_meanwhile_moves_a_new_branch_to_another() {
     });
 }
 
+/// Makes every open operation's owner a process that is gone, as after the command exits.
+fn orphan_all(w: &World) {
+    use crate::state::Owner;
+    w.ctx
+        .store
+        .update(|s| {
+            let ids: Vec<String> = s.journal.iter().map(|op| op.id.clone()).collect();
+            for id in ids {
+                if let Some(op) = s.journal.get_mut(&id) {
+                    op.owner = Owner {
+                        pid: u32::MAX - 1,
+                        started: None,
+                    };
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .unwrap();
+}
+
 #[test]
-fn a_delete_that_fails_is_finished_when_run_again() {
+fn a_delete_that_fails_before_forgetting_is_finished_when_run_again() {
     tokio().block_on(async {
         let w = World::with_project().await;
-        w.storage.fail_next("destroy_volume");
+        w.runtime.fail_next("remove");
         let err = branch::delete(&w.ctx, &r("demo/dev"), false)
             .await
             .unwrap_err();
@@ -330,11 +393,70 @@ fn a_delete_that_fails_is_finished_when_run_again() {
             format!("{err:#}").contains("run `velo branch delete"),
             "{err:#}"
         );
+        let (branches, _, _) = w.snapshot();
+        assert!(branches.contains("dev"), "{branches}");
         branch::delete(&w.ctx, &r("demo/dev"), false).await.unwrap();
         let (branches, contents, servers) = w.snapshot();
         assert!(!branches.contains("dev"), "{branches}");
         assert!(contents.iter().all(|c| !c.contains("dev")), "{contents:?}");
         assert_eq!(servers, vec![("velo-demo.main".to_string(), true)]);
+    });
+}
+
+#[test]
+fn data_a_delete_could_not_destroy_is_destroyed_by_the_next_command() {
+    tokio().block_on(async {
+        let w = World::with_project().await;
+        w.storage.fail_next("destroy_volume");
+        branch::delete(&w.ctx, &r("demo/dev"), false).await.unwrap();
+        let said = w.ctx.shell.output();
+        assert!(said.contains("the next velo command tries again"), "{said}");
+        // The branch is gone at once; its data stays recorded until it is destroyed.
+        let state = w.ctx.store.read().unwrap();
+        let pending = super::background::pending(&state);
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert!(pending[0].to_string().contains("dev"), "{}", pending[0]);
+        assert!(
+            !state
+                .projects
+                .values()
+                .any(|p| p.branch(&r("demo/dev").branch).is_some())
+        );
+        drop(state);
+        assert!(w.storage.contents().iter().any(|c| c.contains("dev")));
+        orphan_all(&w);
+        super::recover::recover(&w.ctx).await;
+        let (branches, contents, servers) = w.snapshot();
+        assert!(!branches.contains("dev"), "{branches}");
+        assert!(contents.iter().all(|c| !c.contains("dev")), "{contents:?}");
+        assert_eq!(servers, vec![("velo-demo.main".to_string(), true)]);
+    });
+}
+
+#[test]
+fn a_project_delete_forgets_first_and_destroys_after() {
+    tokio().block_on(async {
+        let w = World::with_project().await;
+        w.storage.fail_next("destroy_project");
+        project::delete(&w.ctx, &"demo".parse().unwrap(), true)
+            .await
+            .unwrap();
+        let state = w.ctx.store.read().unwrap();
+        assert!(state.projects.is_empty());
+        assert_eq!(super::background::pending(&state).len(), 1);
+        drop(state);
+        assert!(w.storage.contents().iter().any(|c| c.starts_with("demo")));
+        assert!(w.runtime.servers().is_empty());
+        orphan_all(&w);
+        super::recover::recover(&w.ctx).await;
+        let (branches, contents, servers) = w.snapshot();
+        assert_eq!(branches, "");
+        // Only the prepared cluster stays, for the next project.
+        assert!(
+            contents.iter().all(|c| c.starts_with("prepared/")),
+            "{contents:?}"
+        );
+        assert!(servers.is_empty());
     });
 }
 

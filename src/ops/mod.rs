@@ -18,6 +18,7 @@
 //! all of them; `recover` above the use cases it finishes.
 
 mod backends;
+pub mod background;
 pub mod branch;
 pub mod choose;
 pub mod connfiles;
@@ -29,6 +30,7 @@ mod fakes;
 mod generation;
 pub mod journal;
 mod launch;
+mod prepared;
 pub mod project;
 pub mod recover;
 pub mod server;
@@ -72,6 +74,9 @@ pub struct Ctx {
     /// How long to wait for PostgreSQL to answer instead of each command's default
     /// (`VELO_READY_TIMEOUT`, e.g. "90s").
     pub ready_timeout: Option<Duration>,
+    /// Whether what grows with the data is finished by a background velo after the command
+    /// answers ([`background`]); `VELO_BACKGROUND=0` finishes it before.
+    pub background: bool,
 }
 
 impl Ctx {
@@ -94,6 +99,7 @@ impl Ctx {
             shell,
             backends,
             ready_timeout,
+            background: std::env::var_os("VELO_BACKGROUND").is_none_or(|v| v != "0"),
         })
     }
 

@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::process::Command;
 
 use super::Ctx;
-use super::choose::{choose_pool, plain_user_name};
+use super::choose::{pick_pool, plain_user_name};
 use crate::config::{Config, UserSetup};
 use crate::storage::zfs::user_base;
 use crate::zfs::{
@@ -82,9 +82,9 @@ pub async fn setup(ctx: &Ctx, req: SetupRequest) -> Result<()> {
     let user = target_user(req.user.as_deref())?;
     let config_path = Config::path();
     let old = Config::load(&config_path)?;
-    let zfs = Zfs::new(
-        Some(system_program("zfs")?.display().to_string()),
-        Some(system_program("zpool")?.display().to_string()),
+    let zfs = Zfs::at(
+        system_program("zfs")?.display().to_string(),
+        system_program("zpool")?.display().to_string(),
     );
     let mut steps = Steps {
         ctx,
@@ -195,7 +195,7 @@ async fn apply(
         .implementation()
         .await
         .context("asking ZFS which it is")?;
-    let (pool, _) = choose_pool(ctx, asked_pool).await?;
+    let (pool, _) = pick_pool(zfs, old.pool.as_ref(), asked_pool).await?;
     if !pool
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -219,7 +219,8 @@ async fn apply(
         })
         .await?;
     next.created_base |= !root_exists;
-    let security = security_set(zfs, &root).await?;
+    // A root made just now (or, in a dry run, to be made) has them from its creation.
+    let security = !root_exists || security_set(zfs, &root).await?;
     steps
         .step(
             security,
@@ -372,7 +373,11 @@ async fn delegate(
         .await?;
     next.enabled_delegation |= delegation != "on";
     let name = &user.name;
-    let on_root = zfs.delegated(root, name).await?;
+    let on_root = if zfs.exists(root).await? {
+        zfs.delegated(root, name).await?
+    } else {
+        Default::default()
+    };
     let stale: Vec<&str> = on_root
         .local
         .iter()

@@ -138,6 +138,15 @@ impl Runtime for DockerRuntime {
         Ok(*user)
     }
 
+    async fn software(&self) -> Result<String> {
+        self.engine.image_id(&self.image).await?.ok_or_else(|| {
+            crate::docker::DockerError::ImageMissing {
+                image: self.image.clone(),
+            }
+            .into()
+        })
+    }
+
     async fn make_data_dir(&self, volume_root: &Path, user: ServerUser) -> Result<PathBuf> {
         let pgdata = volume_root.join("pgdata");
         if rustix::process::geteuid().is_root() {

@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::history::Origin;
+use super::records::StorageRecord;
 use crate::names::{BranchName, ProjectName, SnapshotId};
 
 /// The operations in flight, in the order they began.
@@ -53,6 +54,23 @@ impl Journal {
     }
 
     /// Whether an operation in flight (live or awaiting recovery) pins a generation.
+    /// Whether a delete of `project` (or, given `branch`, of that branch or the whole project)
+    /// is still being finished.
+    pub fn deleting(&self, project: &ProjectName, branch: Option<&BranchName>) -> bool {
+        self.0.iter().any(|op| {
+            op.project == *project
+                && match &op.recovery {
+                    Recovery::RollForward {
+                        finish: Finish::DeleteProject { .. },
+                    } => true,
+                    Recovery::RollForward {
+                        finish: Finish::DeleteBranches { .. },
+                    } => branch.is_none_or(|b| op.branches.contains(b)),
+                    _ => false,
+                }
+        })
+    }
+
     pub fn pinned(&self, project: &ProjectName, branch: &BranchName, generation: u32) -> bool {
         self.0.iter().any(|op| {
             op.project == *project
@@ -101,7 +119,11 @@ pub struct Owner {
 impl Owner {
     /// This process.
     pub fn me() -> Owner {
-        let pid = std::process::id();
+        Owner::of(std::process::id())
+    }
+
+    /// Process `pid`, as it runs now.
+    pub fn of(pid: u32) -> Owner {
         Owner {
             pid,
             started: process_start(pid),
@@ -177,9 +199,16 @@ pub enum Finish {
     DeleteBranches {
         #[serde(default)]
         release: Vec<Origin>,
+        /// The volumes of branches already forgotten, still to destroy, in order.
+        #[serde(default)]
+        volumes: Vec<Pin>,
     },
-    /// Delete the whole project.
-    DeleteProject,
+    /// Delete the whole project: its servers and record first, then (once `storage` holds
+    /// the forgotten record's storage) its volumes and archives.
+    DeleteProject {
+        #[serde(default)]
+        storage: Option<StorageRecord>,
+    },
     /// Destroy a user's snapshot and forget it.
     DeleteSnapshot { id: SnapshotId },
     /// Destroy a retired generation of `branch` and let go of its origin.
@@ -206,6 +235,11 @@ pub enum UndoStep {
     },
     /// Everything the project has in its storage (a project create that did not finish).
     DestroyProject,
+    /// A prepared cluster this operation was making, unless the state records it by now
+    /// (then other projects may rely on it).
+    DestroyPrepared {
+        name: BranchName,
+    },
     /// Removes the branch's server if it carries this velo home's label (never someone else's).
     RemoveServer {
         branch: BranchName,

@@ -31,6 +31,10 @@ pub struct State {
     /// Keep every branch in `~/.pgpass` and `~/.pg_service.conf` (`velo connection-files`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub connection_files: bool,
+    /// Clusters initialised once per server software; each new project's main branch is a
+    /// clone of one.
+    #[serde(default)]
+    pub prepared: Vec<Prepared>,
 }
 
 impl Default for State {
@@ -41,6 +45,7 @@ impl Default for State {
             journal: Journal::default(),
             default_project: None,
             connection_files: false,
+            prepared: Vec::new(),
         }
     }
 }
@@ -73,6 +78,9 @@ pub struct Project {
     /// Why `project create` chose these (shown by `project get` and `velo doctor`).
     #[serde(default)]
     pub chosen: Option<String>,
+    /// The prepared cluster its main branch was first cloned from.
+    #[serde(default)]
+    pub prepared_from: Option<BranchName>,
     /// The server's version as PostgreSQL reported it once main was first ready.
     pub pg_version: Option<String>,
     pub user: String,
@@ -137,6 +145,45 @@ impl Project {
         }
         out.push(root.clone());
         out
+    }
+}
+
+/// A cluster initialised once, for every new project of one storage and one server software:
+/// a volume `prepared/<name>.0` and its snapshot, which project creates clone.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Prepared {
+    pub name: BranchName,
+    pub storage: StorageRecord,
+    pub runtime: RuntimeRecord,
+    /// The server software it was initialised with: the image's id, or the binaries' version.
+    pub software: String,
+    pub snapshot: SnapshotId,
+    /// Who its files belong to (the server's uid and gid).
+    pub pg_uid: u32,
+    pub pg_gid: u32,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Prepared {
+    /// Its volume, in the reserved project [`crate::names::PREPARED`].
+    pub fn volume(&self) -> VolumeId {
+        prepared_volume(&self.name)
+    }
+
+    pub fn snapshot_ref(&self) -> crate::names::SnapshotRef {
+        crate::names::SnapshotRef {
+            volume: self.volume(),
+            id: self.snapshot.clone(),
+        }
+    }
+}
+
+/// The volume of the prepared cluster `name`.
+pub fn prepared_volume(name: &BranchName) -> VolumeId {
+    VolumeId {
+        project: ProjectName::prepared(),
+        branch: name.clone(),
+        generation: 0,
     }
 }
 

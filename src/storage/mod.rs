@@ -126,6 +126,15 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether the storage ran out of space (freeing some may make the same call succeed).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StorageError::Zfs(e) => e.kind() == crate::zfs::ZfsErrorKind::NoSpace,
+            StorageError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+
     pub fn io(
         action: &'static str,
         path: impl Into<PathBuf>,

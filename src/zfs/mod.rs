@@ -134,6 +134,16 @@ impl Zfs {
         }
     }
 
+    /// Exactly these programs, whatever the environment says (`velo setup`, which names the
+    /// `zfs` program in a sudoers rule).
+    pub fn at(zfs: String, zpool: String) -> Self {
+        Self {
+            zfs,
+            zpool,
+            sudo: !is_root(),
+        }
+    }
+
     /// The `zfs` program velo runs (the path the sudoers entry must name).
     pub fn zfs_program(&self) -> &str {
         &self.zfs

@@ -264,3 +264,31 @@ fn a_state_file_naming_things_that_are_not_velos_is_refused() {
     std::fs::write(&path, original).unwrap();
     sb.ok(&["branch", "list"]);
 }
+
+#[test]
+fn a_name_another_velo_home_holds_is_never_destroyed() {
+    let (mine, theirs) = (Sandbox::new(), Sandbox::new());
+    let p = theirs.create_project("held");
+    theirs.sql(
+        &format!("{p}/main"),
+        "CREATE TABLE precious AS SELECT 1 AS x",
+    );
+    // A second home of the same user asks for the same project name on the same pool: the
+    // create fails on the taken name, saying whose it is, and its undo leaves theirs alone.
+    let err = mine.fails(&[
+        "project",
+        "create",
+        &p,
+        "--pool",
+        &mine.rig.pool,
+        "--image",
+        &mine.rig.image,
+    ]);
+    assert!(err.contains("belongs to the velo home"), "{err}");
+    mine.ok(&["repair", "--fix", "--force"]);
+    assert_eq!(
+        theirs.sql(&format!("{p}/main"), "SELECT x FROM precious"),
+        "1"
+    );
+    theirs.assert_consistent(&p);
+}

@@ -132,7 +132,46 @@ impl Sandbox {
         for (k, v) in &self.extra_env {
             cmd.env(k, v);
         }
+        let out = cmd.output().expect("velo runs");
+        self.settle();
+        out
+    }
+
+    /// Runs velo and returns at once, without waiting for what it finishes in the background.
+    pub fn run_unsettled(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_velo"));
+        cmd.args(args)
+            .env("VELO_HOME", self.home.path())
+            .env("VELO_CONFIG", self.home.path().join("config.json"));
+        for (k, v) in &self.extra_env {
+            cmd.env(k, v);
+        }
         cmd.output().expect("velo runs")
+    }
+
+    /// Waits until no background velo holds an operation in the journal: what a command left
+    /// to one (destroying a deleted branch's data) is done, so each test sees the end state.
+    /// Operations of other commands (a paused one) and of dead owners are left alone.
+    pub fn settle(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            let journal = self.state()["journal"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            let live = journal
+                .iter()
+                .filter_map(|op| op["owner"]["pid"].as_u64())
+                .any(runs_in_background);
+            if !live {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "background work still running after 300 s: {journal:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// Starts velo with the test-only pause hook (`VELO_TEST_PAUSE_AT`) at `step` and returns
@@ -424,6 +463,17 @@ impl Drop for Sandbox {
             }
         }
     }
+}
+
+/// Whether process `pid` is a running `velo __background` (not exited, not a zombie).
+pub fn runs_in_background(pid: u64) -> bool {
+    let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    });
+    running
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"__background"))
 }
 
 fn which(program: &str) -> String {

@@ -17,21 +17,24 @@ use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
 
 pub use change::{reset, restore};
-pub use delete::{delete, delete_held};
+pub use delete::{delete, destroy_held, forget_held};
 pub use query::{branch_json, get, list, observe, password, show};
 pub use run::{restart, start, stop};
 
 use super::generation::{new_generation, take_snapshot};
 use super::journal::Intent;
 use super::launch::{Launch, launch_new};
+use super::project::DELETE_WAIT;
 use super::server::{BRANCH_READY, Recovery};
 use super::{
-    Ctx, Undo, allocate_port, branch_mut, get_branch, get_project, get_project_mut, rolled_back,
+    Ctx, Undo, allocate_port, background, branch_mut, get_branch, get_project, get_project_mut,
+    rolled_back,
 };
 use crate::names::{BranchName, BranchRef, SnapshotId};
 use crate::state::{
     Branch, Forget, Origin, Pin, Project, Recovery as JournalRecovery, RunState, State,
 };
+use crate::storage::StorageError;
 
 /// How long a point-in-time recovery may take to replay WAL and promote.
 const PITR_READY: Duration = Duration::from_secs(600);
@@ -61,7 +64,38 @@ struct Reserved {
 }
 
 pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
-    if let Source::Pitr { parent, .. } = &source {
+    let deleting = |s: &State| {
+        s.journal.deleting(&r.project, Some(&r.branch))
+            && s.projects
+                .get(&r.project)
+                .is_some_and(|p| p.branch(&r.branch).is_none())
+    };
+    background::wait_for(ctx, &format!("the old `{r}`"), DELETE_WAIT, deleting).await?;
+    match create_once(ctx, r, &source).await {
+        // Space that a delete is still freeing counts: wait for it, then try once more.
+        Err(e) if no_space(&e) && ctx.store.read()?.journal.deleting(&r.project, None) => {
+            let what = format!("deleted data of `{}`", r.project);
+            background::wait_for(ctx, &what, DELETE_WAIT, |s| {
+                s.journal.deleting(&r.project, None)
+            })
+            .await?;
+            create_once(ctx, r, &source).await
+        }
+        done => done,
+    }
+}
+
+/// Whether an error comes from a storage that is out of space.
+fn no_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<StorageError>()
+            .is_some_and(StorageError::is_no_space)
+    })
+}
+
+async fn create_once(ctx: &Ctx, r: &BranchRef, source: &Source) -> Result<()> {
+    if let Source::Pitr { parent, .. } = source {
         let name = parent.clone().unwrap_or_else(BranchName::main);
         super::wal::flush_archive(ctx, &BranchRef::new(r.project.clone(), name)).await?;
     }
@@ -73,7 +107,7 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
         origin,
         pitr,
         mut undo,
-    } = ctx.store.update(|s| reserve(ctx, s, r, &source, &snap))?;
+    } = ctx.store.update(|s| reserve(ctx, s, r, source, &snap))?;
     let branch = project.branch(&r.branch).expect("reserved above").clone();
 
     let result = async {

@@ -78,6 +78,10 @@ impl Known {
             projects: BTreeMap::new(),
             servers: BTreeSet::new(),
         };
+        for p in &state.prepared {
+            k.volumes.insert((p.storage.clone(), p.volume()));
+            k.snapshots.insert((p.storage.clone(), p.snapshot_ref()));
+        }
         for (pname, p) in &state.projects {
             let rec = &p.storage;
             k.projects.insert(pname.clone(), rec.clone());

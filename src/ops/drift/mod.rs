@@ -69,16 +69,22 @@ fn activity_but_mine(b: &Branch) -> Activity {
 /// projects use, the servers of each runtime they use, and the ports of stopped branches.
 pub async fn observe(ctx: &Ctx, state: &State) -> Result<Observed> {
     let mut storages = BTreeMap::new();
-    for p in state.projects.values() {
-        if storages.contains_key(&p.storage) {
+    let records = state
+        .projects
+        .values()
+        .map(|p| &p.storage)
+        .chain(state.prepared.iter().map(|p| &p.storage));
+    for record in records {
+        if storages.contains_key(record) {
             continue;
         }
         let inventory = ctx
-            .storage(p)?
+            .backends
+            .storage(record)?
             .inventory()
             .await
-            .with_context(|| format!("listing what {} holds", p.storage))?;
-        storages.insert(p.storage.clone(), inventory);
+            .with_context(|| format!("listing what {record} holds"))?;
+        storages.insert(record.clone(), inventory);
     }
     let mut servers: Vec<crate::runtime::ManagedServer> = Vec::new();
     let mut asked = BTreeSet::new();
@@ -315,12 +321,13 @@ async fn forget(ctx: &Ctx, r: &BranchRef) -> Result<()> {
                 recovery: Recovery::RollForward {
                     finish: Finish::DeleteBranches {
                         release: Vec::new(),
+                        volumes: Vec::new(),
                     },
                 },
             },
         ))
     })?;
-    let result = super::branch::delete_held(ctx, &r.project, &undo).await;
+    let result = super::recover::finish_forward(ctx, &undo).await;
     if result.is_err() {
         ctx.store.update(|s| {
             undo.abandon(s);
