@@ -78,22 +78,24 @@ fn write(ctx: &Ctx, entries: &[Entry]) -> Result<()> {
 /// Brings the files in line with the state, if connection files are on; a problem is a
 /// warning (the command itself worked).
 pub fn sync(ctx: &Ctx) {
-    let result = ctx.store.read().map_err(anyhow::Error::from).and_then(|state| {
-        if !state.connection_files {
-            return Ok(());
-        }
-        let (entries, clashes) = self::entries(&state);
-        if !clashes.is_empty() {
-            ctx.shell.warn(&format!(
-                "branches share the service name(s) {}; they have no connection-file entries (rename one)",
-                clashes.join(", ")
-            ));
-        }
-        write(ctx, &entries)
-    });
-    if let Err(e) = result {
+    if let Err(e) = try_sync(ctx) {
         ctx.shell.warn(&format!("{e:#}"));
     }
+}
+
+fn try_sync(ctx: &Ctx) -> Result<()> {
+    let state = ctx.store.read()?;
+    if !state.connection_files {
+        return Ok(());
+    }
+    let (entries, clashes) = self::entries(&state);
+    if !clashes.is_empty() {
+        ctx.shell.warn(&format!(
+            "branches share the service name(s) {}; they have no connection-file entries (rename one)",
+            clashes.join(", ")
+        ));
+    }
+    write(ctx, &entries)
 }
 
 /// `velo connection-files [on|off]`: turns them on (writing every entry), off (removing
@@ -113,7 +115,7 @@ pub fn set(ctx: &Ctx, on: Option<bool>) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     if on {
-        sync(ctx);
+        try_sync(ctx)?;
         ctx.shell.note(&format!(
             "Connection files on: every branch is in {files}; connect with `psql service=<project>-<branch>`."
         ));

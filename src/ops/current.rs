@@ -11,13 +11,13 @@ pub const ENV: &str = "VELO_PROJECT";
 
 /// The default project and where it was set.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Default {
+pub struct DefaultProject {
     pub project: ProjectName,
     pub from: &'static str,
 }
 
 /// The default project, if any: `VELO_PROJECT`, else the one `velo use` recorded.
-pub fn default_project(ctx: &Ctx) -> Result<Option<Default>> {
+pub fn default_project(ctx: &Ctx) -> Result<Option<DefaultProject>> {
     if let Some(value) = std::env::var_os(ENV).filter(|v| !v.is_empty()) {
         let text = value.to_string_lossy();
         let project = text.parse::<ProjectName>().map_err(|e| {
@@ -25,12 +25,16 @@ pub fn default_project(ctx: &Ctx) -> Result<Option<Default>> {
                 "{ENV}=`{text}` is not a project: {e}; unset it or give a project name"
             ))
         })?;
-        return Ok(Some(Default { project, from: ENV }));
+        return Ok(Some(DefaultProject { project, from: ENV }));
     }
-    Ok(ctx.store.read()?.default_project.map(|project| Default {
-        project,
-        from: "`velo use`",
-    }))
+    Ok(ctx
+        .store
+        .read()?
+        .default_project
+        .map(|project| DefaultProject {
+            project,
+            from: "`velo use`",
+        }))
 }
 
 /// A branch of the default project; a usage error that says how to set one when there is none.

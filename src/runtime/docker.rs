@@ -139,6 +139,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn software(&self) -> Result<String> {
+        self.ensure_image().await?;
         self.engine.image_id(&self.image).await?.ok_or_else(|| {
             crate::docker::DockerError::ImageMissing {
                 image: self.image.clone(),
