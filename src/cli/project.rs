@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::names::ProjectName;
+use crate::names::{BranchName, BranchRef, ProjectName};
 use crate::ops::choose::{RuntimeKind, StorageKind, Wanted};
 use crate::ops::{self, Ctx};
 
@@ -11,7 +11,7 @@ use crate::ops::{self, Ctx};
 pub enum ProjectCmd {
     /// Create a project and its main branch, and print main's URL.
     Create {
-        /// The new project's name.
+        /// The new project's name: lowercase letters, digits and `-`, starting with a letter.
         name: ProjectName,
         /// Where branches keep their data (default: the best this machine offers; see
         /// `velo doctor`).
@@ -32,24 +32,32 @@ pub enum ProjectCmd {
         /// on Docker, the host's binaries of that major on the native runtime.
         #[arg(long, value_name = "MAJOR", conflicts_with = "image", value_parser = super::parse::pg_major)]
         pg_version: Option<u32>,
-        /// Docker image honouring the official postgres image's contract (PostgreSQL 14+).
+        /// Docker image honouring the official postgres image's contract (PostgreSQL 14+);
+        /// pulled if it is not on this host.
         #[arg(long)]
         image: Option<String>,
+        /// Print main's record as JSON (as `branch get --json`) instead of its URL.
+        #[arg(long)]
+        json: bool,
     },
     /// List projects.
     #[command(visible_alias = "ls")]
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one project.
     Get {
+        /// The project.
         name: ProjectName,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Change a project's settings.
     Set {
+        /// The project.
         name: ProjectName,
         /// Stop (at the next `velo gc`) a branch no client has used for this long: 30m, 2h;
         /// `off` to never (the default). Never main, nor a branch with children unless
@@ -60,6 +68,7 @@ pub enum ProjectCmd {
     /// Delete a project with all its data.
     #[command(visible_alias = "rm")]
     Delete {
+        /// The project.
         name: ProjectName,
         /// Delete even if it has branches besides main.
         #[arg(long)]
@@ -78,6 +87,7 @@ impl ProjectCmd {
                 data_dir,
                 pg_version,
                 image,
+                json,
             } => {
                 let wanted = Wanted {
                     storage,
@@ -87,7 +97,9 @@ impl ProjectCmd {
                     pg_version,
                     image,
                 };
-                ops::project::create(ctx, ops::project::CreateProject { name, wanted }).await
+                let main = BranchRef::new(name.clone(), BranchName::main());
+                ops::project::create(ctx, ops::project::CreateProject { name, wanted }).await?;
+                ops::branch::show(ctx, &main, json).await
             }
             ProjectCmd::List { json } => ops::project::list(ctx, json).await,
             ProjectCmd::Get { name, json } => ops::project::get(ctx, &name, json).await,

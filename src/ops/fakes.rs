@@ -333,7 +333,7 @@ fn projects_are_clones_of_one_prepared_cluster_made_once() {
             assert_eq!(p.prepared_from.as_ref(), Some(name));
         }
         assert!(
-            w.ctx.shell.output().matches("▸ Initialise").count() == 1,
+            w.ctx.shell.output().matches("- Initialise").count() == 1,
             "initdb ran once: {}",
             w.ctx.shell.output()
         );

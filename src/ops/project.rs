@@ -143,7 +143,6 @@ pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Resul
         "Project `{name}` is ready ({}); its main branch is `{main_ref}`.",
         choice.why
     ));
-    ctx.shell.out(&server::url(&project, &main));
     ctx.shell.note(&format!(
         "The password is shown by `velo branch password {main_ref}`."
     ));

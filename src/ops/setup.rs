@@ -52,7 +52,9 @@ impl Steps<'_> {
         work: impl Future<Output = Result<()>>,
     ) -> Result<()> {
         if already {
-            self.ctx.shell.note(&format!("✓ {what}: already so"));
+            self.ctx
+                .shell
+                .note_marked(crate::ui::Mark::Ok, &format!("{what}: already so"));
             return Ok(());
         }
         self.changed += 1;

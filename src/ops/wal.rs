@@ -33,7 +33,7 @@ pub fn parse_target(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
         .unwrap_or(text);
     let d = humantime::parse_duration(ago).map_err(|_| {
         anyhow!(
-            "cannot read `{text}` as a time: use RFC 3339 (2025-10-07T14:30:00Z) or a time ago (\"2 hours ago\", \"-90m\", \"30m\")"
+            "cannot read `{text}` as a time: give RFC 3339 (2025-10-07T14:30:00Z), a UTC date and time (\"2025-10-07 14:30:00\"), or a time ago (\"2 hours ago\", \"-90m\", \"30m\")"
         )
     })?;
     ChronoDuration::from_std(d)

@@ -25,6 +25,12 @@ pub struct State {
     /// Multi-step commands in flight (see [`super::journal`]).
     #[serde(default)]
     pub journal: Journal,
+    /// The project a branch written without `<project>/` belongs to (`velo use`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_project: Option<ProjectName>,
+    /// Keep every branch in `~/.pgpass` and `~/.pg_service.conf` (`velo connection-files`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub connection_files: bool,
     /// Clusters initialised once per server software; each new project's main branch is a
     /// clone of one.
     #[serde(default)]
@@ -37,6 +43,8 @@ impl Default for State {
             version: SCHEMA_VERSION,
             projects: BTreeMap::new(),
             journal: Journal::default(),
+            default_project: None,
+            connection_files: false,
             prepared: Vec::new(),
         }
     }

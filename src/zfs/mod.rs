@@ -80,6 +80,33 @@ pub enum Implementation {
     ZfsFuse,
 }
 
+/// Where ZFS's tools live on the systems velo supports, searched after PATH: cron's PATH
+/// (`/usr/bin:/bin`) and many users' lack the sbin directories.
+const SYSTEM_DIRS: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/// The path of the executable `name` in the first directory of PATH, then of
+/// [`SYSTEM_DIRS`], that has one; `name` itself when none does (running it then fails with
+/// [`ZfsError::NotInstalled`]).
+pub fn find_program(name: &str) -> String {
+    find_in(
+        name,
+        &std::env::var_os("PATH").unwrap_or_default(),
+        &SYSTEM_DIRS,
+    )
+}
+
+fn find_in(name: &str, path: &std::ffi::OsStr, system: &[&str]) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .filter(|dir| dir.is_absolute())
+        .chain(system.iter().map(std::path::PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .map_or_else(|| name.to_string(), |p| p.display().to_string())
+}
+
 /// True when this process runs as root.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -94,17 +121,18 @@ pub struct PoolSpace {
 
 impl Zfs {
     /// The tools at the given paths (from velo's config), unless `VELO_ZFS`/`VELO_ZPOOL` say
-    /// otherwise; `zfs` and `zpool` on PATH when neither does.
+    /// otherwise; `zfs` and `zpool` found on PATH or in the system directories when neither
+    /// does.
     pub fn new(zfs: Option<String>, zpool: Option<String>) -> Self {
         Self {
             zfs: std::env::var("VELO_ZFS")
                 .ok()
                 .or(zfs)
-                .unwrap_or_else(|| "zfs".into()),
+                .unwrap_or_else(|| find_program("zfs")),
             zpool: std::env::var("VELO_ZPOOL")
                 .ok()
                 .or(zpool)
-                .unwrap_or_else(|| "zpool".into()),
+                .unwrap_or_else(|| find_program("zpool")),
             sudo: !is_root(),
         }
     }
@@ -574,4 +602,41 @@ fn props_args(props: &[(&str, &str)]) -> Vec<String> {
         .iter()
         .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={v}")])
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tool(dir: &std::path::Path, mode: u32) -> String {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("zfs");
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn programs_are_found_on_path_then_in_system_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let (bin, sbin, other) = (
+            root.path().join("bin"),
+            root.path().join("sbin"),
+            root.path().join("other"),
+        );
+        let in_sbin = tool(&sbin, 0o755);
+        let system = [sbin.to_str().unwrap()];
+        // Cron's PATH lacks sbin: the system directory has it.
+        let path = std::ffi::OsString::from(format!("{}:relative", bin.display()));
+        assert_eq!(find_in("zfs", &path, &system), in_sbin);
+        // PATH comes first; a file that is not executable does not count.
+        let in_bin = tool(&bin, 0o755);
+        assert_eq!(find_in("zfs", &path, &system), in_bin);
+        tool(&other, 0o644);
+        let path = std::ffi::OsString::from(other.display().to_string());
+        assert_eq!(find_in("zfs", &path, &system), in_sbin);
+        // Nowhere: the bare name, which fails as "not installed" when run.
+        assert_eq!(find_in("zfs", &path, &[]), "zfs");
+    }
 }

@@ -4,6 +4,7 @@
 
 mod attacks;
 mod branches;
+mod cli;
 mod concurrency;
 mod crash;
 mod drift;

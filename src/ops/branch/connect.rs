@@ -64,7 +64,7 @@ pub async fn psql(ctx: &Ctx, r: &BranchRef, args: &[String]) -> Result<i32> {
             "`{r}` was stopped by `velo gc` for idleness at {}; starting it",
             at.format("%Y-%m-%d %H:%M:%S UTC")
         ));
-        super::run::start_quietly(ctx, r).await?;
+        super::run::start(ctx, r).await?;
     }
     let status = tokio::process::Command::new("psql")
         .args(args)

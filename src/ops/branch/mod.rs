@@ -20,15 +20,15 @@ use chrono::{DateTime, Utc};
 
 pub use change::{reset, restore};
 pub use delete::{Guard, delete, delete_if, destroy_held, forget_held};
-pub use query::{ListOptions, branch_json, get, list, observe, password};
+pub use query::{ListOptions, branch_json, get, list, observe, password, show};
 pub use rename::rename;
-pub use run::{restart, start, start_quietly, stop, stop_idle};
+pub use run::{restart, start, stop, stop_idle};
 
 use super::generation::{new_generation, take_snapshot};
 use super::journal::Intent;
 use super::launch::{Launch, launch_new};
 use super::project::DELETE_WAIT;
-use super::server::{self, BRANCH_READY, Recovery};
+use super::server::{BRANCH_READY, Recovery};
 use super::{
     Ctx, Undo, allocate_port, background, branch_mut, get_branch, get_project, get_project_mut,
     rolled_back,
@@ -146,13 +146,13 @@ async fn create_once(
             },
             recovery: pitr.as_ref(),
         };
-        let launched = launch_new(ctx, &project, r, &branch, how, &mut undo).await?;
+        launch_new(ctx, &project, r, &branch, how, &mut undo).await?;
         undo.step(ctx, "commit").await?;
-        Ok::<_, anyhow::Error>((launched, origin))
+        Ok::<_, anyhow::Error>(origin)
     }
     .await;
 
-    let (branch, origin) = match result {
+    let origin = match result {
         Ok(done) => done,
         Err(e) => {
             let how = rolled_back(undo.roll_back(ctx).await);
@@ -166,7 +166,6 @@ async fn create_once(
         Ok::<_, anyhow::Error>(())
     })?;
     ctx.shell.note(&format!("Branch `{r}` is ready."));
-    ctx.shell.out(&server::url(&project, &branch));
     Ok(())
 }
 

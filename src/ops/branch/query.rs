@@ -255,6 +255,18 @@ fn expires_in(b: &Branch, now: DateTime<Utc>) -> String {
     }
 }
 
+/// Prints what a command that made or changed a branch shows: the branch's record as `get
+/// --json` prints it, or its URL.
+pub async fn show(ctx: &Ctx, r: &BranchRef, as_json: bool) -> Result<()> {
+    if as_json {
+        return get(ctx, r, true).await;
+    }
+    let state = ctx.store.read()?;
+    let p = get_project(&state, &r.project)?;
+    ctx.shell.out(&server::url(p, get_branch(p, r)?));
+    Ok(())
+}
+
 pub async fn password(ctx: &Ctx, r: &BranchRef, as_json: bool) -> Result<()> {
     let state = ctx.store.read()?;
     let p = get_project(&state, &r.project)?;

@@ -25,18 +25,11 @@ fn claim_alone(
 }
 
 pub async fn start(ctx: &Ctx, r: &BranchRef) -> Result<()> {
-    let (project, b) = start_quietly(ctx, r).await?;
-    ctx.shell.note(&format!("Branch `{r}` is running."));
-    ctx.shell.out(&server::url(&project, &b));
-    Ok(())
-}
-
-/// Starts a branch and waits until it answers; returns its project and record.
-pub async fn start_quietly(ctx: &Ctx, r: &BranchRef) -> Result<(Project, Branch)> {
     let (project, b, undo) = claim_alone(ctx, r, "branch start", |_| Ok(()))?;
     let result = ensure_running(ctx, &project, r, &b).await;
     finish_run_change(ctx, r, Change::Start, result, undo)?;
-    Ok((project, b))
+    ctx.shell.note(&format!("Branch `{r}` is running."));
+    Ok(())
 }
 
 pub async fn stop(ctx: &Ctx, r: &BranchRef) -> Result<()> {
@@ -74,7 +67,6 @@ pub async fn restart(ctx: &Ctx, r: &BranchRef) -> Result<()> {
     .await;
     finish_run_change(ctx, r, Change::Start, result, undo)?;
     ctx.shell.note(&format!("Branch `{r}` is running."));
-    ctx.shell.out(&server::url(&project, &b));
     Ok(())
 }
 
@@ -134,7 +126,7 @@ fn finish_run_change(
 pub async fn ensure_running(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> Result<()> {
     let (storage, runtime) = (ctx.storage(project)?, ctx.runtime(project)?);
     let name = names::server_name(r);
-    let note = |what: &str| ctx.shell.note(&format!("▸ {what}"));
+    let note = |what: &str| ctx.shell.note_marked(crate::ui::Mark::Step, what);
     match runtime.status(&name).await? {
         ServerStatus::Running => return server::wait_ready(ctx, project, r, b, BRANCH_READY).await,
         ServerStatus::Missing => {
