@@ -11,11 +11,13 @@
 # would own the files of every container by accident.
 RIG_IMAGE_UIDS=(70 999)
 
-# fs_params FS: sets img, mnt and opts for btrfs or xfs.
+# fs_params FS: sets img, mnt and opts for btrfs, xfs or ext4 (RIG_EXT4_IMG and RIG_EXT4_MNT
+# are set only by scripts/bench.sh: the rig's ext4 directory is on the root file system).
 fs_params() {
 	case "$1" in
 	btrfs) img="$RIG_BTRFS_IMG" mnt="$RIG_BTRFS_MNT" opts=loop,user_subvol_rm_allowed ;;
 	xfs) img="$RIG_XFS_IMG" mnt="$RIG_XFS_MNT" opts=loop ;;
+	ext4) img="${RIG_EXT4_IMG:?}" mnt="${RIG_EXT4_MNT:?}" opts=loop ;;
 	*) die "unknown file system $1" ;;
 	esac
 }
@@ -55,6 +57,7 @@ ensure_fs() {
 	case "$fs" in
 	btrfs) out="$(mkfs.btrfs -q -L velo-rig "$img.tmp" 2>&1)" ;;
 	xfs) out="$(mkfs.xfs -q -m reflink=1 -L velo-rig "$img.tmp" 2>&1)" ;;
+	ext4) out="$(mkfs.ext4 -q -L velo-rig "$img.tmp" 2>&1)" ;;
 	esac || die "mkfs.$fs $img failed: $out"
 	mv "$img.tmp" "$img"
 	out="$(mount -t "$fs" -o "$opts" "$img" "$mnt" 2>&1)" || die "cannot mount the new $img at $mnt: $out"
