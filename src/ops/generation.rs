@@ -221,12 +221,11 @@ async fn collect_retired(ctx: &Ctx, r: &BranchRef) -> Result<usize> {
             if branch.busy.is_some() {
                 return Ok(None);
             }
-            let pins = ctx.storage(p)?.capabilities().clone_pins_source;
             let mut retired = branch.retired.clone();
             retired.sort_by_key(|g| std::cmp::Reverse(g.generation));
             let Some(g) = retired
                 .into_iter()
-                .find(|g| !s.generation_in_use(r, g.generation, pins))
+                .find(|g| !s.generation_in_use(r, g.generation))
             else {
                 return Ok(None);
             };
