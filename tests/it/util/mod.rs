@@ -1,103 +1,163 @@
-//! The test rig as tests see it: run the real `velo` binary in a private VELO_HOME, query
-//! branches with `psql`, and look at ZFS and Docker directly to check what velo claims.
+//! The test rig as tests see it: run the real `velo` binary in a private VELO_HOME, as root
+//! (ZFS and Docker) or as the rig's non-root user (the native runtime refuses root), query
+//! branches with `psql` over TCP with the password (a client's view), and look at the
+//! backend directly ([`world`]) to check what velo claims.
 
-use std::path::PathBuf;
-use std::process::{Command, Output};
+mod faults;
+mod hold;
+pub mod rig;
+pub mod world;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
-/// The pool and image `scripts/rig-up.sh` prepared. Missing variables are a hard failure:
-/// these tests must run against the real rig (use `scripts/test.sh`).
-pub struct Rig {
-    pub pool: String,
-    pub image: String,
-}
+pub use faults::Fault;
+use hold::RigHold;
+pub use rig::{Backend, Rig, User};
+pub use world::sh;
 
-impl Rig {
-    pub fn get() -> Rig {
-        let var = |name: &str| {
-            std::env::var(name).unwrap_or_else(|_| {
-                panic!("{name} is not set: run the integration tests through scripts/test.sh, which sets up ZFS, Docker and the image")
-            })
-        };
-        Rig {
-            pool: var("VELO_TEST_POOL"),
-            image: var("VELO_TEST_IMAGE"),
-        }
-    }
-}
-
-/// Where tests (of every test process on the machine) coordinate their use of the rig.
-const RIG_LOCK: &str = "/run/velo-rig-tests.lock";
-
-/// A hold on the rig: shared for ordinary tests, exclusive for tests that disrupt the rig
-/// itself (stop or restart dockerd or zfs-fuse, export the pool). An exclusive holder waits
-/// until no other test, in this process or another, uses the rig. `flock` locks belong to
-/// the open file, so two holds in one process exclude each other like two processes do.
-struct RigHold {
-    _file: std::fs::File,
-}
-
-impl RigHold {
-    fn take(exclusive: bool) -> RigHold {
-        use fs4::FileExt;
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(RIG_LOCK)
-            .expect("open the rig lock");
-        if exclusive {
-            FileExt::lock(&file).expect("lock the rig exclusively");
-        } else {
-            FileExt::lock_shared(&file).expect("lock the rig shared");
-        }
-        RigHold { _file: file }
-    }
+/// Where velo keeps its state for a sandbox.
+enum Home {
+    /// A private temporary directory, passed as `VELO_HOME`.
+    Temp(tempfile::TempDir),
+    /// velo's default, `~/.velo` of the user it runs as (no `VELO_HOME`).
+    Default(PathBuf),
 }
 
 /// One test's private velo: its own home, its own project names, cleaned up on drop.
 pub struct Sandbox {
     pub rig: Rig,
-    home: tempfile::TempDir,
+    backend: Backend,
+    major: u32,
+    /// Who velo runs as; root when `None`.
+    user: Option<User>,
+    home: Home,
+    /// The test's directory on the backend's file system (btrfs, reflink, copy).
+    data: Option<tempfile::TempDir>,
     prefix: String,
     extra_env: Vec<(String, String)>,
+    /// Paths made immutable to inject a failure ([`faults`]), made mutable again on drop.
+    immutable: Vec<PathBuf>,
     // Dropped last (fields drop in order, after `Drop::drop`), once the projects are gone.
-    _hold: RigHold,
+    _hold: Option<RigHold>,
 }
 
 impl Sandbox {
-    /// A sandbox that shares the rig with other tests.
+    /// A sandbox on the suite's backend and major, sharing the rig with other tests.
     pub fn new() -> Sandbox {
-        Self::with_hold(RigHold::take(false))
+        Self::on(Backend::from_env(), rig::suite_major())
     }
 
-    /// A sandbox for a test that disrupts the rig (stops dockerd, exports the pool, …): it
-    /// waits until no other test runs, and no other test starts until it is dropped. The test
-    /// must leave the rig as it found it (`rig_up`).
+    /// A sandbox for a test that only means something on `backend`: fails, rather than
+    /// passing by doing nothing, when the suite runs another (`scripts/test.sh` runs each
+    /// module only where it holds).
+    pub fn only(backend: Backend) -> Sandbox {
+        Self::assert_suite(&[backend]);
+        Self::on(backend, rig::suite_major())
+    }
+
+    /// A sandbox for a test of the native runtime, on the suite's backend.
+    pub fn native() -> Sandbox {
+        let native: Vec<Backend> = Backend::ALL.into_iter().filter(|b| b.is_native()).collect();
+        Self::assert_suite(&native);
+        Self::new()
+    }
+
+    fn assert_suite(backends: &[Backend]) {
+        let suite = Backend::from_env();
+        assert!(
+            backends.contains(&suite),
+            "this test is for {backends:?}, but VELO_TEST_BACKEND is {}: run it where it holds (scripts/test.sh)",
+            suite.name()
+        );
+    }
+
+    /// A ZFS and Docker sandbox for a test that disrupts the rig (stops dockerd, exports the
+    /// pool, …): it waits until no other test uses ZFS or Docker, and no other such test
+    /// starts until it is dropped. The test must leave the rig as it found it (`rig_up`).
     pub fn exclusive() -> Sandbox {
-        Self::with_hold(RigHold::take(true))
+        Self::assert_suite(&[Backend::ZfsDocker]);
+        Self::make(
+            Backend::ZfsDocker,
+            rig::suite_major(),
+            Some(RigHold::take(true)),
+        )
     }
 
-    fn with_hold(hold: RigHold) -> Sandbox {
+    /// A sandbox on `backend` with PostgreSQL `major`, whatever the suite's.
+    pub fn on(backend: Backend, major: u32) -> Sandbox {
+        let hold = (!backend.is_native()).then(|| RigHold::take(false));
+        Self::make(backend, major, hold)
+    }
+
+    fn make(backend: Backend, major: u32, hold: Option<RigHold>) -> Sandbox {
+        let user = backend.is_native().then(User::test_user);
+        let home = tempfile::Builder::new()
+            .prefix("velo-it-")
+            .tempdir()
+            .expect("temp dir");
+        let data = backend.dir_var().map(|var| {
+            let dir = tempfile::Builder::new()
+                .prefix("velo-it-")
+                .tempdir_in(rig::var(var))
+                .expect("a directory on the backend's file system");
+            user.as_ref()
+                .expect("native runs as a user")
+                .own(dir.path());
+            dir
+        });
+        if let Some(user) = &user {
+            user.own(home.path());
+        }
         let n: u32 = rand::random();
         Sandbox {
-            rig: Rig::get(),
-            home: tempfile::tempdir().expect("temp dir"),
+            rig: Rig::for_major(major),
+            backend,
+            major,
+            user,
+            home: Home::Temp(home),
+            data,
             prefix: format!("t{n:08x}"),
             extra_env: Vec::new(),
+            immutable: Vec::new(),
             _hold: hold,
         }
     }
 
+    /// A sandbox that runs velo as `user` with velo's defaults: no `VELO_HOME` (so
+    /// `~/.velo`), no flags choosing storage or runtime.
+    pub fn default_for(user: User) -> Sandbox {
+        let home = user.home.join(".velo");
+        let n: u32 = rand::random();
+        Sandbox {
+            rig: Rig::for_major(rig::suite_major()),
+            backend: Backend::CopyNative,
+            major: rig::suite_major(),
+            user: Some(user),
+            home: Home::Default(home),
+            data: None,
+            prefix: format!("t{n:08x}"),
+            extra_env: Vec::new(),
+            immutable: Vec::new(),
+            _hold: None,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The user velo runs as, if not root.
+    pub fn user(&self) -> Option<&User> {
+        self.user.as_ref()
+    }
+
     /// Brings the rig back up (daemons, pool, mounts) after a test disrupted it.
     pub fn rig_up(&self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rig-up.sh");
-        let out = Command::new(script)
-            .env("VELO_TEST_POOL", &self.rig.pool)
-            .env("VELO_TEST_IMAGE", &self.rig.image)
-            .output()
-            .expect("rig-up runs");
+        let out = rig_up_command(&self.rig).output().expect("rig-up runs");
         assert!(
             out.status.success(),
             "rig-up failed:\n{}",
@@ -105,9 +165,23 @@ impl Sandbox {
         );
     }
 
-    /// The private VELO_HOME.
-    pub fn home(&self) -> &std::path::Path {
-        self.home.path()
+    /// The VELO_HOME.
+    pub fn home(&self) -> &Path {
+        match &self.home {
+            Home::Temp(dir) => dir.path(),
+            Home::Default(path) => path,
+        }
+    }
+
+    /// The data directory velo keeps btrfs, reflink and copy volumes in.
+    pub fn data_dir(&self) -> PathBuf {
+        match (&self.data, &self.home) {
+            (Some(dir), _) => dir.path().join("data"),
+            (None, home) => match home {
+                Home::Default(path) => path.join("data"),
+                Home::Temp(dir) => dir.path().join("data"),
+            },
+        }
     }
 
     /// A project name unique to this test run.
@@ -124,30 +198,55 @@ impl Sandbox {
         self.extra_env.clear();
     }
 
-    pub fn run(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_velo"));
-        cmd.args(args)
-            .env("VELO_HOME", self.home.path())
-            .env("VELO_CONFIG", self.home.path().join("config.json"));
-        for (k, v) in &self.extra_env {
-            cmd.env(k, v);
+    /// `velo <args>` as the sandbox runs it (its user, home and environment), not started.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut env = self.extra_env.clone();
+        if let Home::Temp(dir) = &self.home {
+            let home = dir.path().display().to_string();
+            env.push(("VELO_HOME".into(), home.clone()));
+            env.push(("VELO_CONFIG".into(), format!("{home}/config.json")));
         }
-        cmd.output().expect("velo runs")
+        let mut cmd = match &self.user {
+            None => {
+                let mut cmd = Command::new(velo_exe());
+                cmd.envs(env);
+                cmd
+            }
+            Some(user) => {
+                if matches!(self.home, Home::Temp(_)) {
+                    env.push(("VELO_PG_ROOT".into(), rig::pg_root().display().to_string()));
+                }
+                user.command(velo_exe(), &env)
+            }
+        };
+        cmd.args(args);
+        cmd
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("velo runs")
+    }
+
+    /// Starts velo without waiting for it, its output piped.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("velo starts")
     }
 
     /// Starts velo with the test-only pause hook (`VELO_TEST_PAUSE_AT`) at `step` and returns
-    /// once it has paused there, having recorded the step's intent and not yet run it.
+    /// once it has paused there, having recorded the step's intent and not yet run it. velo
+    /// leads a process group of its own, which a test may kill whole (a closed terminal).
     pub fn paused(&self, step: &str, args: &[&str]) -> Paused {
         use std::io::BufRead;
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_velo"));
-        cmd.args(args)
-            .env("VELO_HOME", self.home.path())
-            .env("VELO_TEST_PAUSE_AT", step)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        for (k, v) in &self.extra_env {
-            cmd.env(k, v);
-        }
+        use std::os::unix::process::CommandExt;
+        let mut cmd = self.command(args);
+        cmd.env("VELO_TEST_PAUSE_AT", step)
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("velo starts");
         let mut reader = std::io::BufReader::new(child.stderr.take().expect("piped"));
         let marker = format!("velo-test: paused at {step}");
@@ -171,65 +270,6 @@ impl Sandbox {
             seen + &rest
         });
         Paused { child, rest }
-    }
-
-    /// Asserts that the state, ZFS and Docker agree about a project: no operation open, no
-    /// branch busy, exactly the datasets, snapshots and containers the state records.
-    pub fn assert_consistent(&self, project: &str) {
-        let state = self.state();
-        let journal = state["journal"].as_array().cloned().unwrap_or_default();
-        assert!(journal.is_empty(), "operations left open: {journal:?}");
-        let p = &state["projects"][project];
-        let mut datasets = Vec::new();
-        let mut snapshots = Vec::new();
-        let mut containers = Vec::new();
-        let origin_of = |o: &Value, snapshots: &mut Vec<String>| {
-            if o.is_object() {
-                let generation = o["generation"].as_u64().unwrap();
-                let on = self.dataset(project, o["branch"].as_str().unwrap(), generation);
-                snapshots.push(format!("{on}@{}", o["snapshot"].as_str().unwrap()));
-            }
-        };
-        for (name, b) in p["branches"].as_object().expect("branches") {
-            assert!(b["busy"].is_null(), "{name} is still busy: {}", b["busy"]);
-            datasets.push(self.dataset(project, name, b["generation"].as_u64().unwrap()));
-            origin_of(&b["origin"], &mut snapshots);
-            for g in b["retired"].as_array().cloned().unwrap_or_default() {
-                datasets.push(self.dataset(project, name, g["generation"].as_u64().unwrap()));
-                origin_of(&g["origin"], &mut snapshots);
-            }
-            containers.push(format!("velo-{project}.{name}"));
-        }
-        for s in p["snapshots"].as_array().cloned().unwrap_or_default() {
-            let on = self.dataset(
-                project,
-                s["branch"].as_str().unwrap(),
-                s["generation"].as_u64().unwrap(),
-            );
-            snapshots.push(format!("{on}@{}", s["id"].as_str().unwrap()));
-        }
-        let mut expected: Vec<String> = datasets.into_iter().chain(snapshots).collect();
-        expected.sort();
-        expected.dedup();
-        let mut tree = self.zfs_tree(project);
-        tree.sort();
-        assert_eq!(tree, expected, "ZFS and the state disagree");
-        containers.sort();
-        assert_eq!(
-            self.containers(project),
-            containers,
-            "Docker and the state disagree"
-        );
-    }
-
-    /// The base dataset of the user the tests run velo as (root).
-    pub fn base(&self) -> String {
-        format!("{}/velo/user.root", self.rig.pool)
-    }
-
-    /// The dataset of a branch generation.
-    pub fn dataset(&self, project: &str, branch: &str, generation: u64) -> String {
-        format!("{}/{project}.{branch}.{generation}", self.base())
     }
 
     /// Runs velo and expects success; returns stdout.
@@ -261,31 +301,54 @@ impl Sandbox {
         serde_json::from_str(&self.ok(&all)).expect("velo printed JSON")
     }
 
-    /// Creates a project on the rig's pool and image.
+    /// The flags that put a new project on the sandbox's backend and major.
+    pub fn create_flags(&self) -> Vec<String> {
+        let storage = ["--storage", self.backend.storage()];
+        let mut flags: Vec<String> = storage.iter().map(|s| s.to_string()).collect();
+        if self.backend.is_native() {
+            flags.extend([
+                "--runtime".into(),
+                "native".into(),
+                "--data-dir".into(),
+                self.data_dir().display().to_string(),
+                "--pg-version".into(),
+                self.major.to_string(),
+            ]);
+        } else {
+            flags.extend([
+                "--runtime".into(),
+                "docker".into(),
+                "--pool".into(),
+                self.rig.pool.clone(),
+                "--image".into(),
+                self.rig.image.clone(),
+            ]);
+        }
+        flags
+    }
+
+    /// `velo project create <name>` with the sandbox's flags.
+    pub fn create_args(&self, name: &str) -> Vec<String> {
+        let mut args = vec!["project".to_string(), "create".into(), name.into()];
+        args.extend(self.create_flags());
+        args
+    }
+
+    /// Creates a project on the sandbox's backend and major.
     pub fn create_project(&self, suffix: &str) -> String {
         let name = self.project(suffix);
-        self.ok(&[
-            "project",
-            "create",
-            &name,
-            "--pool",
-            &self.rig.pool,
-            "--image",
-            &self.rig.image,
-        ]);
+        let args = self.create_args(&name);
+        self.ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
         name
     }
 
     /// Runs SQL on a branch through psql and returns the unaligned, tuples-only output.
     pub fn sql(&self, branch: &str, sql: &str) -> String {
-        let creds = self.json(&["branch", "password", branch]);
-        let out = Command::new("psql")
-            .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-            .env("PGHOST", creds["host"].as_str().unwrap())
-            .env("PGPORT", creds["port"].to_string())
-            .env("PGUSER", creds["user"].as_str().unwrap())
-            .env("PGPASSWORD", creds["password"].as_str().unwrap())
-            .env("PGDATABASE", creds["database"].as_str().unwrap())
+        let out = self
+            .psql(
+                branch,
+                &["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql],
+            )
             .output()
             .expect("psql runs");
         assert!(
@@ -294,6 +357,24 @@ impl Sandbox {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// A libpq client program (`psql`, `pgbench`, …) with `args`, connected to a branch over
+    /// TCP with its password (through PGPASSWORD, never argv).
+    pub fn client(&self, program: &str, branch: &str, args: &[&str]) -> Command {
+        let creds = self.json(&["branch", "password", branch]);
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env("PGHOST", creds["host"].as_str().unwrap())
+            .env("PGPORT", creds["port"].to_string())
+            .env("PGUSER", creds["user"].as_str().unwrap())
+            .env("PGPASSWORD", creds["password"].as_str().unwrap())
+            .env("PGDATABASE", creds["database"].as_str().unwrap());
+        cmd
+    }
+
+    fn psql(&self, branch: &str, args: &[&str]) -> Command {
+        self.client("psql", branch, args)
     }
 
     /// The names in the users table of a branch, in id order, comma-separated.
@@ -310,81 +391,45 @@ impl Sandbox {
             .unwrap()
     }
 
-    /// Every dataset and snapshot ZFS has for a project.
-    pub fn zfs_tree(&self, project: &str) -> Vec<String> {
-        let out = Command::new("zfs")
-            .args([
-                "list",
-                "-H",
-                "-o",
-                "name",
-                "-t",
-                "filesystem,snapshot",
-                "-r",
-                &self.base(),
-            ])
-            .output()
-            .expect("zfs runs");
-        let prefix = format!("{}/{project}.", self.base());
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.starts_with(&prefix))
-            .map(str::to_string)
-            .collect()
-    }
-
-    /// `used` of a dataset in bytes.
-    pub fn zfs_used(&self, dataset: &str) -> u64 {
-        let out = Command::new("zfs")
-            .args(["get", "-H", "-p", "-o", "value", "used", dataset])
-            .output()
-            .expect("zfs runs");
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    }
-
-    /// Names of the Docker containers (any state) labelled with a project.
-    pub fn containers(&self, project: &str) -> Vec<String> {
-        let out = Command::new("docker")
-            .args([
-                "ps",
-                "-a",
-                "--format",
-                "{{.Names}}",
-                "--filter",
-                &format!("label=dev.velo.project={project}"),
-            ])
-            .output()
-            .expect("docker runs");
-        let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .map(str::to_string)
-            .collect();
-        names.sort();
-        names
-    }
     pub fn state(&self) -> Value {
-        let path = self.home.path().join("state.json");
+        let path = self.home().join("state.json");
         match std::fs::read_to_string(&path) {
             Ok(text) => serde_json::from_str(&text).unwrap(),
             Err(_) => Value::Null,
         }
     }
+}
 
-    /// A script that runs the real `zfs` but fails `zfs <verb> …` — to inject failures.
-    pub fn failing_zfs(&self, verb: &str) -> PathBuf {
-        let path = self.home.path().join(format!("zfs-failing-{verb}"));
-        let real = which("zfs");
-        std::fs::write(
-            &path,
-            format!(
-                "#!/bin/sh\nif [ \"$1\" = {verb} ]; then echo \"cannot {verb}: injected failure\" >&2; exit 1; fi\nexec {real} \"$@\"\n"
-            ),
-        )
-        .unwrap();
+/// `scripts/rig-up.sh` for the rig's pool (its own default image: an image the tests
+/// override never reaches the rig).
+pub fn rig_up_command(rig: &Rig) -> Command {
+    let mut cmd = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rig-up.sh"));
+    cmd.env("VELO_TEST_POOL", &rig.pool)
+        .env_remove("VELO_TEST_IMAGE");
+    cmd
+}
+
+/// The velo binary, where every user may run it: cargo's own if every directory above it
+/// lets others through, else a copy in a temporary directory (once per test process).
+pub fn velo_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| {
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-        path
-    }
+        let built = PathBuf::from(env!("CARGO_BIN_EXE_velo"));
+        let open = built
+            .ancestors()
+            .skip(1)
+            .all(|dir| std::fs::metadata(dir).is_ok_and(|m| m.permissions().mode() & 0o001 != 0));
+        if open {
+            return built;
+        }
+        let dir = std::env::temp_dir().join(format!("velo-it-bin-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for velo");
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        let copy = dir.join("velo");
+        std::fs::copy(&built, &copy).expect("copy velo");
+        copy
+    })
 }
 
 /// A velo process stopped by the pause hook.
@@ -415,7 +460,7 @@ impl Paused {
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        self.extra_env.clear();
+        self.heal();
         if let Value::Object(state) = self.state()
             && let Some(Value::Object(projects)) = state.get("projects")
         {
@@ -423,13 +468,21 @@ impl Drop for Sandbox {
                 let _ = self.run(&["project", "delete", name, "--force"]);
             }
         }
+        if let Some(data) = &self.data {
+            // Whatever a failed test left running there goes, and read-only Btrfs snapshots
+            // (inode 256: subvolumes) are made writable, so the directory can be removed.
+            for pid in world::processes_in(data.path()) {
+                let _ = Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .output();
+            }
+            if self.backend == Backend::BtrfsNative {
+                let _ = Command::new("find")
+                    .arg(data.path())
+                    .args(["-type", "d", "-inum", "256", "-exec", "btrfs", "property"])
+                    .args(["set", "-ts", "{}", "ro", "false", ";"])
+                    .output();
+            }
+        }
     }
-}
-
-fn which(program: &str) -> String {
-    let out = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .expect("sh runs");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
