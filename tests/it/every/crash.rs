@@ -1,6 +1,6 @@
 //! Crash safety: velo killed (SIGKILL) or interrupted (SIGINT/SIGTERM) at each step of a
 //! command; the next velo command rolls it back (or, for deletes, forward), and afterwards the
-//! state agrees with `zfs list` and `docker ps -a`.
+//! state agrees with the storage and the runtime.
 
 use crate::util::Sandbox;
 
@@ -158,14 +158,7 @@ fn a_snapshot_waits_for_a_reset_in_progress() {
         "{err}"
     );
     // With time, it waits for the reset (here: until the reset is interrupted and undone).
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_velo"));
-    let waiting = cmd
-        .args(["snapshot", "create", &dev, "--wait", "5m"])
-        .env("VELO_HOME", sb.home())
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let waiting = sb.spawn(&["snapshot", "create", &dev, "--wait", "5m"]);
     let (code, _) = reset.signal("INT");
     assert_eq!(code, Some(130));
     let out = waiting.wait_with_output().unwrap();
