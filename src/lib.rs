@@ -13,6 +13,7 @@ pub mod hostdir;
 pub mod names;
 pub mod ops;
 pub mod pg;
+pub mod pgfiles;
 pub mod pgversion;
 pub mod runtime;
 pub mod state;

@@ -17,7 +17,11 @@ pub const MAX_NAME_LEN: usize = 40;
 
 /// Names that velo refuses because they would read as something else on the command line or in
 /// the state file: `all` and `none` are selector words, `head` is Git's name for "the current one".
-pub const RESERVED: &[&str] = &["all", "none", "head"];
+pub const RESERVED: &[&str] = &["all", "none", "head", PREPARED];
+
+/// The project name velo keeps its prepared clusters under (each new project's main branch is
+/// a clone of one): reserved, so it is never a user's project.
+pub const PREPARED: &str = "prepared";
 
 /// The branch every project starts with.
 pub const MAIN_BRANCH: &str = "main";
@@ -128,6 +132,25 @@ name_type!(
     Label,
     "label"
 );
+
+impl ProjectName {
+    /// Where velo keeps its prepared clusters ([`PREPARED`]).
+    pub fn prepared() -> Self {
+        Self(PREPARED.to_string())
+    }
+
+    /// A project name as storage holds it: a user's project, or [`PREPARED`].
+    pub fn parse_stored(text: &str) -> Option<Self> {
+        if text == PREPARED {
+            return Some(Self::prepared());
+        }
+        text.parse().ok()
+    }
+
+    pub fn is_prepared(&self) -> bool {
+        self.0 == PREPARED
+    }
+}
 
 impl BranchName {
     pub fn main() -> Self {
@@ -266,7 +289,7 @@ impl VolumeId {
             return None;
         }
         Some(VolumeId {
-            project: project.parse().ok()?,
+            project: ProjectName::parse_stored(project)?,
             branch: branch.parse().ok()?,
             generation: parse_generation(generation)?,
         })

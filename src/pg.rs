@@ -22,6 +22,9 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use crate::fsx;
 
+/// The `application_name` of velo's own connections, which `velo gc` does not count as use.
+pub const APPLICATION_NAME: &str = "velo";
+
 /// How to reach one server.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -119,7 +122,7 @@ impl Endpoint {
         config
             .user(&self.user)
             .dbname(&self.database)
-            .application_name("velo");
+            .application_name(APPLICATION_NAME);
         let (client, connection) = config
             .connect_raw(stream, NoTls)
             .await
@@ -162,6 +165,10 @@ pub trait Sql: Send + Sync {
     async fn flush_wal_archive(&self, deadline: Duration) -> Result<bool, PgError>;
 
     async fn server_version(&self) -> Result<String, PgError>;
+
+    /// How many clients are connected, besides velo (which connects as `application_name`
+    /// `velo`): what tells `velo gc` a branch is in use.
+    async fn client_connections(&self) -> Result<u64, PgError>;
 
     /// Starts an online backup; the copy made until [`BackupSession::stop`] is consistent.
     async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError>;
@@ -244,6 +251,19 @@ impl Sql for Endpoint {
             .await
             .map_err(self.query_err("SHOW server_version"))?;
         Ok(row.get(0))
+    }
+
+    async fn client_connections(&self) -> Result<u64, PgError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name IS DISTINCT FROM $1",
+                &[&APPLICATION_NAME],
+            )
+            .await
+            .map_err(self.query_err("reading pg_stat_activity"))?;
+        let n: i64 = row.get(0);
+        Ok(n.unsigned_abs())
     }
 
     async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError> {

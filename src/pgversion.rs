@@ -6,6 +6,9 @@
 /// The oldest major velo works with.
 pub const MIN_MAJOR: u32 = 14;
 
+/// The newest major velo has been tested with (a newer one may well work).
+pub const NEWEST_MAJOR: u32 = 18;
+
 /// The SQL that starts a non-exclusive online backup with an immediate checkpoint.
 /// PostgreSQL 15 renamed `pg_start_backup` to `pg_backup_start` and dropped exclusive backups.
 pub fn backup_start_sql(major: u32) -> &'static str {

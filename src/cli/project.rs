@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::names::ProjectName;
+use crate::names::{BranchName, BranchRef, ProjectName};
 use crate::ops::choose::{RuntimeKind, StorageKind, Wanted};
 use crate::ops::{self, Ctx};
 
@@ -11,7 +11,7 @@ use crate::ops::{self, Ctx};
 pub enum ProjectCmd {
     /// Create a project and its main branch, and print main's URL.
     Create {
-        /// The new project's name.
+        /// The new project's name: lowercase letters, digits and `-`, starting with a letter.
         name: ProjectName,
         /// Where branches keep their data (default: the best this machine offers; see
         /// `velo doctor`).
@@ -28,29 +28,48 @@ pub enum ProjectCmd {
         /// Directory for btrfs, reflink and copy storage (default: $VELO_HOME/data).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<std::path::PathBuf>,
-        /// PostgreSQL major version, 14 or newer (default 17): the image postgres:<MAJOR>-alpine
-        /// on Docker, the host's binaries of that major on the native runtime.
+        /// PostgreSQL major version, 14 or newer: the image postgres:<MAJOR>-alpine on Docker
+        /// (default 17), the host's binaries of that major on the native runtime (default: the
+        /// newest installed).
         #[arg(long, value_name = "MAJOR", conflicts_with = "image", value_parser = super::parse::pg_major)]
         pg_version: Option<u32>,
-        /// Docker image honouring the official postgres image's contract (PostgreSQL 14+).
+        /// Docker image honouring the official postgres image's contract (PostgreSQL 14+);
+        /// pulled if it is not on this host.
         #[arg(long)]
         image: Option<String>,
+        /// Print main's record as JSON (as `branch get --json`) instead of its URL.
+        #[arg(long)]
+        json: bool,
     },
     /// List projects.
     #[command(visible_alias = "ls")]
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one project.
     Get {
+        /// The project.
         name: ProjectName,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Change a project's settings.
+    Set {
+        /// The project.
+        name: ProjectName,
+        /// Stop (at the next `velo gc`) a branch no client has used for this long: 30m, 2h;
+        /// `off` to never (the default). Never main, nor a branch with children unless
+        /// `velo gc --include-parents`.
+        #[arg(long, value_name = "DURATION|off", value_parser = ops::lifetime::parse_idle_stop)]
+        idle_stop: ops::lifetime::IdleStop,
     },
     /// Delete a project with all its data.
     #[command(visible_alias = "rm")]
     Delete {
+        /// The project.
         name: ProjectName,
         /// Delete even if it has branches besides main.
         #[arg(long)]
@@ -69,6 +88,7 @@ impl ProjectCmd {
                 data_dir,
                 pg_version,
                 image,
+                json,
             } => {
                 let wanted = Wanted {
                     storage,
@@ -78,11 +98,16 @@ impl ProjectCmd {
                     pg_version,
                     image,
                 };
-                ops::project::create(ctx, ops::project::CreateProject { name, wanted }).await
+                let main = BranchRef::new(name.clone(), BranchName::main());
+                ops::project::create(ctx, ops::project::CreateProject { name, wanted }).await?;
+                ops::branch::show(ctx, &main, json).await
             }
             ProjectCmd::List { json } => ops::project::list(ctx, json).await,
             ProjectCmd::Get { name, json } => ops::project::get(ctx, &name, json).await,
             ProjectCmd::Delete { name, force } => ops::project::delete(ctx, &name, force).await,
+            ProjectCmd::Set { name, idle_stop } => {
+                ops::lifetime::set_idle_stop(ctx, &name, idle_stop).await
+            }
         }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,11 +22,13 @@ use crate::state::{RuntimeRecord, StorageRecord, Store};
 use crate::storage::fake::FakeStorage;
 use crate::ui::Shell;
 
-/// PostgreSQL that answers at once when its server runs, or never when told so.
+/// PostgreSQL that answers at once when its server runs, or never when told so, with as many
+/// clients connected as the world says.
 struct FakeSql {
     runtime: Arc<FakeRuntime>,
     endpoint: Endpoint,
     silent: Arc<AtomicBool>,
+    clients: Arc<AtomicU64>,
 }
 
 struct FakeBackup;
@@ -56,22 +58,27 @@ impl Sql for FakeSql {
     async fn server_version(&self) -> Result<String, PgError> {
         Ok("17.2".into())
     }
+    async fn client_connections(&self) -> Result<u64, PgError> {
+        Ok(self.clients.load(Ordering::SeqCst))
+    }
     async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError> {
         Ok(Box::new(FakeBackup))
     }
 }
 
-struct World {
-    ctx: Ctx,
-    storage: Arc<FakeStorage>,
-    runtime: Arc<FakeRuntime>,
+pub(super) struct World {
+    pub ctx: Ctx,
+    pub storage: Arc<FakeStorage>,
+    pub runtime: Arc<FakeRuntime>,
     silent: Arc<AtomicBool>,
+    /// The clients every server reports connected (`pg_stat_activity`).
+    pub clients: Arc<AtomicU64>,
     _home: tempfile::TempDir,
 }
 
 /// What the world holds: the state's projects and branches, the storage's volumes and
 /// snapshots, the runtime's servers and whether they run.
-type Snapshot = (String, BTreeSet<String>, Vec<(String, bool)>);
+pub(super) type Snapshot = (String, BTreeSet<String>, Vec<(String, bool)>);
 
 impl World {
     fn new() -> World {
@@ -81,7 +88,8 @@ impl World {
             Arc::new(FakeRuntime::default()),
         );
         let silent = Arc::new(AtomicBool::new(false));
-        let (r, s) = (runtime.clone(), silent.clone());
+        let clients = Arc::new(AtomicU64::new(0));
+        let (r, s, c) = (runtime.clone(), silent.clone(), clients.clone());
         let fixed = Fixed {
             storage: storage.clone(),
             runtime: runtime.clone(),
@@ -90,6 +98,7 @@ impl World {
                     runtime: r.clone(),
                     endpoint,
                     silent: s.clone(),
+                    clients: c.clone(),
                 }) as Arc<dyn Sql>
             }),
         };
@@ -99,18 +108,20 @@ impl World {
             shell: Shell::captured(),
             backends: Backends::fixed(home.path(), fixed),
             ready_timeout: None,
+            background: false,
         };
         World {
             ctx,
             storage,
             runtime,
             silent,
+            clients,
             _home: home,
         }
     }
 
     /// A project `demo` with main and dev, both running.
-    async fn with_project() -> World {
+    pub(super) async fn with_project() -> World {
         let w = World::new();
         let choice = Choice {
             storage: StorageRecord::Copy {
@@ -130,7 +141,7 @@ impl World {
         w
     }
 
-    fn snapshot(&self) -> Snapshot {
+    pub(super) fn snapshot(&self) -> Snapshot {
         let state = self.ctx.store.read().unwrap();
         assert!(state.journal.is_empty(), "{:?}", state.journal);
         let branches = state
@@ -156,11 +167,11 @@ impl World {
     }
 }
 
-fn r(s: &str) -> BranchRef {
+pub(super) fn r(s: &str) -> BranchRef {
     s.parse().unwrap()
 }
 
-fn tokio() -> tokio::runtime::Runtime {
+pub(super) fn tokio() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -170,7 +181,7 @@ fn tokio() -> tokio::runtime::Runtime {
 
 /// A failure injected into the fakes.
 #[derive(Debug, Clone, Copy)]
-enum Fault {
+pub(super) enum Fault {
     Storage(&'static str),
     Runtime(&'static str),
     /// The server starts and exits at once.
@@ -178,7 +189,7 @@ enum Fault {
 }
 
 impl Fault {
-    fn inject(self, w: &World) {
+    pub(super) fn inject(self, w: &World) {
         match self {
             Fault::Storage(op) => w.storage.fail_next(op),
             Fault::Runtime(op) => w.runtime.fail_next(op),
@@ -280,10 +291,52 @@ fn a_project_create_that_fails_at_any_step_leaves_nothing() {
                 format!("{err:#}").contains("nothing was left behind"),
                 "{fault:?}: {err:#}"
             );
-            assert_eq!(w.snapshot(), (String::new(), BTreeSet::new(), Vec::new()));
+            // Nothing of the project; a prepared cluster only if it was finished (recorded),
+            // for the next project to use.
+            let kept: BTreeSet<String> = w
+                .ctx
+                .store
+                .read()
+                .unwrap()
+                .prepared
+                .iter()
+                .flat_map(|p| [p.volume().to_string(), p.snapshot_ref().to_string()])
+                .collect();
+            assert_eq!(w.snapshot(), (String::new(), kept, Vec::new()), "{fault:?}");
             let archives = w.ctx.archives().project_dir(&"demo".parse().unwrap());
             assert!(!archives.exists(), "{fault:?}: archive left");
         }
+    });
+}
+
+#[test]
+fn projects_are_clones_of_one_prepared_cluster_made_once() {
+    tokio().block_on(async {
+        let w = World::with_project().await;
+        let choice = Choice {
+            storage: StorageRecord::Copy {
+                dir: "/fake".into(),
+            },
+            runtime: RuntimeRecord::Docker {
+                image: "fake".into(),
+            },
+            why: "tests".into(),
+        };
+        w.runtime.fail_next("init");
+        project::create_with(&w.ctx, &"other".parse().unwrap(), choice)
+            .await
+            .unwrap();
+        let state = w.ctx.store.read().unwrap();
+        assert_eq!(state.prepared.len(), 1, "one prepared cluster for both");
+        let name = &state.prepared[0].name;
+        for p in state.projects.values() {
+            assert_eq!(p.prepared_from.as_ref(), Some(name));
+        }
+        assert!(
+            w.ctx.shell.output().matches("- Initialise").count() == 1,
+            "initdb ran once: {}",
+            w.ctx.shell.output()
+        );
     });
 }
 
@@ -318,11 +371,31 @@ fn a_port_taken_meanwhile_moves_a_new_branch_to_another() {
     });
 }
 
+/// Makes every open operation's owner a process that is gone, as after the command exits.
+fn orphan_all(w: &World) {
+    use crate::state::Owner;
+    w.ctx
+        .store
+        .update(|s| {
+            let ids: Vec<String> = s.journal.iter().map(|op| op.id.clone()).collect();
+            for id in ids {
+                if let Some(op) = s.journal.get_mut(&id) {
+                    op.owner = Owner {
+                        pid: u32::MAX - 1,
+                        started: None,
+                    };
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .unwrap();
+}
+
 #[test]
-fn a_delete_that_fails_is_finished_when_run_again() {
+fn a_delete_that_fails_before_forgetting_is_finished_when_run_again() {
     tokio().block_on(async {
         let w = World::with_project().await;
-        w.storage.fail_next("destroy_volume");
+        w.runtime.fail_next("remove");
         let err = branch::delete(&w.ctx, &r("demo/dev"), false)
             .await
             .unwrap_err();
@@ -330,6 +403,8 @@ fn a_delete_that_fails_is_finished_when_run_again() {
             format!("{err:#}").contains("run `velo branch delete"),
             "{err:#}"
         );
+        let (branches, _, _) = w.snapshot();
+        assert!(branches.contains("dev"), "{branches}");
         branch::delete(&w.ctx, &r("demo/dev"), false).await.unwrap();
         let (branches, contents, servers) = w.snapshot();
         assert!(!branches.contains("dev"), "{branches}");
@@ -339,9 +414,66 @@ fn a_delete_that_fails_is_finished_when_run_again() {
 }
 
 #[test]
+fn data_a_delete_could_not_destroy_is_destroyed_by_the_next_command() {
+    tokio().block_on(async {
+        let w = World::with_project().await;
+        w.storage.fail_next("destroy_volume");
+        branch::delete(&w.ctx, &r("demo/dev"), false).await.unwrap();
+        let said = w.ctx.shell.output();
+        assert!(said.contains("the next velo command tries again"), "{said}");
+        // The branch is gone at once; its data stays recorded until it is destroyed.
+        let state = w.ctx.store.read().unwrap();
+        let pending = super::background::pending(&state);
+        assert_eq!(pending.len(), 1, "{pending:?}");
+        assert!(pending[0].to_string().contains("dev"), "{}", pending[0]);
+        assert!(
+            !state
+                .projects
+                .values()
+                .any(|p| p.branch(&r("demo/dev").branch).is_some())
+        );
+        drop(state);
+        assert!(w.storage.contents().iter().any(|c| c.contains("dev")));
+        orphan_all(&w);
+        super::recover::recover(&w.ctx).await;
+        let (branches, contents, servers) = w.snapshot();
+        assert!(!branches.contains("dev"), "{branches}");
+        assert!(contents.iter().all(|c| !c.contains("dev")), "{contents:?}");
+        assert_eq!(servers, vec![("velo-demo.main".to_string(), true)]);
+    });
+}
+
+#[test]
+fn a_project_delete_forgets_first_and_destroys_after() {
+    tokio().block_on(async {
+        let w = World::with_project().await;
+        w.storage.fail_next("destroy_project");
+        project::delete(&w.ctx, &"demo".parse().unwrap(), true)
+            .await
+            .unwrap();
+        let state = w.ctx.store.read().unwrap();
+        assert!(state.projects.is_empty());
+        assert_eq!(super::background::pending(&state).len(), 1);
+        drop(state);
+        assert!(w.storage.contents().iter().any(|c| c.starts_with("demo")));
+        assert!(w.runtime.servers().is_empty());
+        orphan_all(&w);
+        super::recover::recover(&w.ctx).await;
+        let (branches, contents, servers) = w.snapshot();
+        assert_eq!(branches, "");
+        // Only the prepared cluster stays, for the next project.
+        assert!(
+            contents.iter().all(|c| c.starts_with("prepared/")),
+            "{contents:?}"
+        );
+        assert!(servers.is_empty());
+    });
+}
+
+#[test]
 fn a_killed_command_is_rolled_back_by_the_next() {
     use crate::names::{SnapshotId, SnapshotRef, VolumeId};
-    use crate::state::{Branch, Forget, Owner, Recovery, RunState, UndoStep};
+    use crate::state::{Branch, Forget, Owner, Recovery, UndoStep};
     use crate::storage::Storage;
     tokio().block_on(async {
         let w = World::with_project().await;
@@ -366,16 +498,12 @@ fn a_killed_command_is_rolled_back_by_the_next() {
                         },
                     },
                 );
-                let b = Branch {
-                    parent: Some(main.branch.clone()),
-                    port: 54999,
-                    generation: 0,
-                    origin: None,
-                    retired: Vec::new(),
-                    desired: RunState::Running,
-                    created_at: chrono::Utc::now(),
-                    busy: Some(super::busy_marker("branch create")),
-                };
+                let b = Branch::new(
+                    Some(main.branch.clone()),
+                    54999,
+                    None,
+                    super::busy_marker("branch create"),
+                );
                 super::get_project_mut(s, &ghost.project)?
                     .branches
                     .insert(ghost.branch.clone(), b);

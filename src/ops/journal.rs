@@ -124,24 +124,35 @@ impl Undo {
         }
     }
 
-    /// Gives up a roll-forward operation that failed in this process, leaving the rest to the
-    /// user (who runs the command again): clears its busy markers and drops it, unless it
-    /// still holds origins to let go of, which the next velo command then releases.
+    /// Gives up a roll-forward operation that failed in this process: clears its busy markers
+    /// and leaves the rest to the user (who runs the command again), except what it already
+    /// forgot and has yet to destroy or let go of: that stays in the journal, narrowed to the
+    /// branches already forgotten, and the next velo command finishes it.
     pub fn abandon(&self, state: &mut State) {
-        let Some(op) = state.journal.take(&self.id) else {
+        let Some(mut op) = state.journal.take(&self.id) else {
             return;
         };
         clear_busy(state, &op);
-        let pending = matches!(
-            &op.recovery,
-            Recovery::RollForward { finish: Finish::DeleteBranches { release } } if !release.is_empty()
-        );
+        let pending = match &op.recovery {
+            Recovery::RollForward {
+                finish: Finish::DeleteBranches { release, volumes },
+            } => !release.is_empty() || !volumes.is_empty(),
+            Recovery::RollForward {
+                finish: Finish::DeleteProject { storage },
+            } => storage.is_some(),
+            _ => false,
+        };
         if pending {
-            state.journal.push(Operation {
-                branches: Vec::new(),
-                ..op
-            });
+            let project = state.projects.get(&op.project);
+            op.branches
+                .retain(|b| project.is_none_or(|p| p.branch(b).is_none()));
+            state.journal.push(op);
         }
+    }
+
+    /// The operation's journal id.
+    pub fn id(&self) -> &str {
+        &self.id
     }
 
     /// Takes back every recorded step, newest first, then removes what the reserving

@@ -11,12 +11,15 @@ use super::choose::{self, Choice, Wanted};
 use super::generation::create_archive;
 use super::journal::Intent;
 use super::launch::{Launch, launch_new};
+use super::prepared;
 use super::server;
-use super::{Ctx, Undo, allocate_port, busy_marker, get_project, remove_dir, rolled_back};
+use super::{
+    Ctx, Undo, allocate_port, background, busy_marker, get_project, remove_dir, rolled_back,
+};
 use crate::names::{self, BranchName, BranchRef, ProjectName, VolumeId};
 use crate::runtime::ServerUser;
 use crate::state::{
-    Branch, Finish, Forget, Project, Recovery, RunState, RuntimeRecord, StorageRecord, UndoStep,
+    Branch, Finish, Forget, Project, Recovery, RuntimeRecord, StorageRecord, UndoStep,
 };
 
 /// How long a new project's first start (initdb done) may take.
@@ -35,29 +38,60 @@ pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
 /// Creates a project on the storage and runtime chosen.
 pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Result<()> {
     let name = name.clone();
+    background::wait_for(
+        ctx,
+        &format!("the old project `{name}`"),
+        DELETE_WAIT,
+        |s| !s.projects.contains_key(&name) && s.journal.deleting(&name, None),
+    )
+    .await?;
     let (storage, runtime) = (
         ctx.backends.storage(&choice.storage)?,
         ctx.backends.runtime(&choice.runtime)?,
     );
     // The storage's root and the server software are checked at once; a bad storage is
     // reported first, whichever answer comes first.
-    let (prepared, user) = tokio::join!(
+    let (ready, software) = tokio::join!(
         ctx.shell.step("Prepare storage", storage.prepare()),
-        ctx.shell.step("Check server software", runtime.prepare())
+        ctx.shell.step("Check server software", runtime.software())
     );
-    prepared?;
-    let user = user?;
-    let (project, main, mut undo) = ctx.store.update(|s| reserve(s, &name, &choice, user))?;
+    ready?;
+    let software = software?;
+    let cluster = prepared::name_for(
+        &ctx.home_label(),
+        &choice.storage,
+        &choice.runtime,
+        &software,
+    );
+    let existing = prepared::find(&ctx.store.read()?, &cluster).cloned();
+    let user = match &existing {
+        Some(p) => ServerUser {
+            uid: p.pg_uid,
+            gid: p.pg_gid,
+        },
+        None => {
+            ctx.shell
+                .step("Check who servers run as", runtime.prepare())
+                .await?
+        }
+    };
+    let (project, main, mut undo) = ctx
+        .store
+        .update(|s| reserve(s, &name, &choice, &cluster, user))?;
     let main_ref = BranchRef::new(name.clone(), BranchName::main());
 
     let result: Result<Branch> = async {
         undo.intend(ctx, "dataset", UndoStep::DestroyProject)
             .await?;
+        let cluster = match existing {
+            Some(p) => p,
+            None => prepared::make(ctx, &project, &cluster, &software, user, &mut undo).await?,
+        };
         let root = ctx
             .shell
             .step(
-                "Create volume",
-                storage.create_volume(&main.volume(&main_ref)),
+                "Clone",
+                storage.clone_snapshot(&cluster.snapshot_ref(), &main.volume(&main_ref)),
             )
             .await?;
         undo.intend(
@@ -70,13 +104,6 @@ pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Resul
         )
         .await?;
         create_archive(ctx, &project, &main_ref, main.generation)?;
-        let pgdata = ctx
-            .shell
-            .step("Prepare data directory", runtime.make_data_dir(&root, user))
-            .await?;
-        ctx.shell
-            .step("Initialise", runtime.init(&pgdata, &project.user, user))
-            .await?;
         let how = Launch {
             root: &root,
             deadline: PROJECT_READY,
@@ -111,11 +138,11 @@ pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Resul
         undo.commit(s);
         Ok::<_, anyhow::Error>(())
     })?;
+    prepared::tidy(ctx).await;
     ctx.shell.note(&format!(
         "Project `{name}` is ready ({}); its main branch is `{main_ref}`.",
         choice.why
     ));
-    ctx.shell.out(&server::url(&project, &main));
     ctx.shell.note(&format!(
         "The password is shown by `velo branch password {main_ref}`."
     ));
@@ -127,26 +154,19 @@ fn reserve(
     s: &mut crate::state::State,
     name: &ProjectName,
     choice: &Choice,
+    cluster: &BranchName,
     user: ServerUser,
 ) -> Result<(Project, Branch, Undo)> {
     if s.projects.contains_key(name) {
         bail!("project `{name}` already exists (see `velo project get {name}`)");
     }
     let port = allocate_port(s, &[])?;
-    let main = Branch {
-        parent: None,
-        port,
-        generation: 0,
-        origin: None,
-        retired: Vec::new(),
-        desired: RunState::Running,
-        created_at: Utc::now(),
-        busy: Some(busy_marker("project create")),
-    };
+    let main = Branch::new(None, port, None, busy_marker("project create"));
     let project = Project {
         storage: choice.storage.clone(),
         runtime: choice.runtime.clone(),
         chosen: Some(choice.why.clone()),
+        prepared_from: Some(cluster.clone()),
         pg_version: None,
         user: "postgres".into(),
         password: super::new_password(),
@@ -156,6 +176,7 @@ fn reserve(
         created_at: Utc::now(),
         branches: BTreeMap::from([(BranchName::main(), main.clone())]),
         snapshots: Vec::new(),
+        idle_stop_seconds: None,
     };
     s.projects.insert(name.clone(), project.clone());
     let undo = Undo::begin(
@@ -193,6 +214,7 @@ fn project_json(name: &ProjectName, p: &Project) -> serde_json::Value {
         "pg_version": p.pg_version,
         "branches": p.branches.keys().map(BranchName::as_str).collect::<Vec<_>>(),
         "created_at": p.created_at,
+        "idle_stop_seconds": p.idle_stop_seconds,
     })
 }
 
@@ -267,12 +289,23 @@ pub async fn get(ctx: &Ctx, name: &ProjectName, as_json: bool) -> Result<()> {
             "created (UTC)".into(),
             p.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
         ],
+        vec![
+            "idle stop".into(),
+            p.idle_stop_seconds
+                .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string())
+                .unwrap_or_else(|| "off".into()),
+        ],
     ];
     ctx.shell.table(&["FIELD", "VALUE"], rows);
     Ok(())
 }
 
 pub async fn delete(ctx: &Ctx, name: &ProjectName, force: bool) -> Result<()> {
+    // A branch of it still being destroyed finishes first: the project's volumes go at once.
+    background::wait_for(ctx, &format!("branches of `{name}`"), DELETE_WAIT, |s| {
+        s.projects.contains_key(name) && s.journal.deleting(name, None)
+    })
+    .await?;
     let undo = ctx.store.update(|s| {
         let p = super::get_project_mut(s, name)?;
         let others: Vec<String> = p
@@ -300,12 +333,12 @@ pub async fn delete(ctx: &Ctx, name: &ProjectName, force: bool) -> Result<()> {
                 branches,
                 pins: Vec::new(),
                 recovery: Recovery::RollForward {
-                    finish: Finish::DeleteProject,
+                    finish: Finish::DeleteProject { storage: None },
                 },
             },
         ))
     })?;
-    if let Err(e) = delete_held(ctx, name, &undo).await {
+    if let Err(e) = forget_held(ctx, name, &undo).await {
         ctx.store.update(|s| {
             undo.abandon(s);
             Ok::<_, anyhow::Error>(())
@@ -315,46 +348,73 @@ pub async fn delete(ctx: &Ctx, name: &ProjectName, force: bool) -> Result<()> {
         )));
     }
     ctx.shell.note(&format!("Project `{name}` deleted."));
-    Ok(())
+    background::finish(ctx, undo).await
 }
 
-/// Deletes a project that an open delete operation holds: servers, volumes, archives, sockets,
-/// then the record and the operation together. Each part may already be done.
-pub async fn delete_held(ctx: &Ctx, name: &ProjectName, undo: &Undo) -> Result<()> {
+/// How long a command waits for the destruction of a same-named project or branch.
+pub const DELETE_WAIT: Duration = Duration::from_secs(600);
+
+/// The part of a project delete the user waits for: removes its servers and sockets, then
+/// forgets the record, keeping its storage in the operation for [`destroy_held`].
+pub async fn forget_held(ctx: &Ctx, name: &ProjectName, undo: &Undo) -> Result<()> {
     let state = ctx.store.read()?;
-    if let Some(project) = state.projects.get(name) {
-        let (storage, runtime) = (ctx.storage(project)?, ctx.runtime(project)?);
-        undo.step(ctx, "delete-containers").await?;
-        ctx.shell
-            .step("Remove servers", async {
-                for b in project.branches.keys() {
-                    let r = BranchRef::new(name.clone(), b.clone());
-                    runtime.remove(&names::retired_server_name(&r)).await?;
-                    runtime.remove(&names::server_name(&r)).await?;
-                }
-                Ok::<_, anyhow::Error>(())
-            })
-            .await?;
-        undo.step(ctx, "delete-data").await?;
-        ctx.shell
-            .step("Destroy volumes", storage.destroy_project(name))
-            .await
-            .with_context(|| {
-                format!(
-                    "destroying the volumes of `{name}` ({})",
-                    storage.name_of(&VolumeId::new(
-                        &BranchRef::new(name.clone(), BranchName::main()),
-                        0
-                    ))
-                )
-            })?;
-        remove_dir(&ctx.archives().project_dir(name))?;
-        for b in project.branches.values() {
-            remove_dir(&server::socket_dir(ctx, b.port))?;
-        }
+    let Some(project) = state.projects.get(name) else {
+        return Ok(());
+    };
+    let runtime = ctx.runtime(project)?;
+    undo.step(ctx, "delete-containers").await?;
+    ctx.shell
+        .step("Remove servers", async {
+            for b in project.branches.keys() {
+                let r = BranchRef::new(name.clone(), b.clone());
+                runtime.remove(&names::retired_server_name(&r)).await?;
+                runtime.remove(&names::server_name(&r)).await?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
+        .await?;
+    for b in project.branches.values() {
+        remove_dir(&server::socket_dir(ctx, b.port))?;
     }
+    undo.step(ctx, "delete-forget").await?;
     ctx.store.update(|s| {
-        s.projects.remove(name);
+        if let Some(p) = s.projects.remove(name)
+            && let Some(Finish::DeleteProject { storage }) = undo.finish_mut(s)
+        {
+            *storage = Some(p.storage);
+        }
+        Ok::<_, anyhow::Error>(())
+    })
+}
+
+/// The part of a project delete that grows with the data, run after the command has answered:
+/// destroys its volumes and archives and closes the operation.
+pub async fn destroy_held(ctx: &Ctx, name: &ProjectName, undo: &Undo) -> Result<()> {
+    let state = ctx.store.read()?;
+    let record = match undo.record(&state).map(|op| op.recovery) {
+        Some(Recovery::RollForward {
+            finish: Finish::DeleteProject {
+                storage: Some(record),
+            },
+        }) => record,
+        _ => return Ok(()),
+    };
+    let storage = ctx.backends.storage(&record)?;
+    undo.step(ctx, "delete-data").await?;
+    ctx.shell
+        .step("Destroy volumes", storage.destroy_project(name))
+        .await
+        .with_context(|| {
+            format!(
+                "destroying the volumes of the deleted project `{name}` ({})",
+                storage.name_of(&VolumeId::new(
+                    &BranchRef::new(name.clone(), BranchName::main()),
+                    0
+                ))
+            )
+        })?;
+    remove_dir(&ctx.archives().project_dir(name))?;
+    ctx.store.update(|s| {
         undo.commit(s);
         Ok::<_, anyhow::Error>(())
     })

@@ -97,10 +97,27 @@ fn describe(op: &Operation) -> String {
     }
 }
 
+/// Finishes a roll-forward operation this process holds (its own, or one it took over).
+pub async fn finish_forward(ctx: &Ctx, undo: &Undo) -> Result<()> {
+    let Some(op) = undo.record(&ctx.store.read()?) else {
+        return Ok(());
+    };
+    match &op.recovery {
+        Recovery::RollForward { finish } => roll_forward(ctx, &op, finish, undo).await,
+        Recovery::RollBack { .. } => Ok(()),
+    }
+}
+
 async fn roll_forward(ctx: &Ctx, op: &Operation, finish: &Finish, undo: &Undo) -> Result<()> {
     match finish {
-        Finish::DeleteBranches { .. } => super::branch::delete_held(ctx, &op.project, undo).await,
-        Finish::DeleteProject => super::project::delete_held(ctx, &op.project, undo).await,
+        Finish::DeleteBranches { .. } => {
+            super::branch::forget_held(ctx, &op.project, undo).await?;
+            super::branch::destroy_held(ctx, &op.project, undo).await
+        }
+        Finish::DeleteProject { .. } => {
+            super::project::forget_held(ctx, &op.project, undo).await?;
+            super::project::destroy_held(ctx, &op.project, undo).await
+        }
         Finish::DeleteSnapshot { id } => {
             super::snapshot::destroy_held(ctx, &op.project, id, undo).await
         }

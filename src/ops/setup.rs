@@ -13,7 +13,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use tokio::process::Command;
 
 use super::Ctx;
-use super::choose::{choose_pool, plain_user_name};
+use super::choose::{pick_pool, plain_user_name};
 use crate::config::{Config, UserSetup};
 use crate::storage::zfs::user_base;
 use crate::zfs::{
@@ -52,7 +52,9 @@ impl Steps<'_> {
         work: impl Future<Output = Result<()>>,
     ) -> Result<()> {
         if already {
-            self.ctx.shell.note(&format!("✓ {what}: already so"));
+            self.ctx
+                .shell
+                .note_marked(crate::ui::Mark::Ok, &format!("{what}: already so"));
             return Ok(());
         }
         self.changed += 1;
@@ -80,9 +82,9 @@ pub async fn setup(ctx: &Ctx, req: SetupRequest) -> Result<()> {
     let user = target_user(req.user.as_deref())?;
     let config_path = Config::path();
     let old = Config::load(&config_path)?;
-    let zfs = Zfs::new(
-        Some(system_program("zfs")?.display().to_string()),
-        Some(system_program("zpool")?.display().to_string()),
+    let zfs = Zfs::at(
+        system_program("zfs")?.display().to_string(),
+        system_program("zpool")?.display().to_string(),
     );
     let mut steps = Steps {
         ctx,
@@ -193,7 +195,7 @@ async fn apply(
         .implementation()
         .await
         .context("asking ZFS which it is")?;
-    let (pool, _) = choose_pool(ctx, asked_pool).await?;
+    let (pool, _) = pick_pool(zfs, old.pool.as_ref(), asked_pool).await?;
     if !pool
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -217,7 +219,8 @@ async fn apply(
         })
         .await?;
     next.created_base |= !root_exists;
-    let security = security_set(zfs, &root).await?;
+    // A root made just now (or, in a dry run, to be made) has them from its creation.
+    let security = !root_exists || security_set(zfs, &root).await?;
     steps
         .step(
             security,
@@ -370,7 +373,11 @@ async fn delegate(
         .await?;
     next.enabled_delegation |= delegation != "on";
     let name = &user.name;
-    let on_root = zfs.delegated(root, name).await?;
+    let on_root = if zfs.exists(root).await? {
+        zfs.delegated(root, name).await?
+    } else {
+        Default::default()
+    };
     let stale: Vec<&str> = on_root
         .local
         .iter()
@@ -465,8 +472,14 @@ async fn undo(
         )
         .await?;
     if let Some(base) = &record.base {
+        // Prepared clusters are velo's own, not the user's projects: they go with the base.
+        let prepared = format!("{base}/{}.", crate::names::PREPARED);
         let tree = zfs.list_tree(base).await?;
-        if tree.len() > 1 {
+        let held = tree
+            .iter()
+            .filter(|name| *name != base && !name.starts_with(&prepared))
+            .count();
+        if held > 0 {
             steps.ctx.shell.note(&format!(
                 "{base} still holds {}'s projects; it stays (they delete them, then run --undo again)",
                 user.name

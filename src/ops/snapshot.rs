@@ -10,8 +10,10 @@ use serde_json::json;
 
 use std::time::Duration;
 
-use super::generation::{take_snapshot, tidy};
+use super::background::{self, tidy};
+use super::generation::take_snapshot;
 use super::journal::Intent;
+use super::project::DELETE_WAIT;
 use super::{Ctx, Undo, claim_waiting, get_branch, get_project, get_project_mut};
 use crate::names::{BranchName, BranchRef, Label, ProjectName, SnapshotId, SnapshotRef, VolumeId};
 use crate::state::{Finish, Forget, Project, Recovery, Snapshot, State};
@@ -197,6 +199,7 @@ pub async fn list(ctx: &Ctx, scope: Option<&str>, as_json: bool) -> Result<()> {
                 "generation": s.generation,
                 "created_at": s.created_at,
                 "used_bytes": used,
+                "wal_from": s.wal_from,
                 "dependents": p.cloned_from(&s.branch, s.generation, &s.id).iter().map(BranchName::as_str).collect::<Vec<_>>(),
             }));
             rows.push(vec![
@@ -231,6 +234,12 @@ pub async fn delete(ctx: &Ctx, key: &str) -> Result<()> {
 
 /// Destroys one snapshot in ZFS, then forgets it; refuses if a branch was cloned from it.
 async fn destroy(ctx: &Ctx, project_name: &ProjectName, snapshot: &Snapshot) -> Result<()> {
+    // A deleted branch's volume may still be a clone of it.
+    let what = format!("the deleted branches of `{project_name}`");
+    background::wait_for(ctx, &what, DELETE_WAIT, |s| {
+        s.journal.deleting(project_name, None)
+    })
+    .await?;
     let undo = ctx.store.update(|s| {
         let p = get_project(s, project_name)?;
         if let Some(busy) = p.branch(&snapshot.branch).and_then(|b| b.busy.as_ref()) {
@@ -424,6 +433,7 @@ mod tests {
             storage: crate::state::StorageRecord::Copy { dir: "/d".into() },
             runtime: crate::state::RuntimeRecord::Docker { image: "i".into() },
             chosen: None,
+            prepared_from: None,
             pg_version: None,
             user: "postgres".into(),
             password: "x".into(),
@@ -443,6 +453,7 @@ mod tests {
                     wal_from: None,
                 })
                 .collect(),
+            idle_stop_seconds: None,
         }
     }
 

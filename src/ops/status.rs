@@ -6,8 +6,8 @@ use anyhow::Result;
 use futures_util::future::try_join_all;
 use serde_json::json;
 
-use super::Ctx;
 use super::branch::{branch_json, observe};
+use super::{Ctx, background};
 use crate::state::StorageRecord;
 use crate::ui::human_bytes;
 
@@ -64,10 +64,15 @@ pub async fn status(ctx: &Ctx, as_json: bool) -> Result<()> {
             ]);
         }
     }
+    let pending = background::pending(&state);
     if as_json {
-        ctx.shell
-            .json(&json!({ "pools": space_json, "branches": branch_rows }));
+        ctx.shell.json(&json!({
+            "pools": space_json, "branches": branch_rows, "pending": pending,
+        }));
         return Ok(());
+    }
+    for p in &pending {
+        ctx.shell.note(&format!("Being finished: {p}"));
     }
     if rows.is_empty() {
         ctx.shell

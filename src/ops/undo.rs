@@ -2,7 +2,7 @@
 //! which the project's storage and runtime map to what they are; each treats "already gone"
 //! as success.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 
 use super::{Ctx, server};
 use crate::names::{self, BranchRef, SnapshotRef, VolumeId};
@@ -10,7 +10,7 @@ use crate::state::UndoStep;
 
 pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
     let state = ctx.store.read()?;
-    let name = state
+    let project_name = state
         .journal
         .get(op)
         .ok_or_else(|| anyhow!("operation {op} vanished from the journal"))?
@@ -18,10 +18,10 @@ pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
         .clone();
     // The reservation outlives its undo steps, so the project is there; if someone removed it
     // from the file by hand, nothing records what its parts are, and `velo repair` finds them.
-    let Some(project) = state.projects.get(&name) else {
+    let Some(project) = state.projects.get(&project_name) else {
         return Ok(());
     };
-    let at = |branch: &names::BranchName| BranchRef::new(name.clone(), branch.clone());
+    let at = |branch: &names::BranchName| BranchRef::new(project_name.clone(), branch.clone());
     match step {
         UndoStep::DestroySnapshot {
             branch,
@@ -38,7 +38,14 @@ pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
             let v = VolumeId::new(&at(branch), *generation);
             ctx.storage(project)?.destroy_volume(&v).await?;
         }
-        UndoStep::DestroyProject => ctx.storage(project)?.destroy_project(&name).await?,
+        UndoStep::DestroyProject => ctx.storage(project)?.destroy_project(&project_name).await?,
+        UndoStep::DestroyPrepared { name } => {
+            // Recorded means finished: other projects may be cloned from it by now.
+            if super::prepared::find(&state, name).is_none() {
+                let volume = crate::state::prepared_volume(name);
+                ctx.storage(project)?.destroy_volume(&volume).await?;
+            }
+        }
         UndoStep::RemoveServer { branch } => {
             let runtime = ctx.runtime(project)?;
             let server = names::server_name(&at(branch));
@@ -55,9 +62,9 @@ pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
         UndoStep::RemoveArchive { branch, generation } => {
             let archives = ctx.archives();
             let dir = match (branch, generation) {
-                (Some(b), Some(g)) => archives.generation_dir(&name, b, *g),
-                (Some(b), None) => archives.branch_dir(&name, b),
-                _ => archives.project_dir(&name),
+                (Some(b), Some(g)) => archives.generation_dir(&project_name, b, *g),
+                (Some(b), None) => archives.branch_dir(&project_name, b),
+                _ => archives.project_dir(&project_name),
             };
             super::remove_dir(&dir)?;
         }
@@ -65,6 +72,34 @@ pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
             let r = at(branch);
             let b = super::get_branch(project, &r)?;
             server::restore(ctx, project, &r, b, *start).await?;
+        }
+        UndoStep::RenameVolume {
+            from,
+            to,
+            generation,
+        } => {
+            let (old, new) = (
+                VolumeId::new(&at(from), *generation),
+                VolumeId::new(&at(to), *generation),
+            );
+            let storage = ctx.storage(project)?;
+            // Servers that keep the volume from being renamed back (a child the rename
+            // started again) stop first; the steps recorded before this one restart them.
+            for v in storage.clones_blocking_rename(&new).await? {
+                let r = at(&v.branch);
+                if project.branch(&r.branch).is_some_and(|b| b.volume(&r) == v) {
+                    let server = names::server_name(&r);
+                    ctx.runtime(project)?
+                        .stop(&server, server::STOP_TIMEOUT)
+                        .await?;
+                }
+            }
+            storage.rename_volume(&new, &old).await?;
+        }
+        UndoStep::RenameArchive { from, to } => {
+            ctx.archives()
+                .rename_branch(&project_name, to, from, false)
+                .with_context(|| format!("moving the WAL archive of `{project_name}/{to}` back"))?;
         }
     }
     Ok(())

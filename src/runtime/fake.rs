@@ -96,6 +96,10 @@ impl Runtime for FakeRuntime {
         })
     }
 
+    async fn software(&self) -> Result<String> {
+        Ok("fake 1".into())
+    }
+
     async fn make_data_dir(&self, root: &Path, _: ServerUser) -> Result<PathBuf> {
         self.run("make_data_dir").map(drop)?;
         Ok(root.join("pgdata"))

@@ -134,6 +134,10 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// its servers run as.
     async fn prepare(&self) -> Result<ServerUser>;
 
+    /// What exactly the server software is (the image's id, the binaries' version): a cluster
+    /// initialised with one serves a project of the same software.
+    async fn software(&self) -> Result<String>;
+
     /// Makes the empty data directory of a new volume whose root is `volume_root`, owned by
     /// the server's user, mode 0700; returns its path.
     async fn make_data_dir(&self, volume_root: &Path, user: ServerUser) -> Result<PathBuf>;
@@ -164,6 +168,7 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// the old is removed; `Ok(false)` if there is none called `name`.
     async fn rename(&self, name: &str, to: &str) -> Result<bool>;
 
+    /// Kills the server if it runs (as [`Runtime::kill`]), then removes it. Missing is success.
     async fn remove(&self, name: &str) -> Result<()>;
 
     async fn status(&self, name: &str) -> Result<ServerStatus>;

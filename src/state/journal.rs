@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::history::Origin;
+use super::records::StorageRecord;
 use crate::names::{BranchName, ProjectName, SnapshotId};
 
 /// The operations in flight, in the order they began.
@@ -52,7 +53,32 @@ impl Journal {
         self.0.iter_mut().filter(|op| !op.owner.is_alive())
     }
 
+    /// The operation in flight in `project` that holds the name `branch` (a rename reserves
+    /// its new name this way), if any.
+    pub fn holding(&self, project: &ProjectName, branch: &BranchName) -> Option<&Operation> {
+        self.0
+            .iter()
+            .find(|op| op.project == *project && op.branches.contains(branch))
+    }
+
     /// Whether an operation in flight (live or awaiting recovery) pins a generation.
+    /// Whether a delete of `project` (or, given `branch`, of that branch or the whole project)
+    /// is still being finished.
+    pub fn deleting(&self, project: &ProjectName, branch: Option<&BranchName>) -> bool {
+        self.0.iter().any(|op| {
+            op.project == *project
+                && match &op.recovery {
+                    Recovery::RollForward {
+                        finish: Finish::DeleteProject { .. },
+                    } => true,
+                    Recovery::RollForward {
+                        finish: Finish::DeleteBranches { .. },
+                    } => branch.is_none_or(|b| op.branches.contains(b)),
+                    _ => false,
+                }
+        })
+    }
+
     pub fn pinned(&self, project: &ProjectName, branch: &BranchName, generation: u32) -> bool {
         self.0.iter().any(|op| {
             op.project == *project
@@ -75,7 +101,8 @@ pub struct Operation {
     pub owner: Owner,
     pub started_at: DateTime<Utc>,
     pub project: ProjectName,
-    /// The branches it marked busy.
+    /// The branches it marked busy, and names it reserves for branches that do not exist yet
+    /// (a rename's new name): no other command takes them while it runs.
     #[serde(default)]
     pub branches: Vec<BranchName>,
     /// Generations it reads from (a clone's source, a PITR's WAL): tidy keeps them while the
@@ -87,6 +114,32 @@ pub struct Operation {
     /// Undo steps in the order they were recorded; each was recorded before its step ran.
     #[serde(default)]
     pub undo: Vec<UndoStep>,
+}
+
+impl Operation {
+    /// Whether the operation names `branch` anywhere: as a branch it holds, a generation it
+    /// pins, an origin it is to let go of, a generation it collects or a step it may undo.
+    pub fn mentions(&self, branch: &BranchName) -> bool {
+        let in_finish = match &self.recovery {
+            Recovery::RollForward {
+                finish: Finish::DeleteBranches { release, volumes },
+            } => {
+                release.iter().any(|o| o.branch == *branch)
+                    || volumes.iter().any(|v| v.branch == *branch)
+            }
+            Recovery::RollForward {
+                finish:
+                    Finish::CollectGeneration {
+                        branch: b, origin, ..
+                    },
+            } => b == branch || origin.as_ref().is_some_and(|o| o.branch == *branch),
+            _ => false,
+        };
+        self.branches.contains(branch)
+            || self.pins.iter().any(|p| p.branch == *branch)
+            || in_finish
+            || self.undo.iter().any(|step| step.names(branch))
+    }
 }
 
 /// A process, told apart from a later one that reuses its pid by its start time.
@@ -101,7 +154,11 @@ pub struct Owner {
 impl Owner {
     /// This process.
     pub fn me() -> Owner {
-        let pid = std::process::id();
+        Owner::of(std::process::id())
+    }
+
+    /// Process `pid`, as it runs now.
+    pub fn of(pid: u32) -> Owner {
         Owner {
             pid,
             started: process_start(pid),
@@ -177,9 +234,16 @@ pub enum Finish {
     DeleteBranches {
         #[serde(default)]
         release: Vec<Origin>,
+        /// The volumes of branches already forgotten, still to destroy, in order.
+        #[serde(default)]
+        volumes: Vec<Pin>,
     },
-    /// Delete the whole project.
-    DeleteProject,
+    /// Delete the whole project: its servers and record first, then (once `storage` holds
+    /// the forgotten record's storage) its volumes and archives.
+    DeleteProject {
+        #[serde(default)]
+        storage: Option<StorageRecord>,
+    },
     /// Destroy a user's snapshot and forget it.
     DeleteSnapshot { id: SnapshotId },
     /// Destroy a retired generation of `branch` and let go of its origin.
@@ -206,6 +270,11 @@ pub enum UndoStep {
     },
     /// Everything the project has in its storage (a project create that did not finish).
     DestroyProject,
+    /// A prepared cluster this operation was making, unless the state records it by now
+    /// (then other projects may rely on it).
+    DestroyPrepared {
+        name: BranchName,
+    },
     /// Removes the branch's server if it carries this velo home's label (never someone else's).
     RemoveServer {
         branch: BranchName,
@@ -221,6 +290,36 @@ pub enum UndoStep {
         branch: BranchName,
         start: bool,
     },
+    /// Renames generation `generation` of `from`, with its snapshots, to `to`'s name; the
+    /// undo renames it back (unless it never moved).
+    RenameVolume {
+        from: BranchName,
+        to: BranchName,
+        generation: u32,
+    },
+    /// Moves the WAL archive of `from` to `to`'s name; the undo moves it back (unless it
+    /// never moved).
+    RenameArchive {
+        from: BranchName,
+        to: BranchName,
+    },
+}
+
+impl UndoStep {
+    /// Whether the step names `branch`.
+    pub fn names(&self, branch: &BranchName) -> bool {
+        match self {
+            UndoStep::DestroySnapshot { branch: b, .. }
+            | UndoStep::DestroyVolume { branch: b, .. }
+            | UndoStep::RemoveServer { branch: b }
+            | UndoStep::RestoreServer { branch: b, .. } => b == branch,
+            UndoStep::RemoveArchive { branch: b, .. } => b.as_ref() == Some(branch),
+            UndoStep::RenameVolume { from, to, .. } | UndoStep::RenameArchive { from, to } => {
+                from == branch || to == branch
+            }
+            UndoStep::DestroyProject | UndoStep::DestroyPrepared { .. } => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -283,11 +382,79 @@ mod tests {
                 branch: BranchName::main(),
                 start: true,
             },
+            UndoStep::RenameVolume {
+                from: BranchName::main(),
+                to: "dev".parse().unwrap(),
+                generation: 2,
+            },
         ];
         let text = serde_json::to_string(&steps).unwrap();
         assert!(text.contains(r#""kind":"destroy_snapshot""#), "{text}");
         let back: Vec<UndoStep> = serde_json::from_str(&text).unwrap();
         assert_eq!(back, steps);
+    }
+
+    #[test]
+    fn an_operation_mentions_a_branch_wherever_it_names_it() {
+        let n = |s: &str| s.parse::<BranchName>().unwrap();
+        let origin = Origin {
+            branch: n("dev"),
+            generation: 0,
+            snapshot: "0123456789ab".parse().unwrap(),
+            owned: true,
+            created_at: Utc::now(),
+            wal_from: None,
+            recovered: false,
+        };
+        let op = |branches: Vec<BranchName>, pins: Vec<Pin>, recovery, undo| Operation {
+            id: "x".into(),
+            command: "c".into(),
+            owner: Owner::me(),
+            started_at: Utc::now(),
+            project: "demo".parse().unwrap(),
+            branches,
+            pins,
+            recovery,
+            undo,
+        };
+        let back = Recovery::RollBack {
+            forget: Forget::Nothing,
+        };
+        let pin = Pin {
+            branch: n("dev"),
+            generation: 1,
+        };
+        let release = Recovery::RollForward {
+            finish: Finish::DeleteBranches {
+                release: vec![origin],
+                volumes: Vec::new(),
+            },
+        };
+        let rename = UndoStep::RenameArchive {
+            from: n("other"),
+            to: n("dev"),
+        };
+        let cases = [
+            op(vec![n("dev")], vec![], back.clone(), vec![]),
+            op(vec![], vec![pin], back.clone(), vec![]),
+            op(vec![], vec![], release, vec![]),
+            op(vec![], vec![], back.clone(), vec![rename]),
+        ];
+        for case in &cases {
+            assert!(case.mentions(&n("dev")), "{case:?}");
+            assert!(!case.mentions(&n("main")), "{case:?}");
+        }
+        let journal = Journal(cases.into_iter().take(1).collect());
+        assert!(
+            journal
+                .holding(&"demo".parse().unwrap(), &n("dev"))
+                .is_some()
+        );
+        assert!(
+            journal
+                .holding(&"other".parse().unwrap(), &n("dev"))
+                .is_none()
+        );
     }
 
     #[test]
@@ -297,6 +464,7 @@ mod tests {
             r#"{"kind":"destroy_snapshot","branch":"main","generation":0,"id":"x; rm -rf /"}"#,
             r#"{"kind":"remove_dir","path":"/"}"#,
             r#"{"kind":"destroy_dataset","name":"rpool/ROOT"}"#,
+            r#"{"kind":"rename_volume","from":"main","to":"../x","generation":0}"#,
         ] {
             assert!(serde_json::from_str::<UndoStep>(bad).is_err(), "{bad}");
         }

@@ -235,7 +235,7 @@ impl DataDir {
         let mut entries = Vec::new();
         for name in list(root.as_fd()).map_err(|e| self.fail("listing", e))? {
             let path = self.dir.join(&name);
-            let project = name.to_str().and_then(|n| n.parse::<ProjectName>().ok());
+            let project = name.to_str().and_then(ProjectName::parse_stored);
             match project {
                 Some(p) if path.is_dir() && !path.is_symlink() => {
                     self.list_project(&p, &mut entries)?

@@ -31,6 +31,7 @@ pub use crate::names::{SnapshotRef, VolumeId};
 pub mod btrfs;
 mod layout;
 mod remove;
+mod rename;
 mod trash;
 pub mod tree;
 pub mod treecopy;
@@ -126,6 +127,15 @@ pub enum StorageError {
 }
 
 impl StorageError {
+    /// Whether the storage ran out of space (freeing some may make the same call succeed).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            StorageError::Zfs(e) => e.kind() == crate::zfs::ZfsErrorKind::NoSpace,
+            StorageError::Io { source, .. } => source.kind() == std::io::ErrorKind::StorageFull,
+            _ => false,
+        }
+    }
+
     pub fn io(
         action: &'static str,
         path: impl Into<PathBuf>,
@@ -181,6 +191,20 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Destroys a volume and its snapshots.
     async fn destroy_volume(&self, v: &VolumeId) -> Result<()>;
+
+    /// Renames a volume, with its snapshots, to `to` (in the same project), leaving it
+    /// available under the new name. Clones made from its snapshots keep working. A volume
+    /// already renamed (`from` gone, `to` there) is success, so the journal may replay it;
+    /// `to` existing beside `from` is an error, like any create onto an existing name.
+    async fn rename_volume(&self, from: &VolumeId, to: &VolumeId) -> Result<()>;
+
+    /// Volumes cloned from snapshots of `v` that must not be in use while `v` is renamed:
+    /// zfs-fuse refuses to rename a dataset while a clone of one of its snapshots is mounted
+    /// (the rename then unmounts and remounts them itself). Every other backend renames a
+    /// volume whatever its clones do, and says none.
+    async fn clones_blocking_rename(&self, _v: &VolumeId) -> Result<Vec<VolumeId>> {
+        Ok(Vec::new())
+    }
 
     async fn destroy_snapshot(&self, s: &SnapshotRef) -> Result<()>;
 

@@ -20,7 +20,9 @@ use super::{
 };
 use crate::names::ProjectName;
 use crate::state::ZfsLayout;
-use crate::zfs::{BASE_PROPERTIES, SECURITY_PROPERTIES, Zfs, ZfsErrorKind, is_root};
+use crate::zfs::{
+    BASE_PROPERTIES, Implementation, SECURITY_PROPERTIES, Zfs, ZfsError, ZfsErrorKind, is_root,
+};
 
 /// The ZFS user property velo sets on every dataset it creates, naming the velo home that owns
 /// it: several velo homes can share one pool, and only a dataset with this home's mark is ever
@@ -111,6 +113,75 @@ impl ZfsStorage {
     fn mark(&self) -> [(&str, &str); 1] {
         [(HOME_PROPERTY, self.home.as_str())]
     }
+
+    /// The velo home that marked a dataset or snapshot (snapshots inherit the mark), `None`
+    /// for one that is gone or was made before velo marked datasets.
+    async fn marked_by(&self, name: &str) -> Result<Option<String>> {
+        match self.zfs.get(&[name], &[HOME_PROPERTY]).await {
+            Ok(props) => Ok(props
+                .get(name)
+                .and_then(|p| p.get(HOME_PROPERTY))
+                .cloned()
+                .flatten()),
+            Err(e) if e.kind() == ZfsErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Whether this home may destroy `name`: several homes (of one user, or root's) can share
+    /// a base, and a name taken by another home's dataset must never be destroyed here, not
+    /// even by the undo of a create that failed because the name was taken.
+    async fn ours(&self, name: &str) -> Result<bool> {
+        Ok(self
+            .marked_by(name)
+            .await?
+            .is_none_or(|home| home == self.home))
+    }
+
+    /// A create that failed because the name is taken: says by whom, when it is another home.
+    async fn taken(&self, dataset: &str, e: ZfsError) -> StorageError {
+        if e.kind() == ZfsErrorKind::AlreadyExists
+            && let Ok(Some(home)) = self.marked_by(dataset).await
+            && home != self.home
+        {
+            return StorageError::Refused(format!(
+                "{dataset} already exists and belongs to the velo home {home}; use that home (VELO_HOME={home}) or another name"
+            ));
+        }
+        e.into()
+    }
+
+    /// The datasets cloned from snapshots of `dataset`, where they keep it from being renamed
+    /// (zfs-fuse, which calls the dataset busy while such a clone is mounted); none on OpenZFS.
+    async fn blocking_clones(&self, dataset: &str) -> Result<Vec<String>> {
+        if self.zfs.implementation().await? != Implementation::ZfsFuse {
+            return Ok(Vec::new());
+        }
+        let prefix = format!("{dataset}@");
+        let tree = self.zfs.describe_tree(&self.base, &[]).await?;
+        Ok(tree
+            .into_iter()
+            .filter(|(_, e)| !e.snapshot)
+            .filter(|(_, e)| e.origin.as_ref().is_some_and(|o| o.starts_with(&prefix)))
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Renames `from` to `to`, unmounted (a user cannot unmount, so `zfs rename` could not),
+    /// with the clones that would block it unmounted too; mounts everything again after, the
+    /// old name if the rename failed.
+    async fn rename_unmounted(&self, from: &str, to: &str) -> Result<()> {
+        let clones = self.blocking_clones(from).await?;
+        for ds in clones.iter().map(String::as_str).chain([from]) {
+            self.zfs.unmount(ds).await?;
+        }
+        let renamed = self.zfs.rename(from, to).await;
+        let here = if renamed.is_ok() { to } else { from };
+        for ds in [here].into_iter().chain(clones.iter().map(String::as_str)) {
+            self.zfs.mount(ds).await?;
+        }
+        Ok(renamed?)
+    }
 }
 
 #[async_trait]
@@ -153,7 +224,9 @@ impl Storage for ZfsStorage {
             self.zfs.ensure(&project, &self.mark()).await?;
         }
         let dataset = self.dataset(v);
-        self.zfs.create(&dataset, &self.mark()).await?;
+        if let Err(e) = self.zfs.create(&dataset, &self.mark()).await {
+            return Err(self.taken(&dataset, e).await);
+        }
         self.private_root(&dataset).await
     }
 
@@ -175,30 +248,68 @@ impl Storage for ZfsStorage {
 
     async fn clone_snapshot(&self, from: &SnapshotRef, into: &VolumeId) -> Result<PathBuf> {
         let dataset = self.dataset(into);
-        self.zfs
+        let cloned = self
+            .zfs
             .clone_snapshot(&self.snapshot_name_of(from), &dataset, &self.mark())
-            .await?;
+            .await;
+        if let Err(e) = cloned {
+            return Err(self.taken(&dataset, e).await);
+        }
         self.mountpoint_of(&dataset).await
     }
 
     async fn destroy_volume(&self, v: &VolumeId) -> Result<()> {
-        Ok(self.zfs.destroy_dataset(&self.dataset(v)).await?)
+        let dataset = self.dataset(v);
+        if !self.ours(&dataset).await? {
+            return Ok(());
+        }
+        Ok(self.zfs.destroy_dataset(&dataset).await?)
+    }
+
+    async fn rename_volume(&self, from: &VolumeId, to: &VolumeId) -> Result<()> {
+        let (a, b) = (self.dataset(from), self.dataset(to));
+        match (self.zfs.exists(&a).await?, self.zfs.exists(&b).await?) {
+            (false, true) => self.zfs.mount(&b).await.map_err(Into::into),
+            (true, false) => self.rename_unmounted(&a, &b).await,
+            (true, true) => Err(StorageError::Refused(format!(
+                "cannot rename {a}: {b} exists (if nothing records it, `velo repair --fix --force` destroys it)"
+            ))),
+            (false, false) => Err(StorageError::Refused(format!(
+                "cannot rename {a}: it does not exist"
+            ))),
+        }
+    }
+
+    async fn clones_blocking_rename(&self, v: &VolumeId) -> Result<Vec<VolumeId>> {
+        let clones = self.blocking_clones(&self.dataset(v)).await?;
+        Ok(clones.iter().filter_map(|d| self.volume_of(d)).collect())
     }
 
     async fn destroy_snapshot(&self, s: &SnapshotRef) -> Result<()> {
-        Ok(self.zfs.destroy_snapshot(&self.snapshot_name_of(s)).await?)
+        let snapshot = self.snapshot_name_of(s);
+        if !self.ours(&snapshot).await? {
+            return Ok(());
+        }
+        Ok(self.zfs.destroy_snapshot(&snapshot).await?)
     }
 
     async fn destroy_project(&self, project: &ProjectName) -> Result<()> {
         if self.layout == ZfsLayout::Nested {
             let dataset = format!("{}/{project}", self.base);
+            if !self.ours(&dataset).await? {
+                return Ok(());
+            }
             return Ok(self.zfs.destroy_dataset(&dataset).await?);
         }
         // Clones before the datasets they were cloned from: ZFS refuses the other order.
-        let tree = self.zfs.describe_tree(&self.base, &[]).await?;
+        let tree = self.zfs.describe_tree(&self.base, &[HOME_PROPERTY]).await?;
         let mut left: BTreeMap<String, Option<String>> = tree
             .into_iter()
-            .filter(|(name, e)| !e.snapshot && self.of_project(name, project))
+            .filter(|(name, e)| {
+                !e.snapshot
+                    && self.of_project(name, project)
+                    && e.user.get(HOME_PROPERTY).is_none_or(|h| *h == self.home)
+            })
             .map(|(name, e)| {
                 (
                     name,

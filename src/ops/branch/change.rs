@@ -2,7 +2,8 @@
 
 use anyhow::{Result, anyhow, bail};
 
-use super::super::generation::{new_generation, take_snapshot, tidy};
+use super::super::background::tidy;
+use super::super::generation::{new_generation, take_snapshot};
 use super::super::journal::Intent;
 use super::super::launch::create_server;
 use super::super::server::{self, BRANCH_READY};

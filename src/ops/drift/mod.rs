@@ -69,16 +69,22 @@ fn activity_but_mine(b: &Branch) -> Activity {
 /// projects use, the servers of each runtime they use, and the ports of stopped branches.
 pub async fn observe(ctx: &Ctx, state: &State) -> Result<Observed> {
     let mut storages = BTreeMap::new();
-    for p in state.projects.values() {
-        if storages.contains_key(&p.storage) {
+    let records = state
+        .projects
+        .values()
+        .map(|p| &p.storage)
+        .chain(state.prepared.iter().map(|p| &p.storage));
+    for record in records {
+        if storages.contains_key(record) {
             continue;
         }
         let inventory = ctx
-            .storage(p)?
+            .backends
+            .storage(record)?
             .inventory()
             .await
-            .with_context(|| format!("listing what {} holds", p.storage))?;
-        storages.insert(p.storage.clone(), inventory);
+            .with_context(|| format!("listing what {record} holds"))?;
+        storages.insert(record.clone(), inventory);
     }
     let mut servers: Vec<crate::runtime::ManagedServer> = Vec::new();
     let mut asked = BTreeSet::new();
@@ -315,12 +321,13 @@ async fn forget(ctx: &Ctx, r: &BranchRef) -> Result<()> {
                 recovery: Recovery::RollForward {
                     finish: Finish::DeleteBranches {
                         release: Vec::new(),
+                        volumes: Vec::new(),
                     },
                 },
             },
         ))
     })?;
-    let result = super::branch::delete_held(ctx, &r.project, &undo).await;
+    let result = super::recover::finish_forward(ctx, &undo).await;
     if result.is_err() {
         ctx.store.update(|s| {
             undo.abandon(s);
@@ -358,7 +365,7 @@ async fn fix_branch(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Result<(
     }
     forget_missing_history(ctx, r, problems)?;
     let name = names::server_name(r);
-    let note = |what: &str| ctx.shell.note(&format!("▸ {what}"));
+    let note = |what: &str| ctx.shell.note_marked(crate::ui::Mark::Step, what);
     let unmounted = has(|p| matches!(p, Problem::Unmounted { .. }));
     if unmounted {
         // A server on a dead or missing mount serves nothing; it restarts once mounted.
@@ -534,9 +541,13 @@ fn report(
         }));
     } else {
         for (f, o) in &rows {
-            let mark = if *o == Outcome::Fixed { "✓" } else { "✗" };
+            let mark = if *o == Outcome::Fixed {
+                crate::ui::Mark::Ok
+            } else {
+                crate::ui::Mark::Fail
+            };
             ctx.shell
-                .out(&format!("{mark} {}: {} ({})", f.place(), f.what(), f.cause));
+                .out_marked(mark, &format!("{}: {} ({})", f.place(), f.what(), f.cause));
             ctx.shell.out(&format!("    fix: {}", f.fix()));
             if *o != Outcome::Found {
                 ctx.shell.out(&format!("    {}", o.word()));

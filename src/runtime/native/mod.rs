@@ -254,6 +254,14 @@ impl Runtime for NativeRuntime {
         }
     }
 
+    async fn software(&self) -> Result<String> {
+        Ok(format!(
+            "{} in {}",
+            self.postgres_version()?,
+            self.bindir.display()
+        ))
+    }
+
     async fn prepare(&self) -> Result<ServerUser> {
         refuse_root(rustix::process::geteuid().as_raw())?;
         let mut initdb = command::quiet(&self.program("initdb")?);

@@ -2,7 +2,7 @@
 //! command; the next velo command rolls it back (or, for deletes, forward), and afterwards the
 //! state agrees with the storage and the runtime.
 
-use crate::util::Sandbox;
+use crate::util::{self, Sandbox};
 
 /// Runs any velo command, which first recovers what a dead command left; returns its stderr.
 fn recover(sb: &Sandbox, project: &str) -> String {
@@ -99,8 +99,10 @@ fn kill_9_at_each_step_of_reset_and_restore_leaves_the_branch_as_it_was() {
 
 #[test]
 fn kill_9_during_a_delete_is_finished_by_the_next_command() {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
     let p = sb.create_project("crd");
+    // Every step in the command itself (the data's part included), as with the background off.
+    sb.set_env("VELO_BACKGROUND", "0");
     for step in ["delete-container", "delete-data", "delete-forget"] {
         let dev = format!("{p}/dev");
         sb.ok(&["branch", "create", &dev]);
@@ -116,6 +118,68 @@ fn kill_9_during_a_delete_is_finished_by_the_next_command() {
         );
         sb.assert_consistent(&p);
     }
+}
+
+#[test]
+fn a_delete_answers_first_and_a_killed_background_is_finished_by_the_next_command() {
+    let mut sb = Sandbox::new();
+    let p = sb.create_project("bgd");
+    let dev = format!("{p}/dev");
+    sb.ok(&["branch", "create", &dev]);
+    sb.sql(&dev, "CREATE TABLE gone AS SELECT 1 AS x");
+    // The background velo inherits the hook and stops before destroying anything.
+    sb.set_env("VELO_TEST_PAUSE_AT", "delete-data");
+    let out = sb.run_unsettled(&["branch", "delete", &dev]);
+    sb.clear_env();
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{said}");
+    let log = sb.home().join("background.log");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !std::fs::read_to_string(&log).is_ok_and(|l| l.contains("paused at delete-data")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no background velo paused"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The branch is gone at once; its data is still there, and `velo status` says so.
+    assert!(sb.state()["projects"][&p]["branches"].get("dev").is_none());
+    let data = "dev.0".to_string();
+    assert!(sb.volumes(&p).contains(&data), "{:?}", sb.volumes(&p));
+    // (Unsettled: `sb.json` would wait for the paused background velo.)
+    let status = sb.run_unsettled(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
+    let pending = status["pending"].as_array().expect("pending").clone();
+    assert_eq!(pending.len(), 1, "{status}");
+    assert_eq!(pending[0]["branches"][0], "dev", "{status}");
+    let pid = pending[0]["pid"].as_u64().unwrap();
+    assert_eq!(util::background_of(sb.home()), Some(pid as u32), "{status}");
+    // A new branch of the same name waits for the old one's data to go ...
+    let creating = sb.spawn(&["branch", "create", &dev]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    assert!(sb.volumes(&p).contains(&data), "the create waited");
+    // ... and when the background velo dies, finishes the delete itself and goes on.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = creating.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("waiting for velo to finish deleting"),
+        "{said}"
+    );
+    assert!(said.contains("finishing it"), "{said}");
+    assert_eq!(
+        sb.sql(
+            &dev,
+            "SELECT count(*) FROM pg_tables WHERE tablename = 'gone'"
+        ),
+        "0"
+    );
+    sb.assert_consistent(&p);
 }
 
 #[test]

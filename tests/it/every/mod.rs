@@ -8,3 +8,4 @@ mod drift;
 mod failures;
 mod hardening;
 mod history;
+mod lifetimes;

@@ -3,5 +3,6 @@
 //! velo's defaults for a new non-root user, who chooses nothing.
 
 mod cli;
+mod conventions;
 mod default_user;
 mod storage;

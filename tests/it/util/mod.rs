@@ -17,7 +17,7 @@ use serde_json::Value;
 pub use faults::Fault;
 use hold::RigHold;
 pub use rig::{Backend, Rig, User};
-pub use world::sh;
+pub use world::{background_of, sh};
 
 /// Where velo keeps its state for a sandbox.
 enum Home {
@@ -223,8 +223,26 @@ impl Sandbox {
         cmd
     }
 
+    /// Runs velo, then waits for what it left to a background velo ([`Sandbox::settle`]).
     pub fn run(&self, args: &[&str]) -> Output {
+        let out = self.run_unsettled(args);
+        self.settle();
+        out
+    }
+
+    /// Runs velo and returns at once, without waiting for what it finishes in the background.
+    pub fn run_unsettled(&self, args: &[&str]) -> Output {
         self.command(args).output().expect("velo runs")
+    }
+
+    /// Waits until no background velo of this sandbox's home runs: what a command left to one
+    /// (destroying a deleted branch's data, old generations) is done, so each test sees the
+    /// end state. Operations of other commands (a paused one) and of dead owners are left.
+    pub fn settle(&self) {
+        let limit = std::time::Duration::from_secs(300);
+        world::wait_until("the background velo ends", limit, || {
+            world::background_of(self.home()).is_none()
+        });
     }
 
     /// Starts velo without waiting for it, its output piped.

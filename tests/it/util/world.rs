@@ -58,6 +58,33 @@ pub fn processes_in(dir: &Path) -> Vec<u32> {
         .collect()
 }
 
+/// A running `velo __background` process of the velo home `home`, if any: its `VELO_HOME`,
+/// or `$HOME/.velo` without one.
+pub fn background_of(home: &Path) -> Option<u32> {
+    let home = home.as_os_str().as_encoded_bytes();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            if !cmdline.split(|b| *b == 0).any(|a| a == b"__background") || !alive(pid) {
+                return None;
+            }
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let var = |name: &[u8]| {
+                environ
+                    .split(|b| *b == 0)
+                    .find_map(|v| v.strip_prefix(name)?.strip_prefix(b"="))
+            };
+            let ours = match var(b"VELO_HOME") {
+                Some(velo_home) => velo_home == home,
+                None => var(b"HOME").is_some_and(|h| [h, b"/.velo"].concat() == home),
+            };
+            ours.then_some(pid)
+        })
+}
+
 /// Runs `zfs <args>` until it succeeds: zfs-fuse answers "busy" for a moment after a
 /// container let go of a dataset, or after an unmount.
 pub fn zfs_retrying(args: &[&str]) {
@@ -322,6 +349,7 @@ impl Sandbox {
     /// operation open, no branch busy, exactly the volumes, snapshots and servers the state
     /// records, and nothing left in the data directory's trash.
     pub fn assert_consistent(&self, project: &str) {
+        self.settle();
         let state = self.state();
         let journal = state["journal"].as_array().cloned().unwrap_or_default();
         assert!(journal.is_empty(), "operations left open: {journal:?}");

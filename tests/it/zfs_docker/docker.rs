@@ -2,7 +2,7 @@
 //! programs velo needs, and the confinement of its containers. The native runtime's
 //! counterparts: `native::processes`.
 
-use std::process::Command;
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
@@ -21,8 +21,12 @@ fn a_missing_image_leaves_nothing() {
         "--image",
         "velo-test/no-such-image:1",
     ]);
+    // Not on the host, and not to be had from its registry (Docker Hub, which the rig does
+    // not reach, or which does not have it).
     assert!(
-        err.contains("docker pull velo-test/no-such-image:1"),
+        err.contains("image `velo-test/no-such-image:1` is not on this host")
+            && err.contains("--image")
+            && err.contains("docker load"),
         "{err}"
     );
     assert!(sb.volumes(&p).is_empty());
@@ -113,4 +117,43 @@ fn servers_run_unprivileged_without_the_password_in_their_environment() {
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
         assert!(!String::from_utf8_lossy(&environ).contains(&password));
     }
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().unwrap()
+}
+
+#[test]
+fn the_first_run_pulls_its_image() {
+    let registry = std::env::var("VELO_TEST_REGISTRY")
+        .expect("VELO_TEST_REGISTRY is not set: run the tests through scripts/test.sh");
+    let sb = Sandbox::only(Backend::ZfsDocker);
+    let image = format!("{registry}/velo-test/postgres:17");
+    // Only the tag goes: the layers stay, shared with the rig's own images.
+    let _ = docker(&["rmi", &image]);
+    assert!(!docker(&["image", "inspect", &image]).status.success());
+
+    let p = sb.project("pull");
+    let pool = sb.rig.pool.as_str();
+    let out = sb.run(&["project", "create", &p, "--pool", pool, "--image", &image]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains(&format!("- Pull {image}")), "{err}");
+    assert!(docker(&["image", "inspect", &image]).status.success());
+    assert_eq!(sb.json(&["project", "get", &p])["image"], image.as_str());
+
+    // A registry that does not answer: a clear error, and nothing left.
+    let gone = sb.project("nopull");
+    let missing = "127.0.0.1:5999/velo-test/postgres:17";
+    let out = sb.run(&[
+        "project", "create", &gone, "--pool", pool, "--image", missing,
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    for says in ["does not answer", "--image", "docker load"] {
+        assert!(err.contains(says), "{says}: {err}");
+    }
+    assert!(sb.state()["projects"].get(&gone).is_none());
+    assert!(sb.volumes(&gone).is_empty());
+    assert!(sb.servers(&gone).is_empty());
 }

@@ -45,8 +45,16 @@ fn doctor_sees_a_healthy_rig_and_each_breakage() {
 
     let (ok, checks) = doctor(&sb);
     assert!(ok, "{checks:#?}");
+    // All ✓ but one: as root (no native runtime), a new project without --image would need
+    // Docker's default image, which this rig (no registry) does not have.
+    let not_ok: Vec<_> = checks.iter().filter(|c| c["status"] != "ok").collect();
     assert!(
-        checks.iter().all(|c| c["status"] == "ok"),
+        not_ok.len() == 1
+            && not_ok[0]["check"] == "project create"
+            && not_ok[0]["detail"]
+                .as_str()
+                .unwrap()
+                .contains("docker pull"),
         "all ✓ on a healthy rig: {checks:#?}"
     );
     for name in ["data", "server", "server answers"] {
@@ -54,10 +62,10 @@ fn doctor_sees_a_healthy_rig_and_each_breakage() {
     }
     let text = sb.ok(&["doctor"]);
     assert!(
-        text.contains(&format!("  ✓ {p}/main server answers: PostgreSQL answers")),
+        text.contains(&format!("  ok {p}/main server answers: PostgreSQL answers")),
         "{text}"
     );
-    assert!(!text.contains('✗'), "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
 
     // A branch's container removed behind velo's back.
     let gone = sh(&format!("docker rm -f velo-{p}.dev"));
@@ -77,7 +85,7 @@ fn doctor_sees_a_healthy_rig_and_each_breakage() {
     let out = sb.run(&["doctor"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains(&format!("✗ {p}/dev server: velo-{p}.dev is missing")),
+        text.contains(&format!("FAIL {p}/dev server: velo-{p}.dev is missing")),
         "{text}"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("velo doctor found 2 problem(s)"));
@@ -331,7 +339,7 @@ fn setup_dry_run_twice_and_undo() {
         "{second}"
     );
     assert!(
-        !second.contains("would:") && !second.contains("▸"),
+        !second.contains("would:") && !second.lines().any(|l| l.starts_with("- ")),
         "{second}"
     );
 

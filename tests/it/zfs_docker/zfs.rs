@@ -1,7 +1,9 @@
 //! What only ZFS storage has: copy-on-write clones whose space velo reports as ZFS counts
 //! it, and the properties of velo's base dataset.
 
-use crate::util::{Backend, Sandbox, sh};
+use std::process::Command;
+
+use crate::util::{Backend, Sandbox, sh, velo_exe};
 
 #[test]
 fn a_fresh_branch_is_copy_on_write() {
@@ -56,6 +58,71 @@ fn the_base_dataset_allows_no_setuid_devices_or_programs() {
         ],
     );
     assert_eq!(inherited, format!("inherited from {}", sb.base()));
+}
+
+#[test]
+fn a_name_another_velo_home_holds_is_never_destroyed() {
+    let (mine, theirs) = (
+        Sandbox::only(Backend::ZfsDocker),
+        Sandbox::only(Backend::ZfsDocker),
+    );
+    let p = theirs.create_project("held");
+    theirs.sql(
+        &format!("{p}/main"),
+        "CREATE TABLE precious AS SELECT 1 AS x",
+    );
+    // A second home of the same user asks for the same project name on the same pool: the
+    // create fails on the taken name, saying whose it is, and its undo leaves theirs alone.
+    let err = mine.fails(&[
+        "project",
+        "create",
+        &p,
+        "--pool",
+        &mine.rig.pool,
+        "--image",
+        &mine.rig.image,
+    ]);
+    assert!(err.contains("belongs to the velo home"), "{err}");
+    mine.ok(&["repair", "--fix", "--force"]);
+    assert_eq!(
+        theirs.sql(&format!("{p}/main"), "SELECT x FROM precious"),
+        "1"
+    );
+    theirs.assert_consistent(&p);
+}
+
+#[test]
+fn cron_finds_zfs_outside_its_path() {
+    let sb = Sandbox::only(Backend::ZfsDocker);
+    let p = sb.create_project("cron");
+    let main = format!("{p}/main");
+    // The README's crontab lines, with cron's environment.
+    let cron_lines: &[&[&str]] = &[
+        &["snapshot", "create", &main],
+        &["snapshot", "cleanup", "--all", "--days", "7"],
+        &["wal", "cleanup", &main, "--days", "7"],
+    ];
+    for args in cron_lines {
+        let out = Command::new(velo_exe())
+            .args(*args)
+            .env_clear()
+            .env("HOME", sb.home())
+            .env("PATH", "/usr/bin:/bin")
+            .env("VELO_HOME", sb.home())
+            .env("VELO_CONFIG", sb.home().join("config.json"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert!(err.is_ascii(), "plain output for cron mail: {err}");
+    }
+    assert_eq!(
+        sb.state()["projects"][&p]["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 /// `used` of a dataset in bytes.
