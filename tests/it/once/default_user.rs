@@ -2,7 +2,8 @@
 //! group, with no flag and no setting. velo chooses its own storage and runtime (here: plain
 //! copies in `~/.velo/data` on ext4, the host's packaged PostgreSQL), the README's
 //! walk-through, snapshots, restore, point-in-time recovery, reset and delete work, and
-//! afterwards nothing of the user is left on the host but velo's empty bookkeeping.
+//! afterwards nothing of the user is left on the host but velo's empty bookkeeping and the
+//! prepared cluster new projects are cloned from.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -174,12 +175,27 @@ fn a_new_user_gets_working_defaults_and_nothing_is_left_behind() {
         before,
         "files or shared memory of the user outside its home"
     );
-    let left = tree(&user.0.home);
+    // Besides the bookkeeping, the prepared cluster new projects are cloned from stays (until
+    // `velo setup --undo`): one volume and its snapshot.
+    let (prepared, left): (Vec<String>, Vec<String>) = tree(&user.0.home)
+        .into_iter()
+        .partition(|n| n.starts_with(".velo/data/prepared/"));
+    let volumes: Vec<&str> = prepared
+        .iter()
+        .filter_map(|n| n.strip_prefix(".velo/data/prepared/"))
+        .filter(|n| n.ends_with(".0") || (n.starts_with(".snapshots/") && !n.contains("/pgdata")))
+        .collect();
+    assert!(
+        volumes.len() == 2 && volumes.iter().any(|n| n.contains(".0@")),
+        "one prepared cluster: {volumes:?}"
+    );
     let expected = [
         ".velo",
+        ".velo/background.log",
         ".velo/data",
         ".velo/data/.trash",
         ".velo/data/.velo-home",
+        ".velo/data/prepared",
         ".velo/pg_hba.conf",
         ".velo/run",
         ".velo/servers",

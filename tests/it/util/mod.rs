@@ -483,8 +483,14 @@ impl Drop for Sandbox {
             && let Some(Value::Object(projects)) = state.get("projects")
         {
             for name in projects.keys() {
-                let _ = self.run(&["project", "delete", name, "--force"]);
+                let _ = self.run_unsettled(&["project", "delete", name, "--force"]);
             }
+        }
+        // What the deletes left to a background velo is done before the home goes; one a
+        // failed test left paused is not waited for (never a panic here: it would abort).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while world::background_of(self.home()).is_some() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
         if let Some(data) = &self.data {
             // Whatever a failed test left running there goes, and read-only Btrfs snapshots

@@ -1,6 +1,6 @@
-//! What only the Docker runtime (on ZFS) has: images, the Docker daemon and `zfs` as
-//! programs velo needs, and the confinement of its containers. The native runtime's
-//! counterparts: `native::processes`.
+//! What only the Docker runtime (on ZFS) has: images and their first pull, the Docker
+//! daemon and `zfs` as programs velo needs, and the confinement of its containers. The
+//! native runtime's counterparts: `native::processes`.
 
 use std::process::{Command, Output};
 

@@ -1,5 +1,6 @@
 //! What only ZFS storage has: copy-on-write clones whose space velo reports as ZFS counts
-//! it, and the properties of velo's base dataset.
+//! it, the properties of velo's base dataset, names another velo home holds on the same pool,
+//! and `zfs` found outside cron's PATH.
 
 use std::process::Command;
 
