@@ -176,7 +176,7 @@ time velo branch create dock/then --pitr "$moment"
 as70() { docker run --rm --user 70:70 -v "$1:/d" velo-mini/postgres:15 sh -c "$2"; }
 as70 ~/.velo/wal/dock/main/0 ': > /d/.probe && rm /d/.probe'
 as70 ~/.velo/wal/dock 'cd /d && ! (: > /d/.probe) 2>/dev/null'
-ls -ld ~/.velo/wal/dock/main/0 | grep -q '^d.......---+'
+ls -ld ~/.velo/wal/dock/main/0 | grep -q '^d......---+'
 time velo project delete dock --force
 [ -z "$(docker ps -aq --filter label=dev.velo.managed)" ]
 [ -z "$(docker volume ls -q)" ]
