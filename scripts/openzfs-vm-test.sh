@@ -14,12 +14,21 @@
 #
 #   scripts/openzfs-vm-test.sh            # as root; slow under software emulation (README)
 #
-# Env: OZVM_SCRIPTS (default ../shared/openzfs-vm beside the repository), OZVM_DIR (default
+# Env: OZVM_SCRIPTS (default ../shared/openzfs-vm beside the repository or its origin), OZVM_DIR (default
 # /var/tmp/openzfs-vm), VELO_BIN (default: build target/debug/velo).
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-T="${OZVM_SCRIPTS:-$ROOT/../shared/openzfs-vm}"
+# The VM scripts: OZVM_SCRIPTS, else ../shared/openzfs-vm beside this repository or beside the
+# repository it was cloned from (CI runs a fresh clone of a local repository).
+vm_scripts() {
+	local origin
+	[ -z "${OZVM_SCRIPTS:-}" ] || { echo "$OZVM_SCRIPTS"; return; }
+	[ ! -d "$ROOT/../shared/openzfs-vm" ] || { echo "$ROOT/../shared/openzfs-vm"; return; }
+	origin=$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null || true)
+	echo "${origin:+$origin/}../shared/openzfs-vm"
+}
+T="$(vm_scripts)"
 export OZVM_DIR="${OZVM_DIR:-/var/tmp/openzfs-vm}"
 SHARE="$OZVM_DIR/share"
 start=$(date +%s)
