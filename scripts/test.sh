@@ -3,8 +3,10 @@
 #   1. scripts/rig-up.sh   in the background (packages, zfs-fuse + pool, dockerd, postgres
 #                           images, btrfs/xfs mounts, the test user velo-ci, PostgreSQL 14-18,
 #                           a local registry), while the build, which needs none of it, runs:
-#   2. cargo fmt --check, cargo clippy -D warnings, cargo test --lib --bins, and the build of
-#      the integration tests (tests/it);
+#   2. cargo fmt --check; cargo build, then scripts/openzfs-vm-test.sh in the background (velo
+#      as a non-root user on real OpenZFS in a VM: the slowest part, so it overlaps all the
+#      rest; VELO_TEST_VM=0 skips it); cargo clippy -D warnings, cargo test --lib --bins, and
+#      the build of the integration tests (tests/it);
 #   3. scripts/rig-down.sh (drop what an earlier run left: velo-*/velo_* containers, the
 #                           $VELO_TEST_POOL/velo tree, the contents of velo-ci's directories)
 #                           -- only in CI (CI=true) or with VELO_RIG_CLEAN=1, so a developer's
@@ -16,9 +18,10 @@
 #        zfs-docker      zfs-docker         every:: zfs_docker:: once:: root
 #        btrfs-native    btrfs-native       every:: native::            velo-ci
 #        reflink-native  reflink-native     every::                     velo-ci
-#        copy-native     copy-native        every::                     velo-ci
+#        copy-native     copy-native        every::{branches,history}   velo-ci
 #        versions        (each test's own)  versions::                  root and velo-ci
-#      with PostgreSQL $VELO_TEST_PG (default 17); `versions` runs 14, 15, 16 and 18.
+#      with PostgreSQL $VELO_TEST_PG (default 17); `versions` runs 14, 15, 16 and 18. copy
+#      runs only what its copies could get wrong: it shares every other path with reflink.
 #      Each suite writes $VELO_TEST_LOGS/<suite>.log (default target/test-logs); a table of
 #      results and times closes the run. VELO_TEST_SUITES="zfs-docker versions" runs only
 #      those; VELO_TEST_THREADS_<SUITE> (e.g. VELO_TEST_THREADS_COPY_NATIVE=1) sets a
@@ -68,6 +71,21 @@ step "cargo fmt --check"
 cargo fmt --version >/dev/null 2>&1 || { echo "rustfmt is missing (rustup component add rustfmt)" >&2; exit 1; }
 timed fmt cargo fmt --all -- --check
 
+# The non-root run on real OpenZFS, in a VM under software emulation: the slowest part, so it
+# starts as soon as velo is built and overlaps everything after (its log: openzfs-vm.log).
+# It builds the VM image when it is missing (once per machine). VELO_TEST_VM=0 skips it.
+vm_pid=
+if [ "${VELO_TEST_VM:-1}" != 0 ] && [ $# -eq 0 ]; then
+	step "cargo build (velo, for the OpenZFS VM run)"
+	timed build-velo cargo build --quiet
+	step "OpenZFS VM run (in the background; log: $LOGS/openzfs-vm.log)"
+	vm_start=$SECONDS
+	VELO_BIN="${CARGO_TARGET_DIR:-$ROOT/target}/debug/velo" \
+		scripts/openzfs-vm-test.sh >"$LOGS/openzfs-vm.log" 2>&1 &
+	vm_pid=$!
+	trap 'wait "$rig_pid" 2>/dev/null || true; [ -z "$vm_pid" ] || wait "$vm_pid" 2>/dev/null || true' EXIT
+fi
+
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --version >/dev/null 2>&1 || { echo "clippy is missing (rustup component add clippy)" >&2; exit 1; }
 timed clippy cargo clippy --all-targets -- -D warnings
@@ -111,7 +129,7 @@ SUITES=(
 	"zfs-docker zfs-docker 3 every:: zfs_docker:: once::"
 	"btrfs-native btrfs-native 2 every:: native::"
 	"reflink-native reflink-native 2 every::"
-	"copy-native copy-native 2 every::"
+	"copy-native copy-native 2 every::branches every::history"
 	"versions zfs-docker 2 versions::"
 )
 wanted="${VELO_TEST_SUITES:-zfs-docker btrfs-native reflink-native copy-native versions}"
@@ -144,6 +162,15 @@ for _ in "${!PIDS[@]}"; do
 	step "$name: $([ "$rc" = 0 ] && echo ok || echo FAILED) in $secs s"
 done
 
+vm_status=
+if [ -n "$vm_pid" ]; then
+	step "waiting for the OpenZFS VM run"
+	vm_status=0
+	wait "$vm_pid" || vm_status=$?
+	COST[openzfs-vm]=$((SECONDS - vm_start))
+	step "openzfs-vm: $([ "$vm_status" = 0 ] && echo ok || echo FAILED) in ${COST[openzfs-vm]} s"
+fi
+
 # The closing table: each part's wall time, and the tests of each suite.
 tests_in() { # log -> "passed failed ignored", summed over its `test result:` lines
 	awk '/^test result:/ { for (i = 1; i <= NF; i++) {
@@ -154,7 +181,8 @@ row() { printf '%-16s %8s %8s %8s %8s %s\n' "$@" >&2; }
 status=0
 read -r total_p total_f _ <<<"$(tests_in "$LOGS/unit.log")"
 row part seconds passed failed ignored ""
-for part in rig-up fmt clippy unit build; do
+for part in rig-up fmt build-velo clippy unit build; do
+	[ -n "${COST[$part]:-}" ] || continue
 	if [ "$part" = unit ]; then
 		read -r p f g <<<"$(tests_in "$LOGS/unit.log")"
 		row "$part" "${COST[$part]}" "$p" "$f" "$g" ""
@@ -175,6 +203,13 @@ for suite in "${SUITES[@]}"; do
 		grep -E '^test .* FAILED$|panicked at' "$LOGS/$name.log" >&2 || true
 	fi
 done
+if [ -n "$vm_status" ]; then
+	row openzfs-vm "${COST[openzfs-vm]}" - - - "$([ "$vm_status" = 0 ] || echo "FAILED: $LOGS/openzfs-vm.log")"
+	if [ "$vm_status" != 0 ]; then
+		status=1
+		tail -n 30 "$LOGS/openzfs-vm.log" >&2
+	fi
+fi
 row "whole run" "$((SECONDS - RUN_START))" "" "" "" ""
 echo "velo: $total_p passed, $total_f failed"
 exit "$status"
