@@ -91,6 +91,14 @@ pub fn entries(state: &State) -> (Vec<Entry>, Vec<String>) {
     (unique, clashes)
 }
 
+/// Whether an entry can be written as it is: a line break in a field (from a state file
+/// edited by hand) would add lines of its own, another service or a `*` password line.
+fn fits(e: &Entry) -> bool {
+    [&e.service, &e.host, &e.database, &e.user, &e.password]
+        .iter()
+        .all(|field| !field.chars().any(char::is_control))
+}
+
 /// Writes this home's entries into both files (or, with `entries` empty, removes them).
 fn write(ctx: &Ctx, entries: &[Entry]) -> Result<()> {
     let [pgpass, service] = paths()?;
@@ -120,6 +128,14 @@ fn try_sync(ctx: &Ctx) -> Result<()> {
         ctx.shell.warn(&format!(
             "branches share the service name(s) {}; they have no connection-file entries (rename one)",
             clashes.join(", ")
+        ));
+    }
+    let (entries, odd): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(fits);
+    if !odd.is_empty() {
+        let names: Vec<&str> = odd.iter().map(|e| e.service.as_str()).collect();
+        ctx.shell.warn(&format!(
+            "the state gives {} a user, database or password with a line break or another control character; they have no connection-file entries (was the state file edited?)",
+            names.join(", ")
         ));
     }
     write(ctx, &entries)
@@ -181,6 +197,18 @@ mod tests {
             "{err}"
         );
         assert!(root_paths(None, None).is_err(), "no HOME: no files");
+    }
+
+    #[test]
+    fn a_field_with_a_line_break_is_not_written() {
+        let (mut all, _) = entries(&fixture());
+        let mut e = all.pop().unwrap();
+        assert!(fits(&e));
+        e.password = "x\n*:*:*:*:y".into();
+        assert!(!fits(&e));
+        e.password = "x".into();
+        e.database = "db\rhost=elsewhere".into();
+        assert!(!fits(&e));
     }
 
     #[test]

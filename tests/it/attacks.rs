@@ -387,3 +387,28 @@ fn a_superuser_can_neither_stall_nor_crash_gc() {
     let got = sb.json(&["branch", "get", &shadow]);
     assert!(got["last_used_at"].is_string(), "{got}");
 }
+
+#[test]
+fn a_state_file_cannot_add_lines_to_the_connection_files() {
+    let mut sb = Sandbox::new();
+    let p = sb.create_project("lines");
+    let path = sb.home().join("state.json");
+    let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    state["projects"][&p]["password"] = "x\n*:*:*:*:planted".into();
+    state["projects"][&p]["database"] = "postgres\n[planted]\nhost=elsewhere".into();
+    std::fs::write(&path, state.to_string()).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    sb.set_env("HOME", home.path().to_str().unwrap());
+    let out = sb.run(&["connection-files", "on"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{p}-main")) && err.contains("edited"),
+        "{err}"
+    );
+    for file in [".pgpass", ".pg_service.conf"] {
+        let text = std::fs::read_to_string(home.path().join(file)).unwrap_or_default();
+        assert!(!text.contains("planted"), "{file}: {text}");
+    }
+    sb.ok(&["connection-files", "off"]);
+}
