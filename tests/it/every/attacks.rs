@@ -168,3 +168,123 @@ fn a_state_file_naming_things_that_are_not_velos_is_refused() {
     sb.ok(&["branch", "list"]);
     assert_eq!(sb.volumes(&p), ["main.0"], "nothing was destroyed");
 }
+
+#[test]
+fn root_writes_connection_files_nowhere_the_environment_chooses() {
+    let mut sb = Sandbox::new();
+    let p = sb.create_project("connfiles");
+    // `sudo -E` with PGPASSFILE naming a root-owned file: root rewrote it (mode 0600, velo's
+    // lines appended); it must be refused and left as it was.
+    let victim = Victim::new(&sb);
+    sb.set_env("PGPASSFILE", victim.0.to_str().unwrap());
+    let err = sb.fails(&["connection-files", "on"]);
+    assert!(err.contains("PGPASSFILE"), "{err}");
+    victim.assert_untouched();
+    // A HOME another user owns: root writes nothing there.
+    sb.clear_env();
+    let theirs = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(theirs.path(), Some(65534), Some(65534)).unwrap();
+    sb.set_env("HOME", theirs.path().to_str().unwrap());
+    let err = sb.fails(&["connection-files", "on"]);
+    assert!(err.contains("uid 65534"), "{err}");
+    assert!(!theirs.path().join(".pgpass").exists());
+    // Root's own kind of home works.
+    sb.clear_env();
+    let mine = tempfile::tempdir().unwrap();
+    sb.set_env("HOME", mine.path().to_str().unwrap());
+    sb.ok(&["connection-files", "on"]);
+    let written = std::fs::read_to_string(mine.path().join(".pg_service.conf")).unwrap();
+    assert!(written.contains(&format!("[{p}-main]")), "{written}");
+    sb.ok(&["connection-files", "off"]);
+}
+
+/// A psql session on `branch` that takes an exclusive lock on `pg_stat_activity` (and so on
+/// the catalogs behind it) and keeps it; returns once the lock is held.
+fn lock_pg_stat_activity(sb: &Sandbox, branch: &str) -> std::process::Child {
+    let creds = sb.json(&["branch", "password", branch]);
+    let held = sb.home().join("locked");
+    let script = format!(
+        "BEGIN;\nLOCK TABLE pg_catalog.pg_stat_activity IN ACCESS EXCLUSIVE MODE;\n\\! touch {}\nSELECT pg_sleep(120);\n",
+        held.display()
+    );
+    let mut child = Command::new("psql")
+        .args(["-X", "-q", "-f", "-"])
+        .env("PGHOST", creds["host"].as_str().unwrap())
+        .env("PGPORT", creds["port"].to_string())
+        .env("PGUSER", creds["user"].as_str().unwrap())
+        .env("PGPASSWORD", creds["password"].as_str().unwrap())
+        .env("PGDATABASE", creds["database"].as_str().unwrap())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("psql starts");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(script.as_bytes())
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !held.exists() {
+        assert!(start.elapsed() < Duration::from_secs(20), "no lock taken");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child
+}
+
+#[test]
+fn a_superuser_can_neither_stall_nor_crash_gc() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("gc");
+    let (shadow, locked) = (format!("{p}/shadow"), format!("{p}/locked"));
+    sb.ok(&["branch", "create", &shadow]);
+    sb.ok(&["branch", "create", &locked]);
+    sb.ok(&["project", "set", &p, "--idle-stop", "1h"]);
+    // Its own `count(*)`, of another type, found first: velo panicked reading it.
+    sb.sql(
+        &shadow,
+        "ALTER ROLE CURRENT_USER SET search_path = public, pg_catalog; \
+         CREATE FUNCTION public.keep(text) RETURNS text LANGUAGE sql AS $$SELECT $1$$; \
+         CREATE AGGREGATE public.count(*) (SFUNC = public.keep, STYPE = text, INITCOND = 'x')",
+    );
+    // A lock that keeps velo's question (and connection) waiting: gc waited forever.
+    let mut lock = lock_pg_stat_activity(&sb, &locked);
+    let start = std::time::Instant::now();
+    let out = sb.run(&["gc", "--json"]);
+    let took = start.elapsed();
+    let _ = lock.kill();
+    let _ = lock.wait();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(took < Duration::from_secs(60), "gc took {took:?}");
+    assert!(err.contains(&format!("could not ask `{locked}`")), "{err}");
+    // The shadowed branch was asked, and answered with the catalog's count.
+    let got = sb.json(&["branch", "get", &shadow]);
+    assert!(got["last_used_at"].is_string(), "{got}");
+}
+
+#[test]
+fn a_state_file_cannot_add_lines_to_the_connection_files() {
+    let mut sb = Sandbox::new();
+    let p = sb.create_project("lines");
+    let path = sb.home().join("state.json");
+    let mut state: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    state["projects"][&p]["password"] = "x\n*:*:*:*:planted".into();
+    state["projects"][&p]["database"] = "postgres\n[planted]\nhost=elsewhere".into();
+    std::fs::write(&path, state.to_string()).unwrap();
+    let home = tempfile::tempdir().unwrap();
+    sb.set_env("HOME", home.path().to_str().unwrap());
+    let out = sb.run(&["connection-files", "on"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("{p}-main")) && err.contains("edited"),
+        "{err}"
+    );
+    for file in [".pgpass", ".pg_service.conf"] {
+        let text = std::fs::read_to_string(home.path().join(file)).unwrap_or_default();
+        assert!(!text.contains("planted"), "{file}: {text}");
+    }
+    sb.ok(&["connection-files", "off"]);
+}
