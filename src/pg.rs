@@ -122,7 +122,11 @@ impl Endpoint {
         config
             .user(&self.user)
             .dbname(&self.database)
-            .application_name(APPLICATION_NAME);
+            .application_name(APPLICATION_NAME)
+            // Only the system catalog names what velo's queries call: a superuser's
+            // `ALTER ROLE … SET search_path` or objects in `public` cannot stand in for them
+            // (startup options win over role and database settings).
+            .options("-c search_path=pg_catalog");
         let (client, connection) = config
             .connect_raw(stream, NoTls)
             .await
@@ -262,7 +266,11 @@ impl Sql for Endpoint {
             )
             .await
             .map_err(self.query_err("reading pg_stat_activity"))?;
-        let n: i64 = row.get(0);
+        // The superuser decides what this answers: a value of another type is an error, not a
+        // panic.
+        let n: i64 = row
+            .try_get(0)
+            .map_err(self.query_err("reading pg_stat_activity"))?;
         Ok(n.unsigned_abs())
     }
 

@@ -28,8 +28,9 @@ pub enum ProjectCmd {
         /// Directory for btrfs, reflink and copy storage (default: $VELO_HOME/data).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<std::path::PathBuf>,
-        /// PostgreSQL major version, 14 or newer (default 17): the image postgres:<MAJOR>-alpine
-        /// on Docker, the host's binaries of that major on the native runtime.
+        /// PostgreSQL major version, 14 or newer: the image postgres:<MAJOR>-alpine on Docker
+        /// (default 17), the host's binaries of that major on the native runtime (default: the
+        /// newest installed).
         #[arg(long, value_name = "MAJOR", conflicts_with = "image", value_parser = super::parse::pg_major)]
         pg_version: Option<u32>,
         /// Docker image honouring the official postgres image's contract (PostgreSQL 14+);
