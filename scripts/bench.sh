@@ -75,4 +75,4 @@ cargo bench --bench bench -- \
 	--btrfs-dir "$RIG_BTRFS_MNT/$RIG_TEST_USER" \
 	--reflink-dir "$RIG_XFS_MNT/$RIG_TEST_USER" \
 	--copy-dir "$RIG_EXT4_MNT/$RIG_TEST_USER" "$@"
-log "done in $(((SECONDS - start) / 60)) min $(((SECONDS - start) % 60)) s (set-up not counted); the tables are in $OUT/bench.md"
+log "the bench took $(((SECONDS - start) / 60)) min $(((SECONDS - start) % 60)) s with its build (the run alone: above); the tables are in $OUT/bench.md"
