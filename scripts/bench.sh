@@ -43,9 +43,13 @@ zfs set compression=on "$POOL"
 # reset makes two more copies before the old ones go: about 30 GB at its peak, hence 40G.
 # shellcheck source=rig/env.sh
 . scripts/rig/env.sh
+# shellcheck disable=SC2034 # read by scripts/rig/storage.sh
 RIG_FS_SIZE="${VELO_BENCH_FS_SIZE:-40G}"
+# shellcheck disable=SC2034
 RIG_BTRFS_IMG="$RIG_DIR/bench-btrfs.img" RIG_BTRFS_MNT="$RIG_DIR/mnt/bench-btrfs"
+# shellcheck disable=SC2034
 RIG_XFS_IMG="$RIG_DIR/bench-xfs.img" RIG_XFS_MNT="$RIG_DIR/mnt/bench-xfs"
+# shellcheck disable=SC2034
 RIG_EXT4_IMG="$RIG_DIR/bench-ext4.img" RIG_EXT4_MNT="$RIG_DIR/mnt/bench-ext4"
 # shellcheck source=rig/storage.sh
 . scripts/rig/storage.sh
