@@ -58,6 +58,7 @@ ensure_dir "$RIG_DIR/mnt" root root 755
 for fs in btrfs xfs ext4; do
 	ensure_fs "$fs"
 	fs_params "$fs"
+	# shellcheck disable=SC2154 # fs_params sets mnt
 	ensure_dir "$mnt" root root 755
 	ensure_dir "$mnt/$RIG_TEST_USER" "$RIG_TEST_USER" "$(id -gn "$RIG_TEST_USER")" 700
 done
