@@ -298,6 +298,7 @@ impl Runtime for DockerRuntime {
                     .iter()
                     .find(|(target, _)| target == DATA)
                     .map(|(_, source)| PathBuf::from(source)),
+                outdated: !c.mounts.iter().any(|(target, _)| target == SOCKET),
                 name: c.name,
                 project: c.project,
                 branch: c.branch,

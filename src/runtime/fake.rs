@@ -203,6 +203,7 @@ impl Runtime for FakeRuntime {
                 running: s.running,
                 data_dir: Some(s.spec.paths.data_dir.clone()),
                 volumes: Vec::new(),
+                outdated: false,
             })
             .collect())
     }

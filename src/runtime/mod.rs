@@ -100,6 +100,9 @@ pub struct ManagedServer {
     pub data_dir: Option<PathBuf>,
     /// Docker volumes it holds, which its removal must take with it.
     pub volumes: Vec<String>,
+    /// Made by an older velo, in a shape velo can no longer talk to (a container without the
+    /// private socket directory): it must be re-created.
+    pub outdated: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -178,6 +181,13 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
 
     /// The servers this velo home made.
     async fn list_managed(&self) -> Result<Vec<ManagedServer>>;
+
+    /// Whether server `name` exists but was made by an older velo in a shape this one cannot
+    /// talk to ([`ManagedServer::outdated`]).
+    async fn outdated(&self, name: &str) -> Result<bool> {
+        let servers = self.list_managed().await?;
+        Ok(servers.iter().any(|s| s.name == name && s.outdated))
+    }
 
     /// The engine's version, which also proves it answers (`velo doctor`).
     async fn version(&self) -> Result<String>;

@@ -408,6 +408,7 @@ impl Runtime for NativeRuntime {
                 branch: spec.labels.branch,
                 data_dir: Some(spec.paths.data_dir),
                 volumes: Vec::new(),
+                outdated: false,
             });
         }
         Ok(servers)
