@@ -163,6 +163,10 @@ pub trait Sql: Send + Sync {
 
     async fn server_version(&self) -> Result<String, PgError>;
 
+    /// Runs SQL (one or more statements, as one simple query: in one transaction unless it
+    /// has its own) in the endpoint's database.
+    async fn batch(&self, sql: &str) -> Result<(), PgError>;
+
     /// Starts an online backup; the copy made until [`BackupSession::stop`] is consistent.
     async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError>;
 }
@@ -246,6 +250,14 @@ impl Sql for Endpoint {
         Ok(row.get(0))
     }
 
+    async fn batch(&self, sql: &str) -> Result<(), PgError> {
+        let client = self.connect().await?;
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(self.query_err("running SQL"))
+    }
+
     async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError> {
         let client = self.connect().await?;
         let major = server_major(&client)
@@ -323,6 +335,6 @@ async fn server_major(client: &Client) -> Result<u32, tokio_postgres::Error> {
 }
 
 /// Quotes an SQL identifier.
-fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use comfy_table::{Table, presets};
@@ -59,6 +60,35 @@ impl Shell {
         let mark = if result.is_ok() { "▸" } else { "✗" };
         self.note(&format!("{mark} {label} {}", secs(start.elapsed())));
         result
+    }
+
+    /// A step whose work can be counted (tables dumped, say): a bar on a terminal, and then
+    /// `▸ <label> <done>/<total> <unit> <time>`. `total` is what is expected, if known.
+    pub fn progress(&self, label: &str, unit: &'static str, total: Option<u64>) -> Progress {
+        let bar = self.interactive.then(|| {
+            let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
+            let template = match total {
+                Some(_) => "{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}",
+                None => "{spinner} {msg} {pos} {elapsed}",
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            bar.set_message(format!("{label} ({unit})"));
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress {
+            shell: self.clone(),
+            bar,
+            label: label.to_string(),
+            unit,
+            total,
+            done: AtomicU64::new(0),
+            start: Instant::now(),
+        }
     }
 
     /// A shell that keeps everything it is given (for tests), readable with [`Shell::output`].
@@ -124,6 +154,51 @@ impl Shell {
     }
 }
 
+/// A counted step in progress ([`Shell::progress`]). Shared with whatever reads the work's
+/// output, on any thread.
+pub struct Progress {
+    shell: Shell,
+    bar: Option<ProgressBar>,
+    label: String,
+    unit: &'static str,
+    total: Option<u64>,
+    done: AtomicU64,
+    start: Instant,
+}
+
+impl Progress {
+    /// How much is done now (never shown above the total).
+    pub fn set(&self, done: u64) {
+        let done = self.total.map_or(done, |t| done.min(t));
+        self.done.store(done, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
+    }
+
+    /// Ends the step, all done if it succeeded, and prints its line.
+    pub fn finish(self, ok: bool) {
+        if ok && let Some(total) = self.total {
+            self.set(total);
+        }
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        let done = self.done.load(Ordering::Relaxed);
+        let count = match self.total {
+            Some(total) => format!("{done}/{total}"),
+            None => done.to_string(),
+        };
+        let mark = if ok { "▸" } else { "✗" };
+        self.shell.note(&format!(
+            "{mark} {} {count} {} {}",
+            self.label,
+            self.unit,
+            secs(self.start.elapsed())
+        ));
+    }
+}
+
 /// Bytes as a short human figure (KiB, MiB, GiB).
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -149,6 +224,24 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(19_456), "19.0 KiB");
         assert_eq!(human_bytes(3 * 1024 * 1024 * 1024), "3.0 GiB");
+    }
+
+    #[test]
+    fn a_counted_step_says_how_much_it_did() {
+        let shell = Shell::captured();
+        let p = shell.progress("Dump shop", "tables", Some(4));
+        p.set(9);
+        p.finish(false);
+        shell
+            .progress("Restore shop", "tables", Some(4))
+            .finish(true);
+        let open = shell.progress("Dump all", "tables", None);
+        open.set(3);
+        open.finish(true);
+        let out = shell.output();
+        assert!(out.contains("✗ Dump shop 4/4 tables "), "{out}");
+        assert!(out.contains("▸ Restore shop 4/4 tables "), "{out}");
+        assert!(out.contains("▸ Dump all 3 tables "), "{out}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ pub mod drift;
 #[cfg(test)]
 mod fakes;
 mod generation;
+pub mod import;
 pub mod journal;
 mod launch;
 mod prepared;

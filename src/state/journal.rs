@@ -249,6 +249,11 @@ pub enum UndoStep {
         branch: Option<BranchName>,
         generation: Option<u32>,
     },
+    /// Stops an import into `branch`: removes its import server and client program (only
+    /// this velo home's), and its private directories (the password file among them).
+    StopImport {
+        branch: BranchName,
+    },
     /// Puts a branch's server back on the generation the state records for it (the state
     /// changes only at commit), started if `start`.
     RestoreServer {

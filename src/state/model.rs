@@ -86,6 +86,9 @@ pub struct Project {
     /// Snapshots users took (`velo snapshot create`), oldest first.
     #[serde(default)]
     pub snapshots: Vec<Snapshot>,
+    /// Where main's data was imported from, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<super::Imported>,
 }
 
 impl Project {

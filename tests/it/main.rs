@@ -11,5 +11,7 @@ mod failures;
 mod hardening;
 mod history;
 mod host;
+mod import;
+mod source;
 mod storage;
 mod util;

@@ -16,6 +16,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
 
+pub(crate) use change::claim_branch;
 pub use change::{reset, restore};
 pub use delete::{delete, destroy_held, forget_held};
 pub use query::{branch_json, get, list, observe, password};
