@@ -100,7 +100,7 @@ pub struct ImportArgs {
 
 impl ImportArgs {
     fn request(self) -> Option<ops::import::Request> {
-        (self.from.is_some() || self.from_dump.is_some()).then(|| ops::import::Request {
+        (self.from.is_some() || self.from_dump.is_some()).then_some(ops::import::Request {
             url: self.from,
             dump: self.from_dump,
             all_databases: self.all_databases,

@@ -120,12 +120,11 @@ pub async fn create_with(
         )
         .await?;
         create_archive(ctx, &project, &main_ref, main.generation)?;
-        let imported = match (plan, checked) {
-            (Some(plan), Some(checked)) => {
-                let imported = import::load(
-                    ctx, &project, &main_ref, &main, &root, plan, &checked, &mut undo,
-                )
-                .await?;
+        let imported = match checked {
+            Some(checked) => {
+                let imported =
+                    import::load(ctx, &project, &main_ref, &main, &root, &checked, &mut undo)
+                        .await?;
                 project.database = checked.databases[0].clone();
                 ctx.store.update(|s| {
                     super::get_project_mut(s, &name)?.database = project.database.clone();
@@ -133,7 +132,7 @@ pub async fn create_with(
                 })?;
                 Some(imported)
             }
-            _ => None,
+            None => None,
         };
         let how = Launch {
             root: &root,

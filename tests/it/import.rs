@@ -213,6 +213,7 @@ fn a_logical_import_under_load_is_consistent_masked_and_refreshed() {
     );
     // This time the password comes from ~/.pgpass.
     sb.clear_env();
+    let before = sb.state()["projects"][&name].clone();
     let home = tempfile::tempdir().unwrap();
     let pgpass = home.path().join(".pgpass");
     std::fs::write(
@@ -225,6 +226,22 @@ fn a_logical_import_under_load_is_consistent_masked_and_refreshed() {
     .unwrap();
     std::fs::set_permissions(&pgpass, std::fs::Permissions::from_mode(0o600)).unwrap();
     sb.set_env("HOME", &home.path().display().to_string());
+    // A refresh that fails (its masking SQL does) leaves main as it was.
+    let bad = sb.home().join("bad.sql");
+    std::fs::write(&bad, "UPDATE people SET no_such_column = 1;").unwrap();
+    let bad_arg = bad.display().to_string();
+    let err = sb.fails(&["project", "refresh", &name, "--after-import", &bad_arg]);
+    assert!(
+        err.contains("no_such_column") && err.contains("nothing was left behind"),
+        "{err}"
+    );
+    assert_eq!(
+        sb.state()["projects"][&name],
+        before,
+        "a failed refresh changed the state"
+    );
+    sb.assert_consistent(&name);
+    assert_eq!(sb.sql(&main, unmasked), "0");
     let seen = watch(&src.password);
     let out = sb.run(&["project", "refresh", &name]);
     let leaks = seen.finish();
@@ -286,8 +303,13 @@ fn bad_sources_fail_clearly_and_leave_nothing_behind() {
 
     // A plain SQL dump is not one velo restores, and says which it does.
     let plain = sb.home().join("plain.sql");
-    std::fs::write(&plain, "CREATE TABLE x (id int);\n").unwrap();
     let plain_arg = plain.display().to_string();
+    let dumped = src
+        .client("pg_dump")
+        .args(["-f", &plain_arg, "postgres"])
+        .output()
+        .unwrap();
+    assert!(dumped.status.success(), "{}", text(&dumped));
     let mut args = create_args(&sb, &name);
     args.extend(["--from-dump", &plain_arg]);
     let err = sb.fails(&args);
@@ -297,12 +319,41 @@ fn bad_sources_fail_clearly_and_leave_nothing_behind() {
     );
     assert_no_trace(&sb, &name);
 
+    // velo killed mid-import (its dump made, its import server running, the password file
+    // written): the next command takes everything back.
+    sb.set_env("PGPASSWORD", &src.password);
+    let url = src.url("postgres");
+    let mut args = create_args(&sb, &name);
+    args.extend(["--from", &url]);
+    let paused = sb.paused("restore", &args);
+    let secrets = sb.home().join("run").join(format!("import.{name}.main"));
+    assert!(
+        secrets.join("pgpass").is_file(),
+        "no password file while importing"
+    );
+    assert_eq!(
+        sb.containers(&name),
+        [format!("velo-{name}.main.import")],
+        "the import server runs"
+    );
+    paused.kill9();
+    sb.clear_env();
+    let out = sb.run(&["status"]);
+    assert!(
+        text(&out).contains("was interrupted; rolling it back"),
+        "{}",
+        text(&out)
+    );
+    assert_no_trace(&sb, &name);
+
     // A source that goes away mid-import: pg_dump waits for a lock the test holds, then the
     // source is killed.
     let mut holder = src
         .client("psql")
         .args(["-X", "-q", "-d", "postgres", "-c"])
         .arg("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(600);")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let waiting = "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'velo-import' AND wait_event_type = 'Lock'";
@@ -398,6 +449,10 @@ fn a_full_storage_fails_clearly_and_leaves_nothing_behind() {
     ]);
     assert!(err.contains("the storage is full"), "{err}");
     assert!(err.contains("nothing was left behind"), "{err}");
+    assert!(
+        err.contains("▸ Dump postgres"),
+        "the import itself filled it: {err}"
+    );
     assert_no_trace(&sb, &name);
     let left: Vec<_> = std::fs::read_dir(&tiny.0)
         .unwrap()

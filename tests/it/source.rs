@@ -83,7 +83,9 @@ impl Source {
                 return;
             }
             let mut set = Command::new("docker")
-                .args(["exec", "-i", &self.name, "psql", "-X", "-q", "-U", "postgres"])
+                .args([
+                    "exec", "-i", &self.name, "psql", "-X", "-q", "-U", "postgres",
+                ])
                 .args(["-p", &self.port.to_string()])
                 .stdin(Stdio::piped())
                 .stdout(Stdio::null())

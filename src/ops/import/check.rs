@@ -17,11 +17,10 @@ use crate::source::SourceError;
 use crate::source::messages::read_toc;
 use crate::state::{ImportFrom, Project, RuntimeRecord, UndoStep};
 
-/// What [`check`] found out.
+/// What [`check`] found out, with the import it checked.
 #[derive(Debug, Clone)]
 pub struct Checked {
-    /// The client programs' major.
-    pub tools_major: u32,
+    pub plan: Plan,
     /// The source's version, as it said.
     pub source_version: Option<String>,
     /// The databases to copy, the URL's (or the dump's) first.
@@ -82,8 +81,6 @@ pub async fn check(
         .shell
         .step("Check client programs", runtime.client_version(&tools))
         .await?;
-    let tools_major = major_of(&version)
-        .ok_or_else(|| anyhow!("cannot read the client programs' version in `{version}`"))?;
     let secrets = plan
         .password
         .as_ref()
@@ -121,7 +118,7 @@ pub async fn check(
                 databases.extend(facts.databases.into_iter().filter(|d| *d != url.database));
             }
             Checked {
-                tools_major,
+                plan: plan.clone(),
                 source_version: Some(facts.version),
                 databases,
                 tables: Some(facts.tables),
@@ -145,7 +142,7 @@ pub async fn check(
                 newer_check(major, &version, project)?;
             }
             Checked {
-                tools_major,
+                plan: plan.clone(),
                 source_version: dumped_from(&out.stdout),
                 databases: vec![database.unwrap_or_else(|| project.database.clone())],
                 tables: Some(tables),
@@ -163,7 +160,7 @@ fn major_of(line: &str) -> Option<u32> {
 
 /// Fails if PostgreSQL `source_major` is newer than the client programs that said `tools`.
 fn newer_check(source_major: u32, tools: &str, project: &Project) -> Result<()> {
-    if !major_of(tools).is_some_and(|tools_major| source_major > tools_major) {
+    if major_of(tools).is_none_or(|tools_major| source_major <= tools_major) {
         return Ok(());
     }
     let n = source_major;
@@ -183,15 +180,20 @@ fn newer_check(source_major: u32, tools: &str, project: &Project) -> Result<()> 
     .into())
 }
 
-/// pg_restore's answer to a plain SQL file, as an error that says what velo reads.
+/// pg_restore's answer to a file that is no archive, as an error that says what velo reads.
 fn plain_dump(e: anyhow::Error, path: &std::path::Path) -> anyhow::Error {
-    if format!("{e:#}").contains("text format dump") {
-        return anyhow!(
-            "{} is a plain SQL dump; velo restores pg_dump's custom (-Fc) and directory (-Fd) formats: make one with `pg_dump -Fc`",
-            path.display()
-        );
-    }
-    e.context(format!("reading the dump {}", path.display()))
+    let said = format!("{e:#}");
+    let what = if said.contains("text format dump") {
+        "a plain SQL dump"
+    } else if said.contains("not appear to be a valid archive") {
+        "no dump pg_dump made"
+    } else {
+        return e.context(format!("reading the dump {}", path.display()));
+    };
+    anyhow!(
+        "{} is {what}; velo restores pg_dump's custom (-Fc) and directory (-Fd) formats: make one with `pg_dump -Fc`",
+        path.display()
+    )
 }
 
 /// `Dumped by pg_dump version: …` of a TOC listing.

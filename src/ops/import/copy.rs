@@ -12,12 +12,12 @@ use chrono::Utc;
 
 use super::super::{Ctx, Undo, remove_dir};
 use super::jobs::{Jobs, Reach, at};
-use super::{Checked, Plan, server, space};
+use super::{Checked, server, space};
 use crate::names::BranchRef;
 use crate::pg::quote_ident;
 use crate::source::SourceUrl;
 use crate::source::messages::TableCount;
-use crate::state::{Branch, ImportFrom, Imported, Project};
+use crate::state::{Branch, ImportFrom, Imported, Project, UndoStep};
 use crate::ui::Progress;
 
 /// The dump's directory name inside the work directory.
@@ -28,25 +28,32 @@ const ROLES: &str = "roles.sql";
 /// Imports into the volume at `root`, which becomes `branch` of `r`, using what [`super::check`]
 /// found; leaves it checkpointed, its import server stopped and removed. Returns the import's
 /// record.
-#[allow(clippy::too_many_arguments)]
 pub async fn load(
     ctx: &Ctx,
     project: &Project,
     r: &BranchRef,
     branch: &Branch,
     root: &Path,
-    plan: &Plan,
     checked: &Checked,
     undo: &mut Undo,
 ) -> Result<Imported> {
     let work = space::make_work_dir(root)?;
-    undo.step(ctx, "import-server").await?;
+    // Recorded again, now after the volume's own undo: a roll-back removes the import server
+    // before it destroys the volume the server has open.
+    undo.intend(
+        ctx,
+        "import-server",
+        UndoStep::StopImport {
+            branch: r.branch.clone(),
+        },
+    )
+    .await?;
     server::start(ctx, project, r, branch, root).await?;
     let mut jobs = Jobs::new(ctx, project, r, branch.port)?;
     jobs.dirs.work = Some(work.clone());
     jobs.dirs.socket = Some(space::socket_dir(ctx, branch.port));
     jobs.dirs.secrets = checked.secrets.clone();
-    let rec = &plan.record;
+    let rec = &checked.plan.record;
     if let ImportFrom::Dump { path } = &rec.from {
         jobs.dirs.input = Some(path.clone());
     }

@@ -107,11 +107,17 @@ impl<'a> Jobs<'a> {
         if out.code == 0 {
             return Ok(out);
         }
-        Err(match source {
+        let error = match source {
             Some(at) => messages::classify(&out.stderr, &at),
-            None => messages::classify_target(&out.stderr, tool),
-        }
-        .into())
+            None => {
+                // The import server may have died of what the program only saw as a lost
+                // connection (a full disk under its WAL): its log says.
+                let server = names::import_server_name(self.r);
+                let log = self.runtime.logs_tail(&server, 20).await;
+                messages::classify_target(&format!("{}\n{log}", out.stderr), tool)
+            }
+        };
+        Err(error.into())
     }
 
     fn job(&self, tool: &str, args: Vec<String>, reach: Reach) -> ClientJob {

@@ -39,7 +39,7 @@ pub async fn refresh(ctx: &Ctx, name: &ProjectName, after_import: Option<&Path>)
             .note(&format!("Importing {} again into `{r}`", plan.describe()));
         let checked = check(ctx, &project, &r, old.port, &plan, &mut undo).await?;
         let (cluster, new, root) = new_generation(ctx, &project, &r, &old, &mut undo).await?;
-        let imported = load(ctx, &project, &r, &new, &root, &plan, &checked, &mut undo).await?;
+        let imported = load(ctx, &project, &r, &new, &root, &checked, &mut undo).await?;
         switch(ctx, &project, &r, &new, &root, &mut undo).await?;
         Ok::<_, anyhow::Error>((cluster, new, imported))
     }
