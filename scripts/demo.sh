@@ -19,11 +19,8 @@ project=demo$$
 cleanup() { velo project delete "$project" --force >/dev/null 2>&1 || true; rm -rf "$VELO_HOME"; }
 trap cleanup EXIT
 
-sql() { # sql BRANCH QUERY
-	local creds
-	creds=$(velo branch password "$1" --json)
-	PGPASSWORD=$(jq -r .password <<<"$creds") psql -X -q -A -t -v ON_ERROR_STOP=1 \
-		-h 127.0.0.1 -p "$(jq -r .port <<<"$creds")" -U postgres -d postgres -c "$2"
+sql() { # sql BRANCH QUERY: psql over the branch's private socket, no password
+	velo branch psql "$1" -- -X -q -A -t -v ON_ERROR_STOP=1 -c "$2"
 }
 
 say() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
@@ -45,3 +42,6 @@ echo "dev:  $(sql "$project/dev" "SELECT string_agg(name, ', ' ORDER BY id) FROM
 
 say velo status
 velo status
+
+say velo branch delete "$project/dev"
+velo branch delete "$project/dev"

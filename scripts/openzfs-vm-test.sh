@@ -129,6 +129,10 @@ psql "$(url demo/dev)" -c "INSERT INTO users (name) VALUES ('Dave'), ('Eve'); DE
 [ "$(users demo/main)" = "Alice,Bob,Charlie" ]
 time velo branch reset demo/dev
 [ "$(users demo/dev)" = "Alice,Bob,Charlie" ]
+time velo branch rename demo/dev feature
+[ "$(users demo/feature)" = "Alice,Bob,Charlie" ]
+zfs list -H -o name tank/velo/user.tester/demo.feature.1
+velo branch rename demo/feature dev
 time velo snapshot create demo/main --label before-migration
 velo snapshot list --json | grep -q '"wal_from": "0000'
 psql "$(url demo/main)" -c "INSERT INTO users (name) VALUES ('Frank');"
@@ -146,7 +150,11 @@ time velo repair
 time velo doctor --timeout 60s
 time velo branch delete demo/dev
 time velo project delete demo --force
-[ -z "$(zfs list -H -o name -r tank/velo/user.tester | grep -v '^tank/velo/user.tester$')" ]
+# Deletes answer first; their data goes in the background (`velo status` lists it meanwhile).
+for _ in $(seq 600); do velo status --json | grep -q '"pending": \[\]' && break; sleep 1; done
+velo status --json | grep -q '"pending": \[\]'
+# Only the prepared cluster stays, for the next project (setup --undo takes it).
+[ -z "$(zfs list -H -o name -r tank/velo/user.tester | grep -v -e '^tank/velo/user.tester$' -e '/prepared[.]')" ]
 EOF
 
 log "as tester: Docker (tester is in the docker group now)"
@@ -183,7 +191,7 @@ bad=$(printf '%s\n' "$cmds" | grep -Ev '^COMMAND=list( |$)' | grep -Ev "$ok" | g
 if [ -n "$bad" ]; then echo "FAIL: sudo ran other commands:"; echo "$bad"; exit 1; fi
 echo "--- ZFS changes since setup, with the user that made them"
 skip=$(cat /tmp/history-lines)
-zpool history -l tank | tail -n +"$skip" | grep -E ' zfs (create|clone|snapshot|destroy)' | tee /tmp/changes
+zpool history -l tank | tail -n +"$skip" | grep -E ' zfs (create|clone|snapshot|destroy|rename)' | tee /tmp/changes
 if grep -v 'user 1000 (tester)' /tmp/changes | grep -q .; then echo "FAIL: a ZFS change not made by tester"; exit 1; fi
 [ -s /tmp/changes ]
 EOF
@@ -205,6 +213,13 @@ zfs set mountpoint=/etc $main && fail "set a mountpoint"
 zfs set setuid=on $main && fail "turned setuid on"
 zfs destroy tank/velo/user.tester && fail "destroyed the base"
 zfs create tank/velo/user.other.x.1 && fail "created outside its base"
+# Renames (delegated for `branch rename`) stay direct children of the base.
+zfs rename $main $main/x.y.1 2>/dev/null && fail "renamed into its own dataset"
+zfs create $base/atk.side.0 2>/dev/null
+zfs rename $main $base/atk.side.0/x.y.1 && fail "renamed into its own dataset"
+zfs destroy $base/atk.side.0
+zfs rename $main tank/velo/user.other.x.1 && fail "renamed out of its base"
+zfs rename $base tank/velo/user.t2 && fail "renamed the base"
 # Links where sudo mounts: the base's directory is root's.
 ln -s /etc /tank/velo/user.tester/evil.a.1 && fail "planted a link in the base"
 # The sudo rule's other shapes.
@@ -224,6 +239,7 @@ runuser -u other -- ls /tank/velo/user.tester && { echo "FAIL: other lists the b
 zfs unmount -a && zfs mount -a
 findmnt -n -o TARGET -t zfs | grep -v '^/tank' && { echo "FAIL: a dataset mounted elsewhere"; exit 1; }
 runuser -u tester -- velo project delete atk --force
+for _ in $(seq 600); do runuser -u tester -- velo status --json | grep -q '"pending": \[\]' && break; sleep 1; done
 EOF
 
 log "as root: setup --undo takes back what setup added"
@@ -231,5 +247,6 @@ guest <<'EOF'
 set -euxo pipefail
 velo setup --undo --user tester
 [ ! -e /etc/sudoers.d/velo-uid1000 ] && [ ! -e /etc/velo/config.json ]
+! zfs list tank/velo/user.tester
 EOF
 log "PASS: velo ran as tester with ZFS delegation and its sudo rule only; the attacks failed"

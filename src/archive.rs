@@ -113,6 +113,31 @@ impl Archives {
         Ok(dir)
     }
 
+    /// Moves a branch's archive (every generation's) to another branch name, for a rename.
+    /// Nothing to move is success. With `replace`, what is under the new name (debris of an
+    /// earlier branch of that name, whose segments would clash) is removed first; without it,
+    /// an archive already there stays and nothing moves: how a rename is taken back, where
+    /// the original name may have never been left.
+    pub fn rename_branch(
+        &self,
+        project: &ProjectName,
+        from: &BranchName,
+        to: &BranchName,
+        replace: bool,
+    ) -> std::io::Result<()> {
+        let (old, new) = (self.branch_dir(project, from), self.branch_dir(project, to));
+        if !exists(&old)? {
+            return Ok(());
+        }
+        if exists(&new)? {
+            if !replace {
+                return Ok(());
+            }
+            fs::remove_dir_all(&new)?;
+        }
+        fs::rename(&old, &new)
+    }
+
     /// Files in a generation's archive, oldest name first; empty if the directory is missing.
     pub fn list(
         &self,
@@ -121,6 +146,15 @@ impl Archives {
         generation: u32,
     ) -> std::io::Result<Vec<ArchivedFile>> {
         list_dir(&self.generation_dir(project, branch, generation))
+    }
+}
+
+/// Whether something is at `path` (a link counts; it is not followed).
+fn exists(path: &Path) -> std::io::Result<bool> {
+    match fs::symlink_metadata(path) {
+        Ok(_) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
     }
 }
 

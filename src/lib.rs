@@ -14,6 +14,7 @@ pub mod lines;
 pub mod names;
 pub mod ops;
 pub mod pg;
+pub mod pgfiles;
 pub mod pgversion;
 pub mod runtime;
 pub mod source;

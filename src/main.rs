@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use velo::cli::{ChildExit, Cli, Command};
-use velo::ops::{Ctx, recover, signal};
+use velo::ops::{Ctx, UsageError, recover, signal};
 use velo::state::Store;
 use velo::ui::Shell;
 
@@ -15,7 +15,10 @@ fn main() -> ExitCode {
     velo::cli::hide_passwords();
     // SAFETY: no thread has started yet (the async runtime is built below).
     unsafe { velo::source::password::take_env_password() };
-    let shell = Shell::default();
+    let shell = Shell::new(cli.quiet);
+    if let Some(result) = cli.run_offline(&shell) {
+        return exit(&shell, result);
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -23,11 +26,8 @@ fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            report(
-                &shell,
-                &anyhow::Error::new(e).context("starting the async runtime"),
-            );
-            return ExitCode::FAILURE;
+            let e = anyhow::Error::new(e).context("starting the async runtime");
+            return exit(&shell, Err(e));
         }
     };
     let result = runtime.block_on(async {
@@ -44,20 +44,28 @@ fn main() -> ExitCode {
         }
         cli.run(&ctx).await
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<ChildExit>() => {
-            let code = e.downcast_ref::<ChildExit>().map_or(1, |c| c.0);
-            ExitCode::from(u8::try_from(code).unwrap_or(1))
-        }
-        Err(e) => {
-            report(&shell, &e);
-            if signal::interrupted() {
-                ExitCode::from(INTERRUPTED)
-            } else {
-                ExitCode::FAILURE
-            }
-        }
+    exit(&shell, result)
+}
+
+/// The exit status of a usage error: a bad argument or option (clap uses it too).
+const USAGE: u8 = 2;
+
+/// Reports an error and picks the exit status: a child's own status (psql), 2 for a usage
+/// error, 130 after an interrupt, 1 for any other failure.
+fn exit(shell: &Shell, result: anyhow::Result<()>) -> ExitCode {
+    let Err(e) = result else {
+        return ExitCode::SUCCESS;
+    };
+    if let Some(child) = e.downcast_ref::<ChildExit>() {
+        return ExitCode::from(u8::try_from(child.0).unwrap_or(1));
+    }
+    report(shell, &e);
+    if e.chain().any(|c| c.is::<UsageError>()) {
+        ExitCode::from(USAGE)
+    } else if signal::interrupted() {
+        ExitCode::from(INTERRUPTED)
+    } else {
+        ExitCode::FAILURE
     }
 }
 
@@ -95,8 +103,8 @@ async fn watch_signals(shell: Shell) {
 
 /// Prints `error: …` and then each cause as `caused by: …`.
 fn report(shell: &Shell, err: &anyhow::Error) {
-    shell.note(&format!("error: {err}"));
+    shell.error(&format!("error: {err}"));
     for cause in err.chain().skip(1) {
-        shell.note(&format!("caused by: {cause}"));
+        shell.error(&format!("caused by: {cause}"));
     }
 }

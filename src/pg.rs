@@ -22,6 +22,9 @@ use tokio_postgres::{Client, Config, NoTls};
 
 use crate::fsx;
 
+/// The `application_name` of velo's own connections, which `velo gc` does not count as use.
+pub const APPLICATION_NAME: &str = "velo";
+
 /// How to reach one server.
 #[derive(Debug, Clone)]
 pub struct Endpoint {
@@ -119,7 +122,7 @@ impl Endpoint {
         config
             .user(&self.user)
             .dbname(&self.database)
-            .application_name("velo");
+            .application_name(APPLICATION_NAME);
         let (client, connection) = config
             .connect_raw(stream, NoTls)
             .await
@@ -166,6 +169,10 @@ pub trait Sql: Send + Sync {
     /// Runs SQL (one or more statements, as one simple query: in one transaction unless it
     /// has its own) in the endpoint's database.
     async fn batch(&self, sql: &str) -> Result<(), PgError>;
+
+    /// How many clients are connected, besides velo (which connects as `application_name`
+    /// `velo`): what tells `velo gc` a branch is in use.
+    async fn client_connections(&self) -> Result<u64, PgError>;
 
     /// Starts an online backup; the copy made until [`BackupSession::stop`] is consistent.
     async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError>;
@@ -256,6 +263,19 @@ impl Sql for Endpoint {
             .batch_execute(sql)
             .await
             .map_err(self.query_err("running SQL"))
+    }
+
+    async fn client_connections(&self) -> Result<u64, PgError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND application_name IS DISTINCT FROM $1",
+                &[&APPLICATION_NAME],
+            )
+            .await
+            .map_err(self.query_err("reading pg_stat_activity"))?;
+        let n: i64 = row.get(0);
+        Ok(n.unsigned_abs())
     }
 
     async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError> {

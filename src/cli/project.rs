@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::Subcommand;
 
-use crate::names::ProjectName;
+use crate::names::{BranchName, BranchRef, ProjectName};
 use crate::ops::choose::{RuntimeKind, StorageKind, Wanted};
 use crate::ops::{self, Ctx};
 
@@ -13,7 +13,7 @@ use crate::ops::{self, Ctx};
 pub enum ProjectCmd {
     /// Create a project and its main branch, and print main's URL.
     Create {
-        /// The new project's name.
+        /// The new project's name: lowercase letters, digits and `-`, starting with a letter.
         name: ProjectName,
         /// Where branches keep their data (default: the best this machine offers; see
         /// `velo doctor`).
@@ -30,13 +30,18 @@ pub enum ProjectCmd {
         /// Directory for btrfs, reflink and copy storage (default: $VELO_HOME/data).
         #[arg(long, value_name = "DIR")]
         data_dir: Option<std::path::PathBuf>,
-        /// PostgreSQL major version, 14 or newer (default 17): the image postgres:<MAJOR>-alpine
-        /// on Docker, the host's binaries of that major on the native runtime.
+        /// PostgreSQL major version, 14 or newer: the image postgres:<MAJOR>-alpine on Docker
+        /// (default 17), the host's binaries of that major on the native runtime (default: the
+        /// newest installed).
         #[arg(long, value_name = "MAJOR", conflicts_with = "image", value_parser = super::parse::pg_major)]
         pg_version: Option<u32>,
-        /// Docker image honouring the official postgres image's contract (PostgreSQL 14+).
+        /// Docker image honouring the official postgres image's contract (PostgreSQL 14+);
+        /// pulled if it is not on this host.
         #[arg(long)]
         image: Option<String>,
+        /// Print main's record as JSON (as `branch get --json`) instead of its URL.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         import: ImportArgs,
     },
@@ -46,22 +51,39 @@ pub enum ProjectCmd {
         /// SQL to run on main after the import instead of the one recorded (masking).
         #[arg(long, value_name = "FILE.sql")]
         after_import: Option<PathBuf>,
+        /// Print main's record as JSON (as `branch get --json`) instead of its URL.
+        #[arg(long)]
+        json: bool,
     },
     /// List projects.
     #[command(visible_alias = "ls")]
     List {
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Show one project.
     Get {
+        /// The project.
         name: ProjectName,
+        /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Change a project's settings.
+    Set {
+        /// The project.
+        name: ProjectName,
+        /// Stop (at the next `velo gc`) a branch no client has used for this long: 30m, 2h;
+        /// `off` to never (the default). Never main, nor a branch with children unless
+        /// `velo gc --include-parents`.
+        #[arg(long, value_name = "DURATION|off", value_parser = ops::lifetime::parse_idle_stop)]
+        idle_stop: ops::lifetime::IdleStop,
     },
     /// Delete a project with all its data.
     #[command(visible_alias = "rm")]
     Delete {
+        /// The project.
         name: ProjectName,
         /// Delete even if it has branches besides main.
         #[arg(long)]
@@ -124,6 +146,7 @@ impl ProjectCmd {
                 pg_version,
                 image,
                 import,
+                json,
             } => {
                 let wanted = Wanted {
                     storage,
@@ -134,6 +157,7 @@ impl ProjectCmd {
                     image,
                 };
                 let import = import.request();
+                let main = BranchRef::new(name.clone(), BranchName::main());
                 ops::project::create(
                     ctx,
                     ops::project::CreateProject {
@@ -142,14 +166,24 @@ impl ProjectCmd {
                         import,
                     },
                 )
-                .await
+                .await?;
+                ops::branch::show(ctx, &main, json).await
             }
-            ProjectCmd::Refresh { name, after_import } => {
-                ops::import::refresh::refresh(ctx, &name, after_import.as_deref()).await
+            ProjectCmd::Refresh {
+                name,
+                after_import,
+                json,
+            } => {
+                let main = BranchRef::new(name.clone(), BranchName::main());
+                ops::import::refresh::refresh(ctx, &name, after_import.as_deref()).await?;
+                ops::branch::show(ctx, &main, json).await
             }
             ProjectCmd::List { json } => ops::project::list(ctx, json).await,
             ProjectCmd::Get { name, json } => ops::project::get(ctx, &name, json).await,
             ProjectCmd::Delete { name, force } => ops::project::delete(ctx, &name, force).await,
+            ProjectCmd::Set { name, idle_stop } => {
+                ops::lifetime::set_idle_stop(ctx, &name, idle_stop).await
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, HostConfig, Mount, MountType,
 };
 use bollard::query_parameters::{
-    CreateContainerOptionsBuilder, DownloadFromContainerOptionsBuilder,
+    CreateContainerOptionsBuilder, CreateImageOptionsBuilder, DownloadFromContainerOptionsBuilder,
     KillContainerOptionsBuilder, ListContainersOptionsBuilder, LogsOptionsBuilder,
     RemoveContainerOptionsBuilder, RenameContainerOptionsBuilder, StopContainerOptionsBuilder,
     WaitContainerOptionsBuilder,
@@ -22,8 +22,8 @@ use crate::lines::Lines;
 
 use super::{
     BindMount, ContainerSpec, ContainerStatus, DockerError, HelperOutput, LABEL_BRANCH, LABEL_HOME,
-    LABEL_MANAGED, LABEL_PROJECT, ManagedContainer, PIDS_LIMIT, PostgresUser, parse_passwd_user,
-    uncovered_volumes,
+    LABEL_MANAGED, LABEL_PROJECT, ManagedContainer, PIDS_LIMIT, PostgresUser, PullProgress,
+    parse_passwd_user, pull, uncovered_volumes,
 };
 
 /// A connection to the local Docker engine.
@@ -90,6 +90,33 @@ impl Engine {
         }
     }
 
+    /// Pulls an image from its registry, telling `progress` how far it got after each of the
+    /// daemon's messages.
+    pub async fn pull(
+        &self,
+        image: &str,
+        progress: &mut (dyn FnMut(PullProgress) + Send),
+    ) -> Result<(), DockerError> {
+        let (name, tag) = pull::split_reference(image);
+        let opts = CreateImageOptionsBuilder::new()
+            .from_image(name)
+            .tag(tag)
+            .build();
+        let mut stream = self.client().await?.create_image(Some(opts), None, None);
+        let mut tracker = pull::PullTracker::default();
+        while let Some(message) = stream.next().await {
+            let info = message.map_err(|source| pull_failed(image, source))?;
+            let detail = info.progress_detail.unwrap_or_default();
+            progress(tracker.apply(
+                info.id.as_deref(),
+                info.status.as_deref().unwrap_or_default(),
+                detail.current,
+                detail.total,
+            ));
+        }
+        Ok(())
+    }
+
     /// The paths an image declares as `VOLUME`s.
     pub async fn image_volumes(&self, image: &str) -> Result<Vec<String>, DockerError> {
         let inspect = match self.client().await?.inspect_image(image).await {
@@ -116,6 +143,9 @@ impl Engine {
         let probe = ContainerSpec {
             image: image.to_string(),
             labels: vec![(LABEL_MANAGED.into(), "probe".into())],
+            // Never run, but Docker refuses to create a container of an image without a CMD
+            // (one made with `docker import`) unless it is given one.
+            entrypoint: vec!["postgres".into()],
             ..ContainerSpec::default()
         };
         let id = self.create(&probe).await?;
@@ -423,6 +453,30 @@ impl Engine {
                 }
             })
             .collect())
+    }
+}
+
+/// Why a pull failed: the registry did not answer, or it answered no; a daemon that cannot
+/// be reached at all is [`DockerError::Unreachable`].
+fn pull_failed(image: &str, source: BollardError) -> DockerError {
+    let message = match &source {
+        BollardError::DockerResponseServerError { message, .. } => message.clone(),
+        BollardError::DockerStreamError { error } => error.clone(),
+        _ => return DockerError::Unreachable { source },
+    };
+    let (image, registry) = (image.to_string(), pull::registry(image).to_string());
+    if pull::unreachable_registry(&message) {
+        DockerError::RegistryUnreachable {
+            image,
+            registry,
+            source,
+        }
+    } else {
+        DockerError::PullFailed {
+            image,
+            registry,
+            source,
+        }
     }
 }
 

@@ -1,4 +1,4 @@
-//! The Docker engine, through bollard: containers, images, logs.
+//! The Docker engine, through bollard: containers, images (pulled when missing), logs.
 //!
 //! The interface is velo's own ([`ContainerSpec`], [`ContainerStatus`], [`PostgresUser`]); no
 //! bollard type leaves this module. It knows nothing of PostgreSQL settings, storage or velo's
@@ -10,8 +10,10 @@
 //! container leaves an anonymous Docker volume behind. Removals take anonymous volumes too.
 
 mod engine;
+pub mod pull;
 
 pub use engine::Engine;
+pub use pull::PullProgress;
 
 /// Labels on every container velo makes.
 pub const LABEL_MANAGED: &str = "dev.velo.managed";
@@ -35,6 +37,22 @@ pub enum DockerError {
         "image `{image}` is not on this host and could not be pulled: `docker pull {image}` or `docker load` it, or pass another --image"
     )]
     ImageMissing { image: String },
+    #[error(
+        "image `{image}` is not on this host and its registry {registry} does not answer: pass an image this host has (--image), or `docker load` one saved elsewhere with `docker save`"
+    )]
+    RegistryUnreachable {
+        image: String,
+        registry: String,
+        source: bollard::errors::Error,
+    },
+    #[error(
+        "image `{image}` is not on this host and {registry} could not supply it: check the name (--image), `docker login {registry}` if it is private, or `docker load` the image"
+    )]
+    PullFailed {
+        image: String,
+        registry: String,
+        source: bollard::errors::Error,
+    },
     #[error("container `{name}` does not exist")]
     NoSuchContainer { name: String },
     #[error("docker: {action}")]

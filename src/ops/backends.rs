@@ -20,6 +20,7 @@ use crate::storage::btrfs::BtrfsStorage;
 use crate::storage::tree::TreeStorage;
 use crate::storage::treecopy::Mode;
 use crate::storage::zfs::ZfsStorage;
+use crate::ui::Shell;
 use crate::zfs::Zfs;
 
 /// Backends that serve every project (see [`Backends::fixed`]).
@@ -33,6 +34,8 @@ pub struct Fixed {
 /// The backends of one velo command.
 pub struct Backends {
     home: PathBuf,
+    /// Where backends show long work (an image pull).
+    shell: Shell,
     zfs: Arc<Zfs>,
     docker: Arc<Engine>,
     storages: Mutex<HashMap<StorageRecord, Arc<dyn Storage>>>,
@@ -42,9 +45,10 @@ pub struct Backends {
 }
 
 impl Backends {
-    pub fn new(config: &Config, home: &Path) -> Self {
+    pub fn new(config: &Config, home: &Path, shell: Shell) -> Self {
         Self {
             home: home.to_path_buf(),
+            shell,
             zfs: Arc::new(Zfs::new(config.zfs.clone(), config.zpool.clone())),
             docker: Arc::new(Engine::default()),
             storages: Mutex::new(HashMap::new()),
@@ -58,7 +62,7 @@ impl Backends {
     pub fn fixed(home: &Path, fixed: Fixed) -> Self {
         Self {
             fixed: Some(fixed),
-            ..Self::new(&Config::default(), home)
+            ..Self::new(&Config::default(), home, Shell::captured())
         }
     }
 
@@ -125,6 +129,7 @@ impl Backends {
                 self.docker.clone(),
                 image.clone(),
                 self.label(),
+                self.shell.clone(),
             )),
             RuntimeRecord::Native { bindir } => Arc::new(NativeRuntime::new(
                 bindir.clone(),

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, bail};
 
-use super::Ctx;
+use super::{Ctx, UsageError};
 use crate::pgversion::MIN_MAJOR;
 use crate::state::{RuntimeRecord, StorageRecord, ZfsLayout};
 use crate::storage::btrfs::is_btrfs;
@@ -63,6 +63,7 @@ pub async fn choose(ctx: &Ctx, wanted: &Wanted) -> Result<Choice> {
             "velo needs PostgreSQL {MIN_MAJOR} or newer (older majors are past their end of life); pass --pg-version {DEFAULT_MAJOR}"
         );
     }
+    check_flags(wanted)?;
     let (storage, storage_why) = choose_storage(ctx, wanted).await?;
     let (runtime, runtime_why) = choose_runtime(ctx, wanted).await?;
     Ok(Choice {
@@ -72,21 +73,36 @@ pub async fn choose(ctx: &Ctx, wanted: &Wanted) -> Result<Choice> {
     })
 }
 
+/// Options that contradict each other: usage errors, found before anything is probed.
+fn check_flags(wanted: &Wanted) -> Result<()> {
+    let storage = wanted.storage;
+    let usage = |text: String| Err(UsageError(text).into());
+    if wanted.pool.is_some() && storage.is_some_and(|k| k != StorageKind::Zfs) {
+        return usage(format!(
+            "--pool is for ZFS storage; leave it out with --storage {}",
+            kind_word(storage)
+        ));
+    }
+    let zfs = storage == Some(StorageKind::Zfs) || wanted.pool.is_some();
+    if wanted.data_dir.is_some() && zfs {
+        return usage(
+            "--data-dir is for btrfs, reflink and copy storage; ZFS keeps data in its pool".into(),
+        );
+    }
+    if wanted.runtime == Some(RuntimeKind::Native) && wanted.image.is_some() {
+        return usage(
+            "--image is for the Docker runtime; the native runtime uses the host's binaries (--pg-version)".into(),
+        );
+    }
+    Ok(())
+}
+
 async fn choose_storage(ctx: &Ctx, wanted: &Wanted) -> Result<(StorageRecord, String)> {
     let dir = data_dir(ctx, wanted);
     // A pool asked for is a ZFS project.
     let kind = wanted
         .storage
         .or(wanted.pool.as_ref().map(|_| StorageKind::Zfs));
-    if wanted.pool.is_some() && kind != Some(StorageKind::Zfs) {
-        bail!(
-            "--pool is for ZFS storage; leave it out with --storage {}",
-            kind_word(kind)
-        );
-    }
-    if wanted.data_dir.is_some() && kind == Some(StorageKind::Zfs) {
-        bail!("--data-dir is for btrfs, reflink and copy storage; ZFS keeps data in its pool");
-    }
     match kind {
         Some(StorageKind::Zfs) => {
             let (pool, _) = choose_pool(ctx, wanted.pool.clone()).await?;
@@ -176,12 +192,7 @@ async fn choose_runtime(ctx: &Ctx, wanted: &Wanted) -> Result<(RuntimeRecord, St
             .unwrap_or_else(|| image_for(wanted.pg_version.unwrap_or(DEFAULT_MAJOR)))
     };
     match (wanted.runtime, &wanted.image) {
-        (Some(RuntimeKind::Native), Some(_)) => {
-            bail!(
-                "--image is for the Docker runtime; the native runtime uses the host's binaries (--pg-version)"
-            )
-        }
-        (Some(RuntimeKind::Native), None) => native(wanted, "native, as asked"),
+        (Some(RuntimeKind::Native), _) => native(wanted, "native, as asked"),
         (Some(RuntimeKind::Docker), _) | (None, Some(_)) => Ok(docker(image(), "docker, as asked")),
         (None, None) => {
             let image = image();
@@ -192,7 +203,7 @@ async fn choose_runtime(ctx: &Ctx, wanted: &Wanted) -> Result<(RuntimeRecord, St
                     &format!("docker: the daemon answers and has {image}"),
                 )),
                 _ if crate::zfs::is_root() => bail!(
-                    "no runtime for a new project: Docker {} and the native runtime does not run as root; start Docker and `docker pull {image}` (or pass --image), or run velo as a regular user",
+                    "no runtime for a new project: Docker {} and the native runtime does not run as root; with Docker running, pass `--runtime docker` (velo pulls {image}) or `docker pull {image}`, or pass --image; or run velo as a regular user",
                     docker_problem(&found)
                 ),
                 _ => native(
@@ -305,6 +316,38 @@ pub fn plain_user_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn contradicting_flags_are_usage_errors() {
+        let bad = [
+            Wanted {
+                storage: Some(StorageKind::Btrfs),
+                pool: Some("tank".into()),
+                ..Wanted::default()
+            },
+            Wanted {
+                pool: Some("tank".into()),
+                data_dir: Some("/srv".into()),
+                ..Wanted::default()
+            },
+            Wanted {
+                runtime: Some(RuntimeKind::Native),
+                image: Some("postgres:17".into()),
+                ..Wanted::default()
+            },
+        ];
+        for wanted in bad {
+            let err = check_flags(&wanted).unwrap_err();
+            assert!(err.is::<UsageError>(), "{wanted:?}: {err}");
+        }
+        let fine = Wanted {
+            storage: Some(StorageKind::Zfs),
+            pool: Some("tank".into()),
+            image: Some("postgres:17".into()),
+            ..Wanted::default()
+        };
+        assert!(check_flags(&fine).is_ok());
+    }
 
     #[test]
     fn user_names_safe_for_datasets_and_sudoers() {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -22,11 +22,13 @@ use crate::state::{RuntimeRecord, StorageRecord, Store};
 use crate::storage::fake::FakeStorage;
 use crate::ui::Shell;
 
-/// PostgreSQL that answers at once when its server runs, or never when told so.
+/// PostgreSQL that answers at once when its server runs, or never when told so, with as many
+/// clients connected as the world says.
 struct FakeSql {
     runtime: Arc<FakeRuntime>,
     endpoint: Endpoint,
     silent: Arc<AtomicBool>,
+    clients: Arc<AtomicU64>,
 }
 
 struct FakeBackup;
@@ -59,22 +61,27 @@ impl Sql for FakeSql {
     async fn batch(&self, _: &str) -> Result<(), PgError> {
         Ok(())
     }
+    async fn client_connections(&self) -> Result<u64, PgError> {
+        Ok(self.clients.load(Ordering::SeqCst))
+    }
     async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError> {
         Ok(Box::new(FakeBackup))
     }
 }
 
-struct World {
-    ctx: Ctx,
-    storage: Arc<FakeStorage>,
-    runtime: Arc<FakeRuntime>,
+pub(super) struct World {
+    pub ctx: Ctx,
+    pub storage: Arc<FakeStorage>,
+    pub runtime: Arc<FakeRuntime>,
     silent: Arc<AtomicBool>,
+    /// The clients every server reports connected (`pg_stat_activity`).
+    pub clients: Arc<AtomicU64>,
     _home: tempfile::TempDir,
 }
 
 /// What the world holds: the state's projects and branches, the storage's volumes and
 /// snapshots, the runtime's servers and whether they run.
-type Snapshot = (String, BTreeSet<String>, Vec<(String, bool)>);
+pub(super) type Snapshot = (String, BTreeSet<String>, Vec<(String, bool)>);
 
 impl World {
     fn new() -> World {
@@ -84,7 +91,8 @@ impl World {
             Arc::new(FakeRuntime::default()),
         );
         let silent = Arc::new(AtomicBool::new(false));
-        let (r, s) = (runtime.clone(), silent.clone());
+        let clients = Arc::new(AtomicU64::new(0));
+        let (r, s, c) = (runtime.clone(), silent.clone(), clients.clone());
         let fixed = Fixed {
             storage: storage.clone(),
             runtime: runtime.clone(),
@@ -93,6 +101,7 @@ impl World {
                     runtime: r.clone(),
                     endpoint,
                     silent: s.clone(),
+                    clients: c.clone(),
                 }) as Arc<dyn Sql>
             }),
         };
@@ -109,12 +118,13 @@ impl World {
             storage,
             runtime,
             silent,
+            clients,
             _home: home,
         }
     }
 
     /// A project `demo` with main and dev, both running.
-    async fn with_project() -> World {
+    pub(super) async fn with_project() -> World {
         let w = World::new();
         let choice = Choice {
             storage: StorageRecord::Copy {
@@ -134,7 +144,7 @@ impl World {
         w
     }
 
-    fn snapshot(&self) -> Snapshot {
+    pub(super) fn snapshot(&self) -> Snapshot {
         let state = self.ctx.store.read().unwrap();
         assert!(state.journal.is_empty(), "{:?}", state.journal);
         let branches = state
@@ -160,11 +170,11 @@ impl World {
     }
 }
 
-fn r(s: &str) -> BranchRef {
+pub(super) fn r(s: &str) -> BranchRef {
     s.parse().unwrap()
 }
 
-fn tokio() -> tokio::runtime::Runtime {
+pub(super) fn tokio() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -174,7 +184,7 @@ fn tokio() -> tokio::runtime::Runtime {
 
 /// A failure injected into the fakes.
 #[derive(Debug, Clone, Copy)]
-enum Fault {
+pub(super) enum Fault {
     Storage(&'static str),
     Runtime(&'static str),
     /// The server starts and exits at once.
@@ -182,7 +192,7 @@ enum Fault {
 }
 
 impl Fault {
-    fn inject(self, w: &World) {
+    pub(super) fn inject(self, w: &World) {
         match self {
             Fault::Storage(op) => w.storage.fail_next(op),
             Fault::Runtime(op) => w.runtime.fail_next(op),
@@ -326,7 +336,7 @@ fn projects_are_clones_of_one_prepared_cluster_made_once() {
             assert_eq!(p.prepared_from.as_ref(), Some(name));
         }
         assert!(
-            w.ctx.shell.output().matches("▸ Initialise").count() == 1,
+            w.ctx.shell.output().matches("- Initialise").count() == 1,
             "initdb ran once: {}",
             w.ctx.shell.output()
         );
@@ -466,7 +476,7 @@ fn a_project_delete_forgets_first_and_destroys_after() {
 #[test]
 fn a_killed_command_is_rolled_back_by_the_next() {
     use crate::names::{SnapshotId, SnapshotRef, VolumeId};
-    use crate::state::{Branch, Forget, Owner, Recovery, RunState, UndoStep};
+    use crate::state::{Branch, Forget, Owner, Recovery, UndoStep};
     use crate::storage::Storage;
     tokio().block_on(async {
         let w = World::with_project().await;
@@ -491,16 +501,12 @@ fn a_killed_command_is_rolled_back_by_the_next() {
                         },
                     },
                 );
-                let b = Branch {
-                    parent: Some(main.branch.clone()),
-                    port: 54999,
-                    generation: 0,
-                    origin: None,
-                    retired: Vec::new(),
-                    desired: RunState::Running,
-                    created_at: chrono::Utc::now(),
-                    busy: Some(super::busy_marker("branch create")),
-                };
+                let b = Branch::new(
+                    Some(main.branch.clone()),
+                    54999,
+                    None,
+                    super::busy_marker("branch create"),
+                );
                 super::get_project_mut(s, &ghost.project)?
                     .branches
                     .insert(ghost.branch.clone(), b);

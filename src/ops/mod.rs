@@ -21,14 +21,20 @@ mod backends;
 pub mod background;
 pub mod branch;
 pub mod choose;
+pub mod connfiles;
+pub mod current;
 pub mod doctor;
 pub mod drift;
 #[cfg(test)]
 mod fakes;
+#[cfg(test)]
+mod fakes_lifetimes;
+pub mod gc;
 mod generation;
 pub mod import;
 pub mod journal;
 mod launch;
+pub mod lifetime;
 mod prepared;
 pub mod project;
 pub mod recover;
@@ -82,10 +88,16 @@ impl Ctx {
     pub fn new(home: PathBuf, shell: Shell) -> Result<Self> {
         let config = Config::load(&Config::path())?;
         let store = Store::new(home);
-        let backends = Backends::new(&config, store.dir());
-        let ready_timeout = std::env::var("VELO_READY_TIMEOUT")
-            .ok()
-            .and_then(|v| humantime::parse_duration(&v).ok());
+        let backends = Backends::new(&config, store.dir(), shell.clone());
+        let ready_timeout = std::env::var("VELO_READY_TIMEOUT").ok().and_then(|v| {
+            let parsed = humantime::parse_duration(v.trim()).ok();
+            if parsed.is_none() {
+                shell.warn(&format!(
+                    "VELO_READY_TIMEOUT=`{v}` is not a duration (give a number and a unit, such as 90s or 5m); using the default"
+                ));
+            }
+            parsed
+        });
         Ok(Self {
             config,
             store,
@@ -196,6 +208,12 @@ pub fn claim(branch: &mut Branch, r: &BranchRef, operation: &str) -> Result<()> 
 pub fn claim_taking_over(branch: &mut Branch, r: &BranchRef, operation: &str) -> Result<()> {
     claim_inner(branch, r, operation, true)
 }
+
+/// A request that cannot work as given: options that contradict each other, a branch that
+/// needs a default project. velo exits with status 2 for it, as for clap's usage errors.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
 
 /// Another live command holds the branch.
 #[derive(Debug, thiserror::Error)]

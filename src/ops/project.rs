@@ -15,13 +15,14 @@ use super::launch::{Launch, launch_new};
 use super::prepared;
 use super::server;
 use super::{
-    Ctx, Undo, allocate_port, background, busy_marker, get_project, remove_dir, rolled_back,
+    Ctx, Undo, UsageError, allocate_port, background, busy_marker, get_project, remove_dir,
+    rolled_back,
 };
 use crate::names::{self, BranchName, BranchRef, ProjectName, VolumeId};
 use crate::runtime::ServerUser;
 use crate::state::{
-    Branch, Finish, Forget, ImportFrom, Imported, Project, Recovery, RunState, RuntimeRecord,
-    StorageRecord, UndoStep,
+    Branch, Finish, Forget, ImportFrom, Imported, Project, Recovery, RuntimeRecord, StorageRecord,
+    UndoStep,
 };
 
 /// How long a new project's first start (initdb done) may take.
@@ -35,7 +36,12 @@ pub struct CreateProject {
 }
 
 pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
-    let plan = req.import.map(|r| import::Plan::new(ctx, r)).transpose()?;
+    // What the command line asked for is checked first: a mistake there is a usage error.
+    let plan = req
+        .import
+        .map(|r| import::Plan::new(ctx, r))
+        .transpose()
+        .map_err(|e| UsageError(format!("{e:#}")))?;
     let choice = choose::choose(ctx, &req.wanted).await?;
     create_with(ctx, &req.name, choice, plan.as_ref()).await
 }
@@ -181,7 +187,6 @@ pub async fn create_with(
             imported.imported_at.format("%Y-%m-%d %H:%M:%S")
         ));
     }
-    ctx.shell.out(&server::url(&project, &main));
     ctx.shell.note(&format!(
         "The password is shown by `velo branch password {main_ref}`."
     ));
@@ -200,16 +205,7 @@ fn reserve(
         bail!("project `{name}` already exists (see `velo project get {name}`)");
     }
     let port = allocate_port(s, &[])?;
-    let main = Branch {
-        parent: None,
-        port,
-        generation: 0,
-        origin: None,
-        retired: Vec::new(),
-        desired: RunState::Running,
-        created_at: Utc::now(),
-        busy: Some(busy_marker("project create")),
-    };
+    let main = Branch::new(None, port, None, busy_marker("project create"));
     let project = Project {
         storage: choice.storage.clone(),
         runtime: choice.runtime.clone(),
@@ -225,6 +221,7 @@ fn reserve(
         branches: BTreeMap::from([(BranchName::main(), main.clone())]),
         snapshots: Vec::new(),
         imported: None,
+        idle_stop_seconds: None,
     };
     s.projects.insert(name.clone(), project.clone());
     let undo = Undo::begin(
@@ -262,6 +259,7 @@ fn project_json(name: &ProjectName, p: &Project) -> serde_json::Value {
         "pg_version": p.pg_version,
         "branches": p.branches.keys().map(BranchName::as_str).collect::<Vec<_>>(),
         "created_at": p.created_at,
+        "idle_stop_seconds": p.idle_stop_seconds,
         "imported": p.imported.as_ref().map(imported_json),
     })
 }
@@ -356,6 +354,12 @@ pub async fn get(ctx: &Ctx, name: &ProjectName, as_json: bool) -> Result<()> {
         vec![
             "created (UTC)".into(),
             p.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        ],
+        vec![
+            "idle stop".into(),
+            p.idle_stop_seconds
+                .map(|s| humantime::format_duration(Duration::from_secs(s)).to_string())
+                .unwrap_or_else(|| "off".into()),
         ],
     ];
     if let Some(i) = &p.imported {

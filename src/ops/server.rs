@@ -300,9 +300,9 @@ where
 }
 
 /// Puts a branch's server back on the generation the state records (the undo of a reset,
-/// restore or start), started and answering again if `start`: a command that waited for this
-/// one (a snapshot's CHECKPOINT, say) must not meet it half started. Not cut short by a
-/// signal: this is the roll-back a signal asked for.
+/// restore, rename or start), mounting its volume if it is not, started and answering again
+/// if `start`: a command that waited for this one (a snapshot's CHECKPOINT, say) must not
+/// meet it half started. Not cut short by a signal: this is the roll-back a signal asked for.
 pub async fn restore(
     ctx: &Ctx,
     project: &Project,
@@ -311,9 +311,10 @@ pub async fn restore(
     start: bool,
 ) -> Result<()> {
     let (storage, runtime) = (ctx.storage(project)?, ctx.runtime(project)?);
+    let note = |what: &str| ctx.shell.note(&format!("▸ {what}"));
     let root = storage
-        .path(&branch.volume(r))
-        .await?
+        .ensure_available(&branch.volume(r), &note)
+        .await
         .with_context(|| format!("the data of `{r}` is not available"))?;
     let spec = spec(ctx, project, r, branch, &root, runtime.as_ref(), None)?;
     runtime.remove(&names::retired_server_name(r)).await?;

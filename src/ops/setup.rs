@@ -52,7 +52,9 @@ impl Steps<'_> {
         work: impl Future<Output = Result<()>>,
     ) -> Result<()> {
         if already {
-            self.ctx.shell.note(&format!("✓ {what}: already so"));
+            self.ctx
+                .shell
+                .note_marked(crate::ui::Mark::Ok, &format!("{what}: already so"));
             return Ok(());
         }
         self.changed += 1;
@@ -470,8 +472,14 @@ async fn undo(
         )
         .await?;
     if let Some(base) = &record.base {
+        // Prepared clusters are velo's own, not the user's projects: they go with the base.
+        let prepared = format!("{base}/{}.", crate::names::PREPARED);
         let tree = zfs.list_tree(base).await?;
-        if tree.len() > 1 {
+        let held = tree
+            .iter()
+            .filter(|name| *name != base && !name.starts_with(&prepared))
+            .count();
+        if held > 0 {
             steps.ctx.shell.note(&format!(
                 "{base} still holds {}'s projects; it stays (they delete them, then run --undo again)",
                 user.name

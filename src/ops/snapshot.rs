@@ -454,6 +454,7 @@ mod tests {
                     wal_from: None,
                 })
                 .collect(),
+            idle_stop_seconds: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! which the project's storage and runtime map to what they are; each treats "already gone"
 //! as success.
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context as _, Result, anyhow};
 
 use super::{Ctx, server};
 use crate::names::{self, BranchRef, SnapshotRef, VolumeId};
@@ -86,6 +86,34 @@ pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
             let r = at(branch);
             let b = super::get_branch(project, &r)?;
             server::restore(ctx, project, &r, b, *start).await?;
+        }
+        UndoStep::RenameVolume {
+            from,
+            to,
+            generation,
+        } => {
+            let (old, new) = (
+                VolumeId::new(&at(from), *generation),
+                VolumeId::new(&at(to), *generation),
+            );
+            let storage = ctx.storage(project)?;
+            // Servers that keep the volume from being renamed back (a child the rename
+            // started again) stop first; the steps recorded before this one restart them.
+            for v in storage.clones_blocking_rename(&new).await? {
+                let r = at(&v.branch);
+                if project.branch(&r.branch).is_some_and(|b| b.volume(&r) == v) {
+                    let server = names::server_name(&r);
+                    ctx.runtime(project)?
+                        .stop(&server, server::STOP_TIMEOUT)
+                        .await?;
+                }
+            }
+            storage.rename_volume(&new, &old).await?;
+        }
+        UndoStep::RenameArchive { from, to } => {
+            ctx.archives()
+                .rename_branch(&project_name, to, from, false)
+                .with_context(|| format!("moving the WAL archive of `{project_name}/{to}` back"))?;
         }
     }
     Ok(())

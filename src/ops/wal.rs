@@ -23,11 +23,8 @@ use crate::ui::human_bytes;
 /// (`2025-10-07 14:30:00`), or a time ago (`2 hours ago`, `-90m`, `30m`).
 pub fn parse_target(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
     let text = text.trim();
-    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
-        return Ok(t.with_timezone(&Utc));
-    }
-    if let Ok(t) = humantime::parse_rfc3339_weak(text) {
-        return Ok(t.into());
+    if let Some(t) = parse_moment(text) {
+        return Ok(t);
     }
     let ago = text
         .strip_suffix("ago")
@@ -36,13 +33,23 @@ pub fn parse_target(text: &str, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
         .unwrap_or(text);
     let d = humantime::parse_duration(ago).map_err(|_| {
         anyhow!(
-            "cannot read `{text}` as a time: use RFC 3339 (2025-10-07T14:30:00Z) or a time ago (\"2 hours ago\", \"-90m\", \"30m\")"
+            "cannot read `{text}` as a time: give RFC 3339 (2025-10-07T14:30:00Z), a UTC date and time (\"2025-10-07 14:30:00\"), or a time ago (\"2 hours ago\", \"-90m\", \"30m\")"
         )
     })?;
     ChronoDuration::from_std(d)
         .ok()
         .and_then(|d| now.checked_sub_signed(d))
         .with_context(|| format!("`{text}` is too long ago: velo cannot represent that moment"))
+}
+
+/// Reads a moment written out: RFC 3339 (`2025-10-07T14:30:00Z`, any offset) or a UTC date
+/// and time (`2025-10-07 14:30:00`); `None` for anything else (a time ago, say).
+pub fn parse_moment(text: &str) -> Option<DateTime<Utc>> {
+    let text = text.trim();
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .ok()
+        .or_else(|| humantime::parse_rfc3339_weak(text).ok().map(Into::into))
 }
 
 /// The snapshots a branch can be recovered from (its current generation's), oldest first, as

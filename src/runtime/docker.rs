@@ -7,10 +7,13 @@
 //! container, and no password in any container's environment (docs/design.md says which parts
 //! of the image's contract this keeps). Containers share the host's network (the server
 //! listens on 127.0.0.1 only) and see velo's host directories at fixed paths ([`view`]).
+//!
+//! An image that is not on the host is pulled, with its progress shown, the first time a
+//! command needs it: a project's first run, or after the image was removed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
@@ -21,9 +24,10 @@ use super::{
 };
 use crate::docker::{
     BindMount, ContainerSpec, ContainerStatus, Engine, LABEL_BRANCH, LABEL_HOME, LABEL_MANAGED,
-    LABEL_PROJECT,
+    LABEL_PROJECT, PullProgress,
 };
 use crate::fsx;
+use crate::ui::Shell;
 
 /// Where a container sees velo's host directories.
 const DATA: &str = "/var/lib/postgresql/data";
@@ -47,16 +51,47 @@ pub struct DockerRuntime {
     image: String,
     home: String,
     user: OnceCell<ServerUser>,
+    /// Set once the image is known to be on this host (found, or pulled).
+    image_here: OnceCell<()>,
+    /// Where a pull shows its progress.
+    shell: Shell,
 }
 
 impl DockerRuntime {
-    pub fn new(engine: Arc<Engine>, image: String, home: String) -> Self {
+    pub fn new(engine: Arc<Engine>, image: String, home: String, shell: Shell) -> Self {
         Self {
             engine,
             image,
             home,
             user: OnceCell::new(),
+            image_here: OnceCell::new(),
+            shell,
         }
+    }
+
+    /// Pulls the image unless it is on this host: the first project of a new image, or one
+    /// whose image was removed since. Asked once per command.
+    async fn ensure_image(&self) -> Result<()> {
+        self.image_here
+            .get_or_try_init(|| async {
+                if self.engine.image_id(&self.image).await?.is_none() {
+                    self.pull().await?;
+                }
+                Ok::<_, RuntimeError>(())
+            })
+            .await?;
+        Ok(())
+    }
+
+    async fn pull(&self) -> Result<(), crate::docker::DockerError> {
+        let start = Instant::now();
+        let mut shown = self.shell.transfer(&format!("Pull {}", self.image));
+        let mut report = |p: PullProgress| {
+            shown.update(p.layers_done, p.layers, p.bytes, p.bytes_total);
+        };
+        let pulled = self.engine.pull(&self.image, &mut report).await;
+        shown.finish(pulled.is_ok(), start.elapsed());
+        pulled
     }
 
     fn helper(
@@ -118,6 +153,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn prepare(&self) -> Result<ServerUser> {
+        self.ensure_image().await?;
         let user = self
             .user
             .get_or_try_init(|| async {
@@ -132,6 +168,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn software(&self) -> Result<String> {
+        self.ensure_image().await?;
         self.engine.image_id(&self.image).await?.ok_or_else(|| {
             crate::docker::DockerError::ImageMissing {
                 image: self.image.clone(),
@@ -159,6 +196,7 @@ impl Runtime for DockerRuntime {
         }
         // A user cannot give a directory to another uid; Docker access is root-equivalent, so a
         // throw-away root container of the image does it (docs/setup.md).
+        self.ensure_image().await?;
         let root = ServerUser { uid: 0, gid: 0 };
         let mut helper = self.helper(
             root,
@@ -172,6 +210,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn init(&self, data_dir: &Path, superuser: &str, user: ServerUser) -> Result<()> {
+        self.ensure_image().await?;
         let helper = self.helper(
             user,
             vec![bind(data_dir, DATA, false)],
@@ -196,6 +235,7 @@ impl Runtime for DockerRuntime {
     }
 
     async fn create(&self, spec: &ServerSpec) -> Result<()> {
+        self.ensure_image().await?;
         let p = &spec.paths;
         let mut cmd = vec!["-D".to_string(), DATA.to_string()];
         for (k, v) in &spec.settings {
@@ -232,6 +272,7 @@ impl Runtime for DockerRuntime {
     async fn signal_file(&self, spec: &ServerSpec, name: &str, user: ServerUser) -> Result<()> {
         // As the server's own user inside the container: a link planted in the data directory
         // can only lead to what that user reaches in a container of its own.
+        self.ensure_image().await?;
         let helper = self.helper(
             user,
             vec![bind(&spec.paths.data_dir, DATA, false)],

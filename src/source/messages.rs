@@ -38,6 +38,14 @@ pub enum SourceError {
         fix: String,
     },
     #[error(
+        "the source runs PostgreSQL {source_major}, newer than the project's server (PostgreSQL {server_major}), and a dump restores only into the same major or a newer one: {fix}"
+    )]
+    NewerThanServer {
+        source_major: u32,
+        server_major: u32,
+        fix: String,
+    },
+    #[error(
         "the source at {place} went away during the import ({detail}): keep it running and run the command again"
     )]
     Vanished { place: String, detail: String },

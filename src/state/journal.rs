@@ -53,6 +53,14 @@ impl Journal {
         self.0.iter_mut().filter(|op| !op.owner.is_alive())
     }
 
+    /// The operation in flight in `project` that holds the name `branch` (a rename reserves
+    /// its new name this way), if any.
+    pub fn holding(&self, project: &ProjectName, branch: &BranchName) -> Option<&Operation> {
+        self.0
+            .iter()
+            .find(|op| op.project == *project && op.branches.contains(branch))
+    }
+
     /// Whether an operation in flight (live or awaiting recovery) pins a generation.
     /// Whether a delete of `project` (or, given `branch`, of that branch or the whole project)
     /// is still being finished.
@@ -93,7 +101,8 @@ pub struct Operation {
     pub owner: Owner,
     pub started_at: DateTime<Utc>,
     pub project: ProjectName,
-    /// The branches it marked busy.
+    /// The branches it marked busy, and names it reserves for branches that do not exist yet
+    /// (a rename's new name): no other command takes them while it runs.
     #[serde(default)]
     pub branches: Vec<BranchName>,
     /// Generations it reads from (a clone's source, a PITR's WAL): tidy keeps them while the
@@ -105,6 +114,32 @@ pub struct Operation {
     /// Undo steps in the order they were recorded; each was recorded before its step ran.
     #[serde(default)]
     pub undo: Vec<UndoStep>,
+}
+
+impl Operation {
+    /// Whether the operation names `branch` anywhere: as a branch it holds, a generation it
+    /// pins, an origin it is to let go of, a generation it collects or a step it may undo.
+    pub fn mentions(&self, branch: &BranchName) -> bool {
+        let in_finish = match &self.recovery {
+            Recovery::RollForward {
+                finish: Finish::DeleteBranches { release, volumes },
+            } => {
+                release.iter().any(|o| o.branch == *branch)
+                    || volumes.iter().any(|v| v.branch == *branch)
+            }
+            Recovery::RollForward {
+                finish:
+                    Finish::CollectGeneration {
+                        branch: b, origin, ..
+                    },
+            } => b == branch || origin.as_ref().is_some_and(|o| o.branch == *branch),
+            _ => false,
+        };
+        self.branches.contains(branch)
+            || self.pins.iter().any(|p| p.branch == *branch)
+            || in_finish
+            || self.undo.iter().any(|step| step.names(branch))
+    }
 }
 
 /// A process, told apart from a later one that reuses its pid by its start time.
@@ -260,6 +295,37 @@ pub enum UndoStep {
         branch: BranchName,
         start: bool,
     },
+    /// Renames generation `generation` of `from`, with its snapshots, to `to`'s name; the
+    /// undo renames it back (unless it never moved).
+    RenameVolume {
+        from: BranchName,
+        to: BranchName,
+        generation: u32,
+    },
+    /// Moves the WAL archive of `from` to `to`'s name; the undo moves it back (unless it
+    /// never moved).
+    RenameArchive {
+        from: BranchName,
+        to: BranchName,
+    },
+}
+
+impl UndoStep {
+    /// Whether the step names `branch`.
+    pub fn names(&self, branch: &BranchName) -> bool {
+        match self {
+            UndoStep::DestroySnapshot { branch: b, .. }
+            | UndoStep::DestroyVolume { branch: b, .. }
+            | UndoStep::RemoveServer { branch: b }
+            | UndoStep::StopImport { branch: b }
+            | UndoStep::RestoreServer { branch: b, .. } => b == branch,
+            UndoStep::RemoveArchive { branch: b, .. } => b.as_ref() == Some(branch),
+            UndoStep::RenameVolume { from, to, .. } | UndoStep::RenameArchive { from, to } => {
+                from == branch || to == branch
+            }
+            UndoStep::DestroyProject | UndoStep::DestroyPrepared { .. } => false,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -322,11 +388,79 @@ mod tests {
                 branch: BranchName::main(),
                 start: true,
             },
+            UndoStep::RenameVolume {
+                from: BranchName::main(),
+                to: "dev".parse().unwrap(),
+                generation: 2,
+            },
         ];
         let text = serde_json::to_string(&steps).unwrap();
         assert!(text.contains(r#""kind":"destroy_snapshot""#), "{text}");
         let back: Vec<UndoStep> = serde_json::from_str(&text).unwrap();
         assert_eq!(back, steps);
+    }
+
+    #[test]
+    fn an_operation_mentions_a_branch_wherever_it_names_it() {
+        let n = |s: &str| s.parse::<BranchName>().unwrap();
+        let origin = Origin {
+            branch: n("dev"),
+            generation: 0,
+            snapshot: "0123456789ab".parse().unwrap(),
+            owned: true,
+            created_at: Utc::now(),
+            wal_from: None,
+            recovered: false,
+        };
+        let op = |branches: Vec<BranchName>, pins: Vec<Pin>, recovery, undo| Operation {
+            id: "x".into(),
+            command: "c".into(),
+            owner: Owner::me(),
+            started_at: Utc::now(),
+            project: "demo".parse().unwrap(),
+            branches,
+            pins,
+            recovery,
+            undo,
+        };
+        let back = Recovery::RollBack {
+            forget: Forget::Nothing,
+        };
+        let pin = Pin {
+            branch: n("dev"),
+            generation: 1,
+        };
+        let release = Recovery::RollForward {
+            finish: Finish::DeleteBranches {
+                release: vec![origin],
+                volumes: Vec::new(),
+            },
+        };
+        let rename = UndoStep::RenameArchive {
+            from: n("other"),
+            to: n("dev"),
+        };
+        let cases = [
+            op(vec![n("dev")], vec![], back.clone(), vec![]),
+            op(vec![], vec![pin], back.clone(), vec![]),
+            op(vec![], vec![], release, vec![]),
+            op(vec![], vec![], back.clone(), vec![rename]),
+        ];
+        for case in &cases {
+            assert!(case.mentions(&n("dev")), "{case:?}");
+            assert!(!case.mentions(&n("main")), "{case:?}");
+        }
+        let journal = Journal(cases.into_iter().take(1).collect());
+        assert!(
+            journal
+                .holding(&"demo".parse().unwrap(), &n("dev"))
+                .is_some()
+        );
+        assert!(
+            journal
+                .holding(&"other".parse().unwrap(), &n("dev"))
+                .is_none()
+        );
     }
 
     #[test]
@@ -336,6 +470,7 @@ mod tests {
             r#"{"kind":"destroy_snapshot","branch":"main","generation":0,"id":"x; rm -rf /"}"#,
             r#"{"kind":"remove_dir","path":"/"}"#,
             r#"{"kind":"destroy_dataset","name":"rpool/ROOT"}"#,
+            r#"{"kind":"rename_volume","from":"main","to":"../x","generation":0}"#,
         ] {
             assert!(serde_json::from_str::<UndoStep>(bad).is_err(), "{bad}");
         }

@@ -25,6 +25,12 @@ pub struct State {
     /// Multi-step commands in flight (see [`super::journal`]).
     #[serde(default)]
     pub journal: Journal,
+    /// The project a branch written without `<project>/` belongs to (`velo use`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_project: Option<ProjectName>,
+    /// Keep every branch in `~/.pgpass` and `~/.pg_service.conf` (`velo connection-files`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub connection_files: bool,
     /// Clusters initialised once per server software; each new project's main branch is a
     /// clone of one.
     #[serde(default)]
@@ -37,6 +43,8 @@ impl Default for State {
             version: SCHEMA_VERSION,
             projects: BTreeMap::new(),
             journal: Journal::default(),
+            default_project: None,
+            connection_files: false,
             prepared: Vec::new(),
         }
     }
@@ -89,6 +97,9 @@ pub struct Project {
     /// Where main's data was imported from, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imported: Option<super::Imported>,
+    /// `velo gc` stops a branch no client has used for this many seconds (`None`: never).
+    #[serde(default)]
+    pub idle_stop_seconds: Option<u64>,
 }
 
 impl Project {
@@ -140,6 +151,35 @@ impl Project {
         }
         out.push(root.clone());
         out
+    }
+
+    /// Renames branch `from` to `to` in every record that names it: its own, its children's
+    /// parent links, the origins cloned from its snapshots and its users' snapshots. Returns
+    /// false (and changes nothing) if `from` is missing or `to` is taken.
+    pub fn rename_branch(&mut self, from: &BranchName, to: &BranchName) -> bool {
+        if self.branches.contains_key(to) {
+            return false;
+        }
+        let Some(record) = self.branches.remove(from) else {
+            return false;
+        };
+        self.branches.insert(to.clone(), record);
+        for b in self.branches.values_mut() {
+            if b.parent.as_ref() == Some(from) {
+                b.parent = Some(to.clone());
+            }
+            let origins = b
+                .origin
+                .iter_mut()
+                .chain(b.retired.iter_mut().filter_map(|g| g.origin.as_mut()));
+            for o in origins.filter(|o| o.branch == *from) {
+                o.branch = to.clone();
+            }
+        }
+        for s in self.snapshots.iter_mut().filter(|s| s.branch == *from) {
+            s.branch = to.clone();
+        }
+        true
     }
 }
 
@@ -208,9 +248,46 @@ pub struct Branch {
     /// Set while a velo command is changing this branch; other commands leave it alone.
     #[serde(default)]
     pub busy: Option<Busy>,
+    /// When `velo gc` deletes the branch (`None`: never).
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When velo last started the branch's server or saw a client connected to it: its idle
+    /// time counts from here.
+    #[serde(default)]
+    pub last_used_at: Option<DateTime<Utc>>,
+    /// Set when `velo gc` stopped the branch for idleness (cleared by any start or stop), so
+    /// that `velo branch psql` may start it again.
+    #[serde(default)]
+    pub idle_stopped_at: Option<DateTime<Utc>>,
 }
 
 impl Branch {
+    /// A new branch's record: running, created now, marked busy with `operation`.
+    pub fn new(parent: Option<BranchName>, port: u16, origin: Option<Origin>, busy: Busy) -> Self {
+        let now = Utc::now();
+        Branch {
+            parent,
+            port,
+            generation: 0,
+            origin,
+            retired: Vec::new(),
+            desired: RunState::Running,
+            created_at: now,
+            busy: Some(busy),
+            expires_at: None,
+            last_used_at: Some(now),
+            idle_stopped_at: None,
+        }
+    }
+
+    /// Every generation the branch has (the retired ones, then the current one).
+    pub fn generations(&self) -> impl Iterator<Item = u32> + '_ {
+        self.retired
+            .iter()
+            .map(|g| g.generation)
+            .chain([self.generation])
+    }
+
     /// The volume of the current generation.
     pub fn volume(&self, me: &BranchRef) -> VolumeId {
         VolumeId::new(me, self.generation)
@@ -218,13 +295,7 @@ impl Branch {
 
     /// The next generation number: above every generation the branch has or keeps.
     pub fn next_generation(&self) -> u32 {
-        self.retired
-            .iter()
-            .map(|g| g.generation)
-            .chain([self.generation])
-            .max()
-            .unwrap_or(0)
-            + 1
+        self.generations().max().unwrap_or(0) + 1
     }
 }
 
@@ -269,4 +340,86 @@ pub struct Busy {
     pub operation: String,
     pub pid: u32,
     pub since: DateTime<Utc>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(s: &str) -> BranchName {
+        s.parse().unwrap()
+    }
+
+    fn origin(branch: &str) -> Origin {
+        Origin {
+            branch: n(branch),
+            generation: 0,
+            snapshot: "0123456789ab".parse().unwrap(),
+            owned: true,
+            created_at: Utc::now(),
+            wal_from: None,
+            recovered: false,
+        }
+    }
+
+    #[test]
+    fn a_renamed_branch_is_renamed_in_every_record_that_names_it() {
+        let busy = Busy {
+            operation: "x".into(),
+            pid: 1,
+            since: Utc::now(),
+        };
+        let branch = |parent: &str, from: &str| {
+            Branch::new(Some(n(parent)), 1, Some(origin(from)), busy.clone())
+        };
+        let mut dev = branch("main", "main");
+        dev.retired.push(Generation {
+            generation: 0,
+            origin: Some(origin("main")),
+        });
+        dev.origin = Some(origin("dev"));
+        let mut p = Project {
+            storage: StorageRecord::Copy { dir: "/d".into() },
+            runtime: RuntimeRecord::Docker { image: "i".into() },
+            chosen: None,
+            prepared_from: None,
+            pg_version: None,
+            user: "postgres".into(),
+            password: "x".into(),
+            database: "postgres".into(),
+            pg_uid: 70,
+            pg_gid: 70,
+            created_at: Utc::now(),
+            branches: BTreeMap::from([
+                (BranchName::main(), Branch::new(None, 1, None, busy.clone())),
+                (n("dev"), dev),
+                (n("sub"), branch("dev", "dev")),
+            ]),
+            snapshots: vec![Snapshot {
+                id: "0123456789ab".parse().unwrap(),
+                label: None,
+                branch: n("dev"),
+                generation: 0,
+                created_at: Utc::now(),
+                wal_from: None,
+            }],
+            idle_stop_seconds: None,
+            imported: None,
+        };
+        assert!(!p.rename_branch(&n("dev"), &n("sub")), "a taken name");
+        assert!(!p.rename_branch(&n("gone"), &n("new")), "a missing branch");
+        assert!(p.rename_branch(&n("dev"), &n("new")));
+        let new = p.branch(&n("new")).unwrap();
+        assert_eq!(
+            new.origin.as_ref().unwrap().branch,
+            n("new"),
+            "restored from itself"
+        );
+        assert_eq!(new.retired[0].origin.as_ref().unwrap().branch, n("main"));
+        let sub = p.branch(&n("sub")).unwrap();
+        assert_eq!(sub.parent, Some(n("new")));
+        assert_eq!(sub.origin.as_ref().unwrap().branch, n("new"));
+        assert_eq!(p.snapshots[0].branch, n("new"));
+        assert!(p.branch(&n("dev")).is_none());
+    }
 }

@@ -23,13 +23,21 @@ struct Inner {
     volumes: BTreeMap<VolumeId, Option<SnapshotRef>>,
     snapshots: BTreeSet<SnapshotRef>,
     fail: BTreeSet<&'static str>,
+    /// Clones keep their origin from being renamed while in use, as on zfs-fuse.
+    clones_block_renames: bool,
 }
 
 impl FakeStorage {
     /// The next call of `op` (`create_volume`, `snapshot`, `clone`, `destroy_volume`,
-    /// `destroy_snapshot`, `destroy_project`) fails.
+    /// `rename_volume`, `destroy_snapshot`, `destroy_project`) fails.
     pub fn fail_next(&self, op: &'static str) {
         self.inner.lock().unwrap().fail.insert(op);
+    }
+
+    /// From now on, clones keep their origin's volume from being renamed while they are in
+    /// use, as on zfs-fuse ([`Storage::clones_blocking_rename`]).
+    pub fn clones_block_renames(&self) {
+        self.inner.lock().unwrap().clones_block_renames = true;
     }
 
     /// The volumes and snapshots that exist, as names.
@@ -123,6 +131,46 @@ impl Storage for FakeStorage {
         inner.volumes.remove(v);
         inner.snapshots.retain(|s| s.volume != *v);
         Ok(())
+    }
+
+    async fn rename_volume(&self, from: &VolumeId, to: &VolumeId) -> Result<()> {
+        let mut inner = self.run("rename_volume")?;
+        match (
+            inner.volumes.contains_key(from),
+            inner.volumes.contains_key(to),
+        ) {
+            (false, true) => return Ok(()),
+            (true, false) => {}
+            (true, true) => return Err(StorageError::Refused(format!("{to} exists"))),
+            (false, false) => return Err(StorageError::Refused(format!("{from} is gone"))),
+        }
+        let moved = |s: &SnapshotRef| match s.volume == *from {
+            true => SnapshotRef {
+                volume: to.clone(),
+                id: s.id.clone(),
+            },
+            false => s.clone(),
+        };
+        inner.snapshots = inner.snapshots.iter().map(moved).collect();
+        let origin = inner.volumes.remove(from).expect("checked above");
+        inner.volumes.insert(to.clone(), origin);
+        for o in inner.volumes.values_mut().flatten() {
+            *o = moved(o);
+        }
+        Ok(())
+    }
+
+    async fn clones_blocking_rename(&self, v: &VolumeId) -> Result<Vec<VolumeId>> {
+        let inner = self.inner.lock().unwrap();
+        if !inner.clones_block_renames {
+            return Ok(Vec::new());
+        }
+        Ok(inner
+            .volumes
+            .iter()
+            .filter(|(_, origin)| origin.as_ref().is_some_and(|o| o.volume == *v))
+            .map(|(clone, _)| clone.clone())
+            .collect())
     }
 
     async fn destroy_snapshot(&self, s: &SnapshotRef) -> Result<()> {

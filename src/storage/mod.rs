@@ -31,6 +31,7 @@ pub use crate::names::{SnapshotRef, VolumeId};
 pub mod btrfs;
 mod layout;
 mod remove;
+mod rename;
 mod trash;
 pub mod tree;
 pub mod treecopy;
@@ -190,6 +191,20 @@ pub trait Storage: Send + Sync + std::fmt::Debug {
 
     /// Destroys a volume and its snapshots.
     async fn destroy_volume(&self, v: &VolumeId) -> Result<()>;
+
+    /// Renames a volume, with its snapshots, to `to` (in the same project), leaving it
+    /// available under the new name. Clones made from its snapshots keep working. A volume
+    /// already renamed (`from` gone, `to` there) is success, so the journal may replay it;
+    /// `to` existing beside `from` is an error, like any create onto an existing name.
+    async fn rename_volume(&self, from: &VolumeId, to: &VolumeId) -> Result<()>;
+
+    /// Volumes cloned from snapshots of `v` that must not be in use while `v` is renamed:
+    /// zfs-fuse refuses to rename a dataset while a clone of one of its snapshots is mounted
+    /// (the rename then unmounts and remounts them itself). Every other backend renames a
+    /// volume whatever its clones do, and says none.
+    async fn clones_blocking_rename(&self, _v: &VolumeId) -> Result<Vec<VolumeId>> {
+        Ok(Vec::new())
+    }
 
     async fn destroy_snapshot(&self, s: &SnapshotRef) -> Result<()>;
 

@@ -20,7 +20,9 @@ use super::{
 };
 use crate::names::ProjectName;
 use crate::state::ZfsLayout;
-use crate::zfs::{BASE_PROPERTIES, SECURITY_PROPERTIES, Zfs, ZfsError, ZfsErrorKind, is_root};
+use crate::zfs::{
+    BASE_PROPERTIES, Implementation, SECURITY_PROPERTIES, Zfs, ZfsError, ZfsErrorKind, is_root,
+};
 
 /// The ZFS user property velo sets on every dataset it creates, naming the velo home that owns
 /// it: several velo homes can share one pool, and only a dataset with this home's mark is ever
@@ -148,6 +150,38 @@ impl ZfsStorage {
         }
         e.into()
     }
+
+    /// The datasets cloned from snapshots of `dataset`, where they keep it from being renamed
+    /// (zfs-fuse, which calls the dataset busy while such a clone is mounted); none on OpenZFS.
+    async fn blocking_clones(&self, dataset: &str) -> Result<Vec<String>> {
+        if self.zfs.implementation().await? != Implementation::ZfsFuse {
+            return Ok(Vec::new());
+        }
+        let prefix = format!("{dataset}@");
+        let tree = self.zfs.describe_tree(&self.base, &[]).await?;
+        Ok(tree
+            .into_iter()
+            .filter(|(_, e)| !e.snapshot)
+            .filter(|(_, e)| e.origin.as_ref().is_some_and(|o| o.starts_with(&prefix)))
+            .map(|(name, _)| name)
+            .collect())
+    }
+
+    /// Renames `from` to `to`, unmounted (a user cannot unmount, so `zfs rename` could not),
+    /// with the clones that would block it unmounted too; mounts everything again after, the
+    /// old name if the rename failed.
+    async fn rename_unmounted(&self, from: &str, to: &str) -> Result<()> {
+        let clones = self.blocking_clones(from).await?;
+        for ds in clones.iter().map(String::as_str).chain([from]) {
+            self.zfs.unmount(ds).await?;
+        }
+        let renamed = self.zfs.rename(from, to).await;
+        let here = if renamed.is_ok() { to } else { from };
+        for ds in [here].into_iter().chain(clones.iter().map(String::as_str)) {
+            self.zfs.mount(ds).await?;
+        }
+        Ok(renamed?)
+    }
 }
 
 #[async_trait]
@@ -230,6 +264,25 @@ impl Storage for ZfsStorage {
             return Ok(());
         }
         Ok(self.zfs.destroy_dataset(&dataset).await?)
+    }
+
+    async fn rename_volume(&self, from: &VolumeId, to: &VolumeId) -> Result<()> {
+        let (a, b) = (self.dataset(from), self.dataset(to));
+        match (self.zfs.exists(&a).await?, self.zfs.exists(&b).await?) {
+            (false, true) => self.zfs.mount(&b).await.map_err(Into::into),
+            (true, false) => self.rename_unmounted(&a, &b).await,
+            (true, true) => Err(StorageError::Refused(format!(
+                "cannot rename {a}: {b} exists (if nothing records it, `velo repair --fix --force` destroys it)"
+            ))),
+            (false, false) => Err(StorageError::Refused(format!(
+                "cannot rename {a}: it does not exist"
+            ))),
+        }
+    }
+
+    async fn clones_blocking_rename(&self, v: &VolumeId) -> Result<Vec<VolumeId>> {
+        let clones = self.blocking_clones(&self.dataset(v)).await?;
+        Ok(clones.iter().filter_map(|d| self.volume_of(d)).collect())
     }
 
     async fn destroy_snapshot(&self, s: &SnapshotRef) -> Result<()> {

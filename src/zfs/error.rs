@@ -33,7 +33,7 @@ pub enum ZfsErrorKind {
 #[derive(Debug, thiserror::Error)]
 pub enum ZfsError {
     #[error(
-        "`{program}` is not installed or not on PATH: install OpenZFS (zfsutils-linux) or zfs-fuse, or run `sudo velo setup`"
+        "`{program}` is not installed (looked on PATH and in /usr/local/sbin, /usr/sbin and /sbin): install OpenZFS (zfsutils-linux) or zfs-fuse, or name the program with VELO_ZFS/VELO_ZPOOL"
     )]
     NotInstalled {
         program: String,

@@ -47,11 +47,14 @@ pub const SECURITY_PROPERTIES: &[(&str, &str)] =
 /// docs/setup.md; tested on OpenZFS 2.1 in the VM, docs/security.md): on the base itself only
 /// what makes a direct child (`create`, and the `mount` that creating needs); below it what
 /// works on those children (`clone` is checked on the origin, `userprop` at creation on the new
-/// dataset, `mount` by `destroy`). Nothing lets a user create a dataset inside one of their own,
-/// whose mountpoint would be a directory they control. velo never renames, rolls back,
-/// promotes or sets properties.
+/// dataset, `mount` by `destroy`, `rename` for `velo branch rename`, which ZFS allows only into
+/// a parent where the user may `create`: the base). Nothing lets a user create a dataset, or
+/// move one, inside one of their own, whose mountpoint would be a directory they control.
+/// velo never rolls back, promotes or sets properties.
 pub const DELEGATED_LOCAL: &[&str] = &["create", "mount"];
-pub const DELEGATED_DESCENDENT: &[&str] = &["clone", "destroy", "mount", "snapshot", "userprop"];
+pub const DELEGATED_DESCENDENT: &[&str] = &[
+    "clone", "destroy", "mount", "rename", "snapshot", "userprop",
+];
 
 /// The ZFS command-line tools.
 #[derive(Debug, Clone)]
@@ -77,6 +80,33 @@ pub enum Implementation {
     ZfsFuse,
 }
 
+/// Where ZFS's tools live on the systems velo supports, searched after PATH: cron's PATH
+/// (`/usr/bin:/bin`) and many users' lack the sbin directories.
+const SYSTEM_DIRS: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+
+/// The path of the executable `name` in the first directory of PATH, then of
+/// [`SYSTEM_DIRS`], that has one; `name` itself when none does (running it then fails with
+/// [`ZfsError::NotInstalled`]).
+pub fn find_program(name: &str) -> String {
+    find_in(
+        name,
+        &std::env::var_os("PATH").unwrap_or_default(),
+        &SYSTEM_DIRS,
+    )
+}
+
+fn find_in(name: &str, path: &std::ffi::OsStr, system: &[&str]) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::split_paths(path)
+        .filter(|dir| dir.is_absolute())
+        .chain(system.iter().map(std::path::PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .map_or_else(|| name.to_string(), |p| p.display().to_string())
+}
+
 /// True when this process runs as root.
 pub fn is_root() -> bool {
     rustix::process::geteuid().is_root()
@@ -91,17 +121,18 @@ pub struct PoolSpace {
 
 impl Zfs {
     /// The tools at the given paths (from velo's config), unless `VELO_ZFS`/`VELO_ZPOOL` say
-    /// otherwise; `zfs` and `zpool` on PATH when neither does.
+    /// otherwise; `zfs` and `zpool` found on PATH or in the system directories when neither
+    /// does.
     pub fn new(zfs: Option<String>, zpool: Option<String>) -> Self {
         Self {
             zfs: std::env::var("VELO_ZFS")
                 .ok()
                 .or(zfs)
-                .unwrap_or_else(|| "zfs".into()),
+                .unwrap_or_else(|| find_program("zfs")),
             zpool: std::env::var("VELO_ZPOOL")
                 .ok()
                 .or(zpool)
-                .unwrap_or_else(|| "zpool".into()),
+                .unwrap_or_else(|| find_program("zpool")),
             sudo: !is_root(),
         }
     }
@@ -171,18 +202,15 @@ impl Zfs {
 
     /// Runs a destroy, retrying briefly while ZFS says the dataset is busy.
     async fn destroy_retrying(&self, args: &[&str]) -> Result<(), ZfsError> {
-        let start = Instant::now();
-        let mut pause = Duration::from_millis(20);
-        loop {
-            match self.zfs(args).await {
-                Err(e) if e.kind() == ZfsErrorKind::Busy && start.elapsed() < BUSY_RETRY_FOR => {
-                    tokio::time::sleep(pause).await;
-                    pause = (pause * 2).min(Duration::from_millis(500));
-                }
-                Err(e) if e.kind() == ZfsErrorKind::NotFound => return Ok(()),
-                other => return other.map(drop),
-            }
+        match self.retrying_busy(args).await {
+            Err(e) if e.kind() == ZfsErrorKind::NotFound => Ok(()),
+            other => other,
         }
+    }
+
+    /// Runs `zfs <args>`, retrying for a while as long as ZFS says a dataset is busy.
+    async fn retrying_busy(&self, args: &[&str]) -> Result<(), ZfsError> {
+        while_busy(|| self.zfs(args)).await.map(drop)
     }
 
     /// Names of the imported pools.
@@ -262,8 +290,11 @@ impl Zfs {
     }
 
     /// Unmounts a filesystem; one that is not mounted is success.
+    ///
+    /// Retries while ZFS says busy: a server that has just stopped (or its container's mount
+    /// namespace) may hold the dataset for a moment.
     pub async fn unmount(&self, dataset: &str) -> Result<(), ZfsError> {
-        match self.privileged("unmount", dataset).await {
+        match while_busy(|| self.privileged("unmount", dataset)).await {
             Err(e) if e.kind() == ZfsErrorKind::NotMounted => Ok(()),
             other => other.map(drop),
         }
@@ -352,6 +383,13 @@ impl Zfs {
             }
         }
         self.destroy_retrying(&["destroy", "-r", dataset]).await
+    }
+
+    /// Renames a filesystem (and its snapshots) that is not mounted; it stays unmounted. The
+    /// new name must be a sibling: velo's delegation lets a user rename only within their
+    /// base. Retries while ZFS says busy (zfs-fuse finishes an unmount asynchronously).
+    pub async fn rename(&self, dataset: &str, to: &str) -> Result<(), ZfsError> {
+        self.retrying_busy(&["rename", dataset, to]).await
     }
 
     /// Destroys a single snapshot. Missing is success.
@@ -539,9 +577,66 @@ impl Scope {
     }
 }
 
+/// Runs `attempt` again, with growing pauses, for as long as it fails because ZFS says a
+/// dataset is busy, up to [`BUSY_RETRY_FOR`].
+async fn while_busy<F, Fut>(mut attempt: F) -> Result<String, ZfsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<String, ZfsError>>,
+{
+    let start = Instant::now();
+    let mut pause = Duration::from_millis(20);
+    loop {
+        match attempt().await {
+            Err(e) if e.kind() == ZfsErrorKind::Busy && start.elapsed() < BUSY_RETRY_FOR => {
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(500));
+            }
+            other => return other,
+        }
+    }
+}
+
 fn props_args(props: &[(&str, &str)]) -> Vec<String> {
     props
         .iter()
         .flat_map(|(k, v)| ["-o".to_string(), format!("{k}={v}")])
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tool(dir: &std::path::Path, mode: u32) -> String {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("zfs");
+        std::fs::write(&path, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        path.display().to_string()
+    }
+
+    #[test]
+    fn programs_are_found_on_path_then_in_system_directories() {
+        let root = tempfile::tempdir().unwrap();
+        let (bin, sbin, other) = (
+            root.path().join("bin"),
+            root.path().join("sbin"),
+            root.path().join("other"),
+        );
+        let in_sbin = tool(&sbin, 0o755);
+        let system = [sbin.to_str().unwrap()];
+        // Cron's PATH lacks sbin: the system directory has it.
+        let path = std::ffi::OsString::from(format!("{}:relative", bin.display()));
+        assert_eq!(find_in("zfs", &path, &system), in_sbin);
+        // PATH comes first; a file that is not executable does not count.
+        let in_bin = tool(&bin, 0o755);
+        assert_eq!(find_in("zfs", &path, &system), in_bin);
+        tool(&other, 0o644);
+        let path = std::ffi::OsString::from(other.display().to_string());
+        assert_eq!(find_in("zfs", &path, &system), in_sbin);
+        // Nowhere: the bare name, which fails as "not installed" when run.
+        assert_eq!(find_in("zfs", &path, &[]), "zfs");
+    }
 }

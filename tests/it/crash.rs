@@ -153,7 +153,7 @@ fn a_delete_answers_first_and_a_killed_background_is_finished_by_the_next_comman
     assert_eq!(pending.len(), 1, "{status}");
     assert_eq!(pending[0]["branches"][0], "dev", "{status}");
     let pid = pending[0]["pid"].as_u64().unwrap();
-    assert!(util::runs_in_background(pid), "{status}");
+    assert_eq!(util::background_of(sb.home()), Some(pid as u32), "{status}");
     // A new branch of the same name waits for the old one's data to go ...
     let creating = std::process::Command::new(env!("CARGO_BIN_EXE_velo"))
         .args(["branch", "create", &dev])

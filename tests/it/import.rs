@@ -112,6 +112,36 @@ fn assert_no_trace(sb: &Sandbox, name: &str) {
     );
 }
 
+/// Runs velo, which must fail with exit code `code` (1: a failure, 2: a usage error); returns
+/// its stderr.
+fn fails_with(sb: &Sandbox, code: i32, args: &[&str]) -> String {
+    let out = sb.run(args);
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "velo {args:?}:\n{}",
+        text(&out)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Every file under `dir` that holds `secret` (sockets and other non-files skipped).
+fn files_holding(dir: &Path, secret: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let (path, kind) = (entry.path(), entry.file_type().unwrap());
+        if kind.is_dir() {
+            found.extend(files_holding(&path, secret));
+        } else if kind.is_file()
+            && std::fs::read(&path)
+                .is_ok_and(|b| b.windows(secret.len()).any(|w| w == secret.as_bytes()))
+        {
+            found.push(path);
+        }
+    }
+    found
+}
+
 fn text(out: &Output) -> String {
     format!(
         "{}{}",
@@ -159,8 +189,8 @@ fn a_logical_import_under_load_is_consistent_masked_and_refreshed() {
     assert!(out.status.success(), "import failed:\n{}", text(&out));
     assert!(leaks.is_empty(), "the password was visible: {leaks:?}");
     let shown = text(&out);
-    assert!(shown.contains("▸ Dump postgres 6/6 tables"), "{shown}");
-    assert!(shown.contains("▸ Restore postgres 6/6 tables"), "{shown}");
+    assert!(shown.contains("- Dump postgres 6/6 tables"), "{shown}");
+    assert!(shown.contains("- Restore postgres 6/6 tables"), "{shown}");
 
     let main = format!("{name}/main");
     // One consistent moment of the source, taken while pgbench wrote.
@@ -195,6 +225,11 @@ fn a_logical_import_under_load_is_consistent_masked_and_refreshed() {
     // The source's password is kept nowhere, shown nowhere.
     let state = std::fs::read_to_string(sb.home().join("state.json")).unwrap();
     assert!(!state.contains(&src.password));
+    assert_eq!(
+        files_holding(sb.home(), &src.password),
+        Vec::<PathBuf>::new(),
+        "the password is in the home (state, logs, work files)"
+    );
     let got = sb.json(&["project", "get", &name]);
     assert!(!got.to_string().contains(&src.password));
     assert_eq!(got["imported"]["url"], url.as_str());
@@ -230,7 +265,11 @@ fn a_logical_import_under_load_is_consistent_masked_and_refreshed() {
     let bad = sb.home().join("bad.sql");
     std::fs::write(&bad, "UPDATE people SET no_such_column = 1;").unwrap();
     let bad_arg = bad.display().to_string();
-    let err = sb.fails(&["project", "refresh", &name, "--after-import", &bad_arg]);
+    let err = fails_with(
+        &sb,
+        1,
+        &["project", "refresh", &name, "--after-import", &bad_arg],
+    );
     assert!(
         err.contains("no_such_column") && err.contains("nothing was left behind"),
         "{err}"
@@ -256,6 +295,68 @@ fn a_logical_import_under_load_is_consistent_masked_and_refreshed() {
     let ids = "SELECT string_agg(id::text, ',' ORDER BY id) FROM people WHERE id > 2000";
     assert_eq!(sb.sql(&main, ids), "100000");
     assert_eq!(sb.sql(&dev, ids), "99999");
+    sb.assert_consistent(&name);
+}
+
+#[test]
+fn a_dump_file_imports_masked_and_refreshes_from_the_same_file() {
+    let sb = Sandbox::new();
+    let src = Source::start(&sb.rig.image);
+    src.pgbench_init("postgres", 1);
+    src.sql(
+        "postgres",
+        "CREATE TABLE people (id int PRIMARY KEY, name text, email text); \
+         INSERT INTO people SELECT g, 'name ' || g, 'user' || g || '@example.com' FROM generate_series(1, 500) g;",
+    );
+    let dump = sb.home().join("src.dump");
+    let dump_arg = dump.display().to_string();
+    let out = src
+        .client("pg_dump")
+        .args(["-Fc", "-f", &dump_arg, "postgres"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let mask = sb.home().join("mask.sql");
+    std::fs::write(&mask, MASK).unwrap();
+    let mask_arg = mask.display().to_string();
+    let name = sb.project("dump");
+    let mut args = create_args(&sb, &name);
+    args.extend([
+        "--from-dump",
+        &dump_arg,
+        "--after-import",
+        &mask_arg,
+        "--json",
+    ]);
+    let started = Instant::now();
+    let out = sb.run(&args);
+    let took = started.elapsed();
+    assert!(out.status.success(), "import failed:\n{}", text(&out));
+    eprintln!("import of a pgbench -s 1 dump: {took:?}");
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["branch"], "main", "{record}");
+    assert!(
+        text(&out).contains("- Restore postgres 5/5 tables"),
+        "{}",
+        text(&out)
+    );
+
+    let main = format!("{name}/main");
+    let quiet = [("public.people", "id, name")];
+    assert_eq!(
+        fingerprints(&|q| sb.sql(&main, q), &quiet),
+        fingerprints(&|q| src.sql("postgres", q), &quiet)
+    );
+    let unmasked = "SELECT count(*) FROM people WHERE email NOT LIKE '%@masked.invalid'";
+    assert_eq!(sb.sql(&main, unmasked), "0");
+    let got = sb.json(&["project", "get", &name]);
+    assert_eq!(got["imported"]["dump"], dump_arg.as_str());
+
+    // A refresh reads the same file again: main loses what was written to it since.
+    sb.sql(&main, "DELETE FROM people");
+    sb.ok(&["project", "refresh", &name]);
+    assert_eq!(sb.sql(&main, "SELECT count(*) FROM people"), "500");
+    assert_eq!(sb.sql(&main, unmasked), "0");
     sb.assert_consistent(&name);
 }
 
@@ -294,7 +395,7 @@ fn bad_sources_fail_clearly_and_leave_nothing_behind() {
         }
         let mut args = create_args(&sb, &name);
         args.extend(["--from", &url]);
-        let err = sb.fails(&args);
+        let err = fails_with(&sb, 1, &args);
         assert!(err.contains(want), "{url}: {err}");
         assert!(err.contains("nothing was left behind"), "{err}");
         assert_no_trace(&sb, &name);
@@ -312,12 +413,55 @@ fn bad_sources_fail_clearly_and_leave_nothing_behind() {
     assert!(dumped.status.success(), "{}", text(&dumped));
     let mut args = create_args(&sb, &name);
     args.extend(["--from-dump", &plain_arg]);
-    let err = sb.fails(&args);
+    let err = fails_with(&sb, 1, &args);
     assert!(
         err.contains("plain SQL dump") && err.contains("pg_dump -Fc"),
         "{err}"
     );
     assert_no_trace(&sb, &name);
+
+    // Bytes that are no dump at all; a dump that is not there; a URL that is none: the last
+    // two are usage errors.
+    let junk = sb.home().join("junk.dump");
+    std::fs::write(&junk, b"PGDMP? not really\n").unwrap();
+    let junk_arg = junk.display().to_string();
+    let mut args = create_args(&sb, &name);
+    args.extend(["--from-dump", &junk_arg]);
+    let err = fails_with(&sb, 1, &args);
+    assert!(err.contains("no dump pg_dump made"), "{err}");
+    assert_no_trace(&sb, &name);
+    let mut args = create_args(&sb, &name);
+    args.extend(["--from-dump", "/nonexistent/x.dump"]);
+    let err = fails_with(&sb, 2, &args);
+    assert!(err.contains("does not exist: --from-dump takes"), "{err}");
+    let mut args = create_args(&sb, &name);
+    args.extend(["--from", "mysql://root@127.0.0.1/x"]);
+    fails_with(&sb, 2, &args);
+    assert_no_trace(&sb, &name);
+
+    // A source newer than the project's server (the rig's PostgreSQL 14 image has the client
+    // programs of 15, which read the source, but its server cannot take their dump).
+    sb.set_env("PGPASSWORD", &src.password);
+    let url = src.url("postgres");
+    let args = [
+        "project",
+        "create",
+        &name,
+        "--pool",
+        &sb.rig.pool,
+        "--image",
+        "velo-test/postgres:14",
+        "--from",
+        &url,
+    ];
+    let err = fails_with(&sb, 1, &args);
+    assert!(
+        err.contains("newer than the project's server (PostgreSQL 14)")
+            && err.contains("--pg-version 15"),
+        "{err}"
+    );
+    assert_no_trace(&sb, &name);
+    sb.clear_env();
 
     // velo killed mid-import (its dump made, its import server running, the password file
     // written): the next command takes everything back.
@@ -387,7 +531,7 @@ fn bad_sources_fail_clearly_and_leave_nothing_behind() {
     let url = newer.url("postgres");
     let mut args = create_args(&sb, &name);
     args.extend(["--from", &url]);
-    let err = sb.fails(&args);
+    let err = fails_with(&sb, 1, &args);
     assert!(
         err.contains("the source runs PostgreSQL 16, newer than the client tools here")
             && err.contains("client programs are PostgreSQL 16 or newer"),
@@ -434,23 +578,27 @@ fn a_full_storage_fails_clearly_and_leaves_nothing_behind() {
     sb.set_env("PGPASSWORD", &src.password);
     let name = sb.project("full");
     let (url, dir) = (src.url("postgres"), tiny.0.display().to_string());
-    let err = sb.fails(&[
-        "project",
-        "create",
-        &name,
-        "--storage",
-        "copy",
-        "--data-dir",
-        &dir,
-        "--image",
-        &sb.rig.image,
-        "--from",
-        &url,
-    ]);
+    let err = fails_with(
+        &sb,
+        1,
+        &[
+            "project",
+            "create",
+            &name,
+            "--storage",
+            "copy",
+            "--data-dir",
+            &dir,
+            "--image",
+            &sb.rig.image,
+            "--from",
+            &url,
+        ],
+    );
     assert!(err.contains("the storage is full"), "{err}");
     assert!(err.contains("nothing was left behind"), "{err}");
     assert!(
-        err.contains("▸ Dump postgres"),
+        err.contains("- Dump postgres"),
         "the import itself filled it: {err}"
     );
     assert_no_trace(&sb, &name);

@@ -4,6 +4,7 @@
 
 mod attacks;
 mod branches;
+mod cli;
 mod concurrency;
 mod crash;
 mod drift;
@@ -12,6 +13,7 @@ mod hardening;
 mod history;
 mod host;
 mod import;
+mod lifetimes;
 mod source;
 mod storage;
 mod util;

@@ -117,6 +117,7 @@ async fn keeps_the_whole_contract(storage: &dyn Storage, other_home: &dyn Storag
     let snapshot = PathBuf::from(storage.snapshot_name_of(&s));
     assert_eq!(snapshot, data.join("it/.snapshots/main.0@00000000000a"));
     assert_eq!(read(&snapshot.join("pgdata/PG_VERSION")), "16\n");
+    renames_with_snapshots(storage, &dev, data).await;
 
     let inventory = storage.inventory().await.unwrap();
     assert!(inventory.present);
@@ -170,6 +171,31 @@ async fn keeps_the_whole_contract(storage: &dyn Storage, other_home: &dyn Storag
     let err = other_home.prepare().await.unwrap_err();
     assert!(matches!(err, StorageError::Refused(_)), "{err:?}");
     assert!(err.to_string().contains("it-home"), "{err}");
+}
+
+/// A volume renamed takes its snapshots along, replaying a rename is success, a rename onto
+/// another volume is refused, and renaming back restores the names.
+async fn renames_with_snapshots(storage: &dyn Storage, dev: &VolumeId, data: &Path) {
+    let s = snap(dev, "00000000000f");
+    storage.snapshot(&s).await.unwrap();
+    let moved = vol("it/moved.0");
+    storage.rename_volume(dev, &moved).await.unwrap();
+    assert!(!data.join("it/dev.0").exists());
+    assert_eq!(read(&data.join("it/moved.0/pgdata/PG_VERSION")), "dev\n");
+    let moved_snap = snap(&moved, "00000000000f");
+    let taken = PathBuf::from(storage.snapshot_name_of(&moved_snap));
+    assert_eq!(taken, data.join("it/.snapshots/moved.0@00000000000f"));
+    assert_eq!(read(&taken.join("pgdata/PG_VERSION")), "dev\n");
+    assert!(!PathBuf::from(storage.snapshot_name_of(&s)).exists());
+    storage.rename_volume(dev, &moved).await.unwrap();
+    let err = storage
+        .rename_volume(&moved, &vol("it/main.0"))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("main.0"), "{err}");
+    storage.rename_volume(&moved, dev).await.unwrap();
+    assert_eq!(read(&data.join("it/dev.0/pgdata/PG_VERSION")), "dev\n");
+    storage.destroy_snapshot(&s).await.unwrap();
 }
 
 #[tokio::test]

@@ -149,26 +149,16 @@ impl Sandbox {
         cmd.output().expect("velo runs")
     }
 
-    /// Waits until no background velo holds an operation in the journal: what a command left
-    /// to one (destroying a deleted branch's data) is done, so each test sees the end state.
-    /// Operations of other commands (a paused one) and of dead owners are left alone.
+    /// Waits until no background velo of this sandbox's home runs: what a command left to one
+    /// (destroying a deleted branch's data, old generations) is done, so each test sees the
+    /// end state. Operations of other commands (a paused one) and of dead owners are left.
     pub fn settle(&self) {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
-        loop {
-            let journal = self.state()["journal"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            let live = journal
-                .iter()
-                .filter_map(|op| op["owner"]["pid"].as_u64())
-                .any(runs_in_background);
-            if !live {
-                return;
-            }
+        while background_of(self.home.path()).is_some() {
             assert!(
                 std::time::Instant::now() < deadline,
-                "background work still running after 300 s: {journal:?}"
+                "background velo still running after 300 s: {:?}",
+                self.state()["journal"]
             );
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
@@ -215,6 +205,7 @@ impl Sandbox {
     /// Asserts that the state, ZFS and Docker agree about a project: no operation open, no
     /// branch busy, exactly the datasets, snapshots and containers the state records.
     pub fn assert_consistent(&self, project: &str) {
+        self.settle();
         let state = self.state();
         let journal = state["journal"].as_array().cloned().unwrap_or_default();
         assert!(journal.is_empty(), "operations left open: {journal:?}");
@@ -465,15 +456,28 @@ impl Drop for Sandbox {
     }
 }
 
-/// Whether process `pid` is a running `velo __background` (not exited, not a zombie).
-pub fn runs_in_background(pid: u64) -> bool {
-    let running = std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(") ")
-            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
-    });
-    running
-        && std::fs::read(format!("/proc/{pid}/cmdline"))
-            .is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"__background"))
+/// A running `velo __background` process of the velo home `home`, if any.
+pub fn background_of(home: &std::path::Path) -> Option<u32> {
+    let want = [
+        b"VELO_HOME=".as_slice(),
+        home.as_os_str().as_encoded_bytes(),
+    ]
+    .concat();
+    std::fs::read_dir("/proc")
+        .ok()?
+        .flatten()
+        .find_map(|entry| {
+            let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+            let environ = std::fs::read(entry.path().join("environ")).ok()?;
+            let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+            let zombie = stat
+                .rsplit_once(") ")
+                .is_none_or(|(_, rest)| rest.starts_with('Z'));
+            let ours = cmdline.split(|b| *b == 0).any(|a| a == b"__background")
+                && environ.split(|b| *b == 0).any(|v| v == want.as_slice());
+            (ours && !zombie).then_some(pid)
+        })
 }
 
 fn which(program: &str) -> String {

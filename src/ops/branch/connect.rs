@@ -5,7 +5,7 @@ use anyhow::{Context as _, Result, bail};
 use super::super::server::{self, HOST_IP};
 use super::super::{Ctx, get_branch, get_project};
 use crate::names::BranchRef;
-use crate::state::{Branch, Project};
+use crate::state::{Branch, Project, RunState};
 
 /// `postgresql://user[:password]@127.0.0.1:port/database`.
 pub fn url(project: &Project, branch: &Branch, with_password: bool) -> String {
@@ -50,13 +50,21 @@ pub fn env(ctx: &Ctx, r: &BranchRef) -> Result<()> {
 }
 
 /// Runs `psql` on a branch over its private socket (no password needed, none shown), passing
-/// `args` on; returns psql's exit code.
+/// `args` on; returns psql's exit code. A branch `velo gc` stopped for idleness is started
+/// first; one stopped by hand stays stopped.
 pub async fn psql(ctx: &Ctx, r: &BranchRef, args: &[String]) -> Result<i32> {
     let state = ctx.store.read()?;
     let p = get_project(&state, &r.project)?;
     let b = get_branch(p, r)?;
-    if b.desired == crate::state::RunState::Stopped {
-        bail!("branch `{r}` is stopped: `velo branch start {r}` first");
+    if b.desired == RunState::Stopped {
+        let Some(at) = b.idle_stopped_at else {
+            bail!("branch `{r}` is stopped: `velo branch start {r}` first");
+        };
+        ctx.shell.note(&format!(
+            "`{r}` was stopped by `velo gc` for idleness at {}; starting it",
+            at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
+        super::run::start(ctx, r).await?;
     }
     let status = tokio::process::Command::new("psql")
         .args(args)

@@ -11,8 +11,17 @@ use super::super::{Ctx, Undo, background, get_branch, get_project, get_project_m
 use crate::names::{self, BranchRef, ProjectName, VolumeId};
 use crate::state::{Branch, Finish, Origin, Pin, Project, Recovery as JournalRecovery};
 
+/// A check a delete makes in the transaction that claims the branch, on the project and the
+/// branch as they are then: `velo gc` deletes only what is still due.
+pub type Guard<'g> = dyn Fn(&Project, &Branch) -> Result<()> + Sync + 'g;
+
 /// Deletes a branch (and with `force`, every branch below it).
 pub async fn delete(ctx: &Ctx, r: &BranchRef, force: bool) -> Result<()> {
+    delete_if(ctx, r, force, &|_, _| Ok(())).await
+}
+
+/// [`delete`], if `guard` passes when the branch is claimed; its error is returned as it is.
+pub async fn delete_if(ctx: &Ctx, r: &BranchRef, force: bool, guard: &Guard<'_>) -> Result<()> {
     if r.branch.is_main() {
         bail!(
             "`{r}` is the project's main branch; delete the project instead (`velo project delete {}`)",
@@ -21,7 +30,7 @@ pub async fn delete(ctx: &Ctx, r: &BranchRef, force: bool) -> Result<()> {
     }
     let (doomed, undo) = ctx.store.update(|s| {
         let p = get_project(s, &r.project)?;
-        get_branch(p, r)?;
+        guard(p, get_branch(p, r)?)?;
         let doomed = p.subtree_post_order(&r.branch);
         if doomed.len() > 1 && !force {
             let children: Vec<String> = doomed[..doomed.len() - 1]

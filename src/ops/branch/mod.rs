@@ -1,4 +1,4 @@
-//! Branches: create (from a parent, a snapshot or a moment), reset, restore, delete,
+//! Branches: create (from a parent, a snapshot or a moment), reset, restore, rename, delete,
 //! start/stop/restart, list/get, password.
 //!
 //! A branch's data is one volume, its *generation*. Reset and restore clone a new generation
@@ -9,7 +9,9 @@ mod change;
 pub mod connect;
 mod delete;
 mod query;
+pub(super) mod rename;
 mod run;
+mod tree;
 
 use std::time::Duration;
 
@@ -18,23 +20,22 @@ use chrono::{DateTime, Utc};
 
 pub(crate) use change::claim_branch;
 pub use change::{reset, restore};
-pub use delete::{delete, destroy_held, forget_held};
-pub use query::{branch_json, get, list, observe, password};
-pub use run::{restart, start, stop};
+pub use delete::{Guard, delete, delete_if, destroy_held, forget_held};
+pub use query::{ListOptions, branch_json, get, list, observe, password, show};
+pub use rename::rename;
+pub use run::{restart, start, stop, stop_idle};
 
 use super::generation::{new_generation, take_snapshot};
 use super::journal::Intent;
 use super::launch::{Launch, launch_new};
 use super::project::DELETE_WAIT;
-use super::server::{self, BRANCH_READY, Recovery};
+use super::server::{BRANCH_READY, Recovery};
 use super::{
     Ctx, Undo, allocate_port, background, branch_mut, get_branch, get_project, get_project_mut,
     rolled_back,
 };
 use crate::names::{BranchName, BranchRef, SnapshotId};
-use crate::state::{
-    Branch, Forget, Origin, Pin, Project, Recovery as JournalRecovery, RunState, State,
-};
+use crate::state::{Branch, Forget, Origin, Pin, Project, Recovery as JournalRecovery, State};
 use crate::storage::StorageError;
 
 /// How long a point-in-time recovery may take to replay WAL and promote.
@@ -65,6 +66,18 @@ struct Reserved {
 }
 
 pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
+    create_expiring(ctx, r, source, None).await
+}
+
+/// Creates a branch that `velo gc` deletes at `expires_at` (never if `None`). Waits while an
+/// old branch of the same name is still being destroyed, and once for pending destroys when
+/// the storage is full.
+pub async fn create_expiring(
+    ctx: &Ctx,
+    r: &BranchRef,
+    source: Source,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<()> {
     let deleting = |s: &State| {
         s.journal.deleting(&r.project, Some(&r.branch))
             && s.projects
@@ -72,7 +85,7 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
                 .is_some_and(|p| p.branch(&r.branch).is_none())
     };
     background::wait_for(ctx, &format!("the old `{r}`"), DELETE_WAIT, deleting).await?;
-    match create_once(ctx, r, &source).await {
+    match create_once(ctx, r, &source, expires_at).await {
         // Space that a delete is still freeing counts: wait for it, then try once more.
         Err(e) if no_space(&e) && ctx.store.read()?.journal.deleting(&r.project, None) => {
             let what = format!("deleted data of `{}`", r.project);
@@ -80,7 +93,7 @@ pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
                 s.journal.deleting(&r.project, None)
             })
             .await?;
-            create_once(ctx, r, &source).await
+            create_once(ctx, r, &source, expires_at).await
         }
         done => done,
     }
@@ -95,7 +108,12 @@ fn no_space(e: &anyhow::Error) -> bool {
     })
 }
 
-async fn create_once(ctx: &Ctx, r: &BranchRef, source: &Source) -> Result<()> {
+async fn create_once(
+    ctx: &Ctx,
+    r: &BranchRef,
+    source: &Source,
+    expires_at: Option<DateTime<Utc>>,
+) -> Result<()> {
     if let Source::Pitr { parent, .. } = source {
         let name = parent.clone().unwrap_or_else(BranchName::main);
         super::wal::flush_archive(ctx, &BranchRef::new(r.project.clone(), name)).await?;
@@ -108,7 +126,9 @@ async fn create_once(ctx: &Ctx, r: &BranchRef, source: &Source) -> Result<()> {
         origin,
         pitr,
         mut undo,
-    } = ctx.store.update(|s| reserve(ctx, s, r, source, &snap))?;
+    } = ctx
+        .store
+        .update(|s| reserve(ctx, s, r, source, &snap, expires_at))?;
     let branch = project.branch(&r.branch).expect("reserved above").clone();
 
     let result = async {
@@ -127,13 +147,13 @@ async fn create_once(ctx: &Ctx, r: &BranchRef, source: &Source) -> Result<()> {
             },
             recovery: pitr.as_ref(),
         };
-        let launched = launch_new(ctx, &project, r, &branch, how, &mut undo).await?;
+        launch_new(ctx, &project, r, &branch, how, &mut undo).await?;
         undo.step(ctx, "commit").await?;
-        Ok::<_, anyhow::Error>((launched, origin))
+        Ok::<_, anyhow::Error>(origin)
     }
     .await;
 
-    let (branch, origin) = match result {
+    let origin = match result {
         Ok(done) => done,
         Err(e) => {
             let how = rolled_back(undo.roll_back(ctx).await);
@@ -147,7 +167,6 @@ async fn create_once(ctx: &Ctx, r: &BranchRef, source: &Source) -> Result<()> {
         Ok::<_, anyhow::Error>(())
     })?;
     ctx.shell.note(&format!("Branch `{r}` is ready."));
-    ctx.shell.out(&server::url(&project, &branch));
     Ok(())
 }
 
@@ -159,10 +178,18 @@ fn reserve(
     r: &BranchRef,
     source: &Source,
     snap: &SnapshotId,
+    expires_at: Option<DateTime<Utc>>,
 ) -> Result<Reserved> {
     let p = get_project(s, &r.project)?;
     if p.branch(&r.branch).is_some() {
         bail!("branch `{r}` already exists (see `velo branch get {r}`)");
+    }
+    if let Some(op) = s.journal.holding(&r.project, &r.branch) {
+        bail!(
+            "the name `{r}` is reserved by `velo {}` (pid {}); try again when it is done",
+            op.command,
+            op.owner.pid
+        );
     }
     // Generations the clone reads from: kept (not tidied away) until it is committed.
     let mut pins = Vec::new();
@@ -225,14 +252,13 @@ fn reserve(
     }
     let port = allocate_port(s, &[])?;
     let branch = Branch {
-        parent: Some(parent_ref.branch.clone()),
-        port,
-        generation: 0,
-        origin: Some(origin.clone()),
-        retired: Vec::new(),
-        desired: RunState::Running,
-        created_at: Utc::now(),
-        busy: Some(super::busy_marker("branch create")),
+        expires_at,
+        ..Branch::new(
+            Some(parent_ref.branch.clone()),
+            port,
+            Some(origin.clone()),
+            super::busy_marker("branch create"),
+        )
     };
     let undo = Undo::begin(
         s,

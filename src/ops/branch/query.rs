@@ -1,10 +1,14 @@
 //! Listing branches, one branch, and how to connect to one.
 
+use std::collections::BTreeMap;
+
 use anyhow::Result;
+use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::super::server::{self, HOST_IP};
 use super::super::{Ctx, get_branch, get_project};
+use super::tree;
 use crate::names::{self, BranchName, BranchRef, ProjectName};
 use crate::state::{Branch, Project};
 use crate::ui::human_bytes;
@@ -66,53 +70,123 @@ pub fn branch_json(project: &Project, b: &Branch, o: &Observed) -> serde_json::V
         "used_bytes": o.used,
         "busy": b.busy.as_ref().map(|x| x.operation.clone()),
         "created_at": b.created_at,
+        "expires_at": b.expires_at,
+        "last_used_at": b.last_used_at,
+        "idle_stopped_at": b.idle_stopped_at,
     })
 }
 
-pub async fn list(ctx: &Ctx, project: Option<&ProjectName>, as_json: bool) -> Result<()> {
+/// How `branch list` shows branches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ListOptions {
+    pub json: bool,
+    /// Children under their parents (`--tree`).
+    pub tree: bool,
+}
+
+/// When a branch expires, for a table: `-`, the time, or the time and `(expired)`.
+fn expiry_cell(b: &Branch, now: DateTime<Utc>) -> String {
+    match b.expires_at {
+        None => "-".into(),
+        Some(t) if t <= now => format!("{} (expired)", t.format("%Y-%m-%d %H:%M")),
+        Some(t) => t.format("%Y-%m-%d %H:%M").to_string(),
+    }
+}
+
+pub async fn list(ctx: &Ctx, project: Option<&ProjectName>, opts: ListOptions) -> Result<()> {
     let state = ctx.store.read()?;
     let projects: Vec<(&ProjectName, &Project)> = match project {
         Some(n) => vec![(n, get_project(&state, n)?)],
         None => state.projects.iter().collect(),
     };
+    let glyphs = if ctx.shell.stdout_is_terminal() {
+        &tree::BOX
+    } else {
+        &tree::ASCII
+    };
+    let now = Utc::now();
     let mut rows = Vec::new();
     let mut json_rows = Vec::new();
     for (name, p) in projects {
-        for o in observe(ctx, name, p).await? {
-            let b = p.branch(&o.r.branch).expect("observed from the project");
+        let mut seen: BTreeMap<BranchName, Observed> = observe(ctx, name, p)
+            .await?
+            .into_iter()
+            .map(|o| (o.r.branch.clone(), o))
+            .collect();
+        if opts.tree && opts.json {
+            for root in tree::roots(p) {
+                json_rows.push(nested(p, &root, &seen));
+            }
+            continue;
+        }
+        let order: Vec<(BranchName, String)> = if opts.tree {
+            tree::lines(p, glyphs)
+        } else {
+            p.branches
+                .keys()
+                .map(|b| (b.clone(), String::new()))
+                .collect()
+        };
+        for (bn, prefix) in order {
+            let (Some(b), Some(o)) = (p.branch(&bn), seen.remove(&bn)) else {
+                continue;
+            };
             json_rows.push(branch_json(p, b, &o));
-            rows.push(vec![
-                o.r.to_string(),
-                b.parent
-                    .as_ref()
-                    .map(|x| x.to_string())
-                    .unwrap_or_else(|| "-".into()),
+            let mut row = vec![if opts.tree && !prefix.is_empty() {
+                format!("{prefix}{bn}")
+            } else {
+                o.r.to_string()
+            }];
+            if !opts.tree {
+                row.push(
+                    b.parent
+                        .as_ref()
+                        .map(|x| x.to_string())
+                        .unwrap_or_else(|| "-".into()),
+                );
+            }
+            row.extend([
                 o.live,
                 b.port.to_string(),
                 o.used.map(human_bytes).unwrap_or_else(|| "?".into()),
+                expiry_cell(b, now),
                 b.created_at.format("%Y-%m-%d %H:%M").to_string(),
             ]);
+            rows.push(row);
         }
     }
-    if as_json {
+    if opts.json {
         ctx.shell.json(&json!(json_rows));
     } else if rows.is_empty() {
         ctx.shell
             .note("No branches: create a project with `velo project create <name>`.");
     } else {
-        ctx.shell.table(
-            &[
-                "BRANCH",
-                "PARENT",
-                "STATUS",
-                "PORT",
-                "USED",
-                "CREATED (UTC)",
-            ],
-            rows,
-        );
+        let mut headers = vec!["BRANCH"];
+        if !opts.tree {
+            headers.push("PARENT");
+        }
+        headers.extend(["STATUS", "PORT", "USED", "EXPIRES (UTC)", "CREATED (UTC)"]);
+        ctx.shell.table(&headers, rows);
     }
     Ok(())
+}
+
+/// A branch and, under `children`, the branches made from it, as JSON.
+fn nested(
+    p: &Project,
+    name: &BranchName,
+    seen: &BTreeMap<BranchName, Observed>,
+) -> serde_json::Value {
+    let mut value = match (p.branch(name), seen.get(name)) {
+        (Some(b), Some(o)) => branch_json(p, b, o),
+        _ => json!({ "branch": name.as_str() }),
+    };
+    value["children"] = p
+        .children_of(name)
+        .iter()
+        .map(|c| nested(p, c, seen))
+        .collect();
+    value
 }
 
 pub async fn get(ctx: &Ctx, r: &BranchRef, as_json: bool) -> Result<()> {
@@ -149,8 +223,47 @@ pub async fn get(ctx: &Ctx, r: &BranchRef, as_json: bool) -> Result<()> {
             "created (UTC)".into(),
             b.created_at.format("%Y-%m-%d %H:%M:%S").to_string(),
         ],
+        vec!["expires (UTC)".into(), expires_in(b, Utc::now())],
     ];
+    let mut rows = rows;
+    if let Some(at) = b.idle_stopped_at {
+        rows.push(vec![
+            "stopped by gc (UTC)".into(),
+            format!(
+                "{} for idleness; `velo branch start` or `velo branch psql` starts it",
+                at.format("%Y-%m-%d %H:%M:%S")
+            ),
+        ]);
+    }
     ctx.shell.table(&["FIELD", "VALUE"], rows);
+    Ok(())
+}
+
+/// When a branch expires, for `branch get`: the time and how far off it is.
+fn expires_in(b: &Branch, now: DateTime<Utc>) -> String {
+    match b.expires_at {
+        None => "never".into(),
+        Some(t) if t <= now => format!(
+            "{} (expired; the next `velo gc` deletes it)",
+            t.format("%Y-%m-%d %H:%M:%S")
+        ),
+        Some(t) => format!(
+            "{} (in {})",
+            t.format("%Y-%m-%d %H:%M:%S"),
+            super::super::lifetime::rounded(t - now)
+        ),
+    }
+}
+
+/// Prints what a command that made or changed a branch shows: the branch's record as `get
+/// --json` prints it, or its URL.
+pub async fn show(ctx: &Ctx, r: &BranchRef, as_json: bool) -> Result<()> {
+    if as_json {
+        return get(ctx, r, true).await;
+    }
+    let state = ctx.store.read()?;
+    let p = get_project(&state, &r.project)?;
+    ctx.shell.out(&server::url(p, get_branch(p, r)?));
     Ok(())
 }
 

@@ -1,59 +1,90 @@
-//! Starting, stopping and restarting a branch's server.
+//! Starting, stopping and restarting a branch's server, by hand or, for idleness, by `velo gc`.
 
 use anyhow::Result;
+use chrono::{DateTime, Utc};
 
+use super::super::lifetime::NoLongerDue;
 use super::super::server::{self, BRANCH_READY, STOP_TIMEOUT};
 use super::super::{Ctx, Undo};
 use super::change::claim_branch;
 use crate::names::{self, BranchRef};
 use crate::runtime::ServerStatus;
-use crate::state::{Branch, Project, RunState};
+use crate::state::{Branch, Project, RunState, State};
 
-/// Opens a branch's operation in its own transaction.
-fn claim_alone(ctx: &Ctx, r: &BranchRef, operation: &str) -> Result<(Project, Branch, Undo)> {
-    ctx.store
-        .update(|s| claim_branch(s, r, operation, Vec::new()))
+/// Opens a branch's operation in its own transaction, once `check` passes on the state then.
+fn claim_alone(
+    ctx: &Ctx,
+    r: &BranchRef,
+    operation: &str,
+    check: impl FnOnce(&State) -> Result<()>,
+) -> Result<(Project, Branch, Undo)> {
+    ctx.store.update(|s| {
+        check(s)?;
+        claim_branch(s, r, operation, Vec::new())
+    })
 }
 
 pub async fn start(ctx: &Ctx, r: &BranchRef) -> Result<()> {
-    let (project, b, undo) = claim_alone(ctx, r, "branch start")?;
+    let (project, b, undo) = claim_alone(ctx, r, "branch start", |_| Ok(()))?;
     let result = ensure_running(ctx, &project, r, &b).await;
-    finish_run_change(ctx, r, RunState::Running, result, undo)?;
+    finish_run_change(ctx, r, Change::Start, result, undo)?;
     ctx.shell.note(&format!("Branch `{r}` is running."));
-    ctx.shell.out(&server::url(&project, &b));
     Ok(())
 }
 
 pub async fn stop(ctx: &Ctx, r: &BranchRef) -> Result<()> {
-    let (project, _, undo) = claim_alone(ctx, r, "branch stop")?;
-    let result = async {
-        let runtime = ctx.runtime(&project)?;
-        ctx.shell
-            .step("Stop", runtime.stop(&names::server_name(r), STOP_TIMEOUT))
-            .await?;
-        Ok(())
-    }
-    .await;
-    finish_run_change(ctx, r, RunState::Stopped, result, undo)?;
+    let (project, _, undo) = claim_alone(ctx, r, "branch stop", |_| Ok(()))?;
+    let result = stop_server(ctx, &project, r).await;
+    finish_run_change(ctx, r, Change::Stop, result, undo)?;
     ctx.shell.note(&format!("Branch `{r}` is stopped."));
     Ok(())
 }
 
+/// Stops a branch `velo gc` found idle since `last_used`, if it still is when claimed: still
+/// meant to run, and neither started nor seen in use since.
+pub async fn stop_idle(ctx: &Ctx, r: &BranchRef, last_used: DateTime<Utc>) -> Result<()> {
+    let still_idle = |s: &State| {
+        let b = super::super::get_project(s, &r.project)?.branch(&r.branch);
+        match b {
+            Some(b) if b.desired == RunState::Running && b.last_used_at == Some(last_used) => {
+                Ok(())
+            }
+            _ => Err(NoLongerDue("it was started, stopped or used meanwhile".into()).into()),
+        }
+    };
+    let (project, _, undo) = claim_alone(ctx, r, "gc", still_idle)?;
+    let result = stop_server(ctx, &project, r).await;
+    finish_run_change(ctx, r, Change::StopIdle, result, undo)
+}
+
 pub async fn restart(ctx: &Ctx, r: &BranchRef) -> Result<()> {
-    let (project, b, undo) = claim_alone(ctx, r, "branch restart")?;
+    let (project, b, undo) = claim_alone(ctx, r, "branch restart", |_| Ok(()))?;
     let result = async {
-        let runtime = ctx.runtime(&project)?;
-        ctx.shell
-            .step("Stop", runtime.stop(&names::server_name(r), STOP_TIMEOUT))
-            .await?;
+        stop_server(ctx, &project, r).await?;
         undo.step(ctx, "start").await?;
         ensure_running(ctx, &project, r, &b).await
     }
     .await;
-    finish_run_change(ctx, r, RunState::Running, result, undo)?;
+    finish_run_change(ctx, r, Change::Start, result, undo)?;
     ctx.shell.note(&format!("Branch `{r}` is running."));
-    ctx.shell.out(&server::url(&project, &b));
     Ok(())
+}
+
+async fn stop_server(ctx: &Ctx, project: &Project, r: &BranchRef) -> Result<()> {
+    let runtime = ctx.runtime(project)?;
+    ctx.shell
+        .step("Stop", runtime.stop(&names::server_name(r), STOP_TIMEOUT))
+        .await?;
+    Ok(())
+}
+
+/// What a start or stop did, for the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Change {
+    Start,
+    Stop,
+    /// `velo gc` stopped an idle branch: `velo branch psql` may start it again.
+    StopIdle,
 }
 
 /// Records the run state a start or stop reached, and closes its operation. A start or stop
@@ -62,7 +93,7 @@ pub async fn restart(ctx: &Ctx, r: &BranchRef) -> Result<()> {
 fn finish_run_change(
     ctx: &Ctx,
     r: &BranchRef,
-    desired: RunState,
+    change: Change,
     result: Result<()>,
     undo: Undo,
 ) -> Result<()> {
@@ -73,7 +104,15 @@ fn finish_run_change(
                 .get_mut(&r.project)
                 .and_then(|p| p.branches.get_mut(&r.branch))
         {
-            b.desired = desired;
+            let now = Utc::now();
+            b.desired = match change {
+                Change::Start => RunState::Running,
+                Change::Stop | Change::StopIdle => RunState::Stopped,
+            };
+            b.idle_stopped_at = (change == Change::StopIdle).then_some(now);
+            if change == Change::Start {
+                b.last_used_at = Some(now);
+            }
         }
         undo.commit(s);
         Ok::<_, anyhow::Error>(())
@@ -87,7 +126,7 @@ fn finish_run_change(
 pub async fn ensure_running(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Branch) -> Result<()> {
     let (storage, runtime) = (ctx.storage(project)?, ctx.runtime(project)?);
     let name = names::server_name(r);
-    let note = |what: &str| ctx.shell.note(&format!("▸ {what}"));
+    let note = |what: &str| ctx.shell.note_marked(crate::ui::Mark::Step, what);
     match runtime.status(&name).await? {
         ServerStatus::Running => return server::wait_ready(ctx, project, r, b, BRANCH_READY).await,
         ServerStatus::Missing => {

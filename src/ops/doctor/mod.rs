@@ -31,11 +31,11 @@ pub enum Mark {
 }
 
 impl Mark {
-    fn symbol(self) -> &'static str {
+    fn shown(self) -> crate::ui::Mark {
         match self {
-            Mark::Ok => "✓",
-            Mark::Warn => "!",
-            Mark::Fail => "✗",
+            Mark::Ok => crate::ui::Mark::Ok,
+            Mark::Warn => crate::ui::Mark::Warn,
+            Mark::Fail => crate::ui::Mark::Fail,
         }
     }
 
@@ -181,7 +181,7 @@ pub async fn doctor(ctx: &Ctx, as_json: bool, probe_timeout: Duration) -> Result
         print(ctx, &checks);
     }
     if failed > 0 {
-        bail!("velo doctor found {failed} problem(s); each ✗ above says how to fix it");
+        bail!("velo doctor found {failed} problem(s); each one marked above says how to fix it");
     }
     Ok(())
 }
@@ -193,8 +193,12 @@ fn print(ctx: &Ctx, checks: &[Check]) {
             group = c.group;
             ctx.shell.out(group);
         }
-        ctx.shell
-            .out(&format!("  {} {}: {}", c.mark.symbol(), c.name, c.detail));
+        ctx.shell.out(&format!(
+            "  {} {}: {}",
+            ctx.shell.out_glyph(c.mark.shown()),
+            c.name,
+            c.detail
+        ));
         if let Some(fix) = &c.fix {
             ctx.shell.out(&format!("      fix: {fix}"));
         }

@@ -110,6 +110,20 @@ impl Known {
                 }
             }
         }
+        // Names another live command holds for a branch the state does not record yet (a
+        // rename's new name): its servers, volumes and snapshots are work in progress.
+        let others = state
+            .journal
+            .iter()
+            .filter(|op| op.owner.pid != std::process::id() && op.owner.is_alive());
+        for op in others {
+            for b in &op.branches {
+                let r = BranchRef::new(op.project.clone(), b.clone());
+                k.servers.insert(names::server_name(&r));
+                k.live_branches.insert((op.project.clone(), b.clone()));
+            }
+            k.live_projects.insert(op.project.clone());
+        }
         k
     }
 

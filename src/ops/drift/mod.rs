@@ -365,7 +365,7 @@ async fn fix_branch(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Result<(
     }
     forget_missing_history(ctx, r, problems)?;
     let name = names::server_name(r);
-    let note = |what: &str| ctx.shell.note(&format!("▸ {what}"));
+    let note = |what: &str| ctx.shell.note_marked(crate::ui::Mark::Step, what);
     let unmounted = has(|p| matches!(p, Problem::Unmounted { .. }));
     if unmounted {
         // A server on a dead or missing mount serves nothing; it restarts once mounted.
@@ -541,9 +541,13 @@ fn report(
         }));
     } else {
         for (f, o) in &rows {
-            let mark = if *o == Outcome::Fixed { "✓" } else { "✗" };
+            let mark = if *o == Outcome::Fixed {
+                crate::ui::Mark::Ok
+            } else {
+                crate::ui::Mark::Fail
+            };
             ctx.shell
-                .out(&format!("{mark} {}: {} ({})", f.place(), f.what(), f.cause));
+                .out_marked(mark, &format!("{}: {} ({})", f.place(), f.what(), f.cause));
             ctx.shell.out(&format!("    fix: {}", f.fix()));
             if *o != Outcome::Found {
                 ctx.shell.out(&format!("    {}", o.word()));

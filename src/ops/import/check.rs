@@ -180,13 +180,54 @@ fn newer_check(source_major: u32, tools: &str, project: &Project) -> Result<()> 
     .into())
 }
 
+/// Fails if the source's major is newer than the server the import restores into (running on
+/// `port`): pg_restore restores into the same major or a newer one.
+pub async fn server_check(
+    ctx: &Ctx,
+    project: &Project,
+    port: u16,
+    checked: &Checked,
+) -> Result<()> {
+    let Some(source_major) = checked.source_version.as_deref().and_then(major_of) else {
+        return Ok(());
+    };
+    let said = super::server::sql(ctx, project, port, "postgres")
+        .server_version()
+        .await?;
+    let Some(server_major) = major_of(&said).filter(|m| source_major > *m) else {
+        return Ok(());
+    };
+    let n = source_major;
+    let fix = match &project.runtime {
+        RuntimeRecord::Docker { .. } => format!(
+            "create the project with --pg-version {n} (or an --image of PostgreSQL {n} or newer)"
+        ),
+        RuntimeRecord::Native { .. } => format!(
+            "create the project with --pg-version {n}: velo then uses the host's PostgreSQL {n} (`apt install postgresql-{n}` on Debian and Ubuntu)"
+        ),
+    };
+    Err(SourceError::NewerThanServer {
+        source_major,
+        server_major,
+        fix,
+    }
+    .into())
+}
+
 /// pg_restore's answer to a file that is no archive, as an error that says what velo reads.
 fn plain_dump(e: anyhow::Error, path: &std::path::Path) -> anyhow::Error {
     let said = format!("{e:#}");
     let what = if said.contains("text format dump") {
         "a plain SQL dump"
-    } else if said.contains("not appear to be a valid archive") {
-        "no dump pg_dump made"
+    } else if [
+        "not appear to be a valid archive",
+        "in file header",
+        "unexpected end of file",
+    ]
+    .iter()
+    .any(|m| said.contains(m))
+    {
+        "no dump pg_dump made, or a damaged one"
     } else {
         return e.context(format!("reading the dump {}", path.display()));
     };

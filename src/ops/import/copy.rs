@@ -12,7 +12,7 @@ use chrono::Utc;
 
 use super::super::{Ctx, Undo, remove_dir};
 use super::jobs::{Jobs, Reach, at};
-use super::{Checked, server, space};
+use super::{Checked, server, server_check, space};
 use crate::names::BranchRef;
 use crate::pg::quote_ident;
 use crate::source::SourceUrl;
@@ -49,6 +49,7 @@ pub async fn load(
     )
     .await?;
     server::start(ctx, project, r, branch, root).await?;
+    server_check(ctx, project, branch.port, checked).await?;
     let mut jobs = Jobs::new(ctx, project, r, branch.port)?;
     jobs.dirs.work = Some(work.clone());
     jobs.dirs.socket = Some(space::socket_dir(ctx, branch.port));

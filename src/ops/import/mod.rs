@@ -24,11 +24,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context as _, Result, bail};
 use chrono::Utc;
 
-pub use check::{Checked, check};
+pub use check::{Checked, check, server_check};
 pub use copy::load;
 pub use space::clear;
 
-use super::Ctx;
+use super::{Ctx, UsageError};
 use crate::source::SourceUrl;
 use crate::source::password::{self, Lookup, Password};
 use crate::state::{AfterImport, ImportFrom, Imported};
@@ -111,7 +111,8 @@ impl Plan {
     pub fn again(ctx: &Ctx, record: &Imported, after_import: Option<&Path>) -> Result<Plan> {
         let mut record = record.clone();
         if let Some(path) = after_import {
-            record.after_import = Some(read_after_import(path)?);
+            let sql = read_after_import(path).map_err(|e| UsageError(format!("{e:#}")))?;
+            record.after_import = Some(sql);
         }
         if let ImportFrom::Dump { path } = &record.from
             && !path.exists()

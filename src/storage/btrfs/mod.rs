@@ -173,6 +173,11 @@ impl Storage for BtrfsStorage {
         blocking(&self.data.dir, move || data.destroy_volume(&v)).await
     }
 
+    async fn rename_volume(&self, from: &VolumeId, to: &VolumeId) -> Result<()> {
+        let (data, from, to) = (self.data.clone(), from.clone(), to.clone());
+        blocking(&self.data.dir, move || data.rename_volume(&from, &to)).await
+    }
+
     async fn destroy_snapshot(&self, s: &SnapshotRef) -> Result<()> {
         let (data, s) = (self.data.clone(), s.clone());
         blocking(&self.data.dir, move || data.destroy_snapshot(&s)).await
