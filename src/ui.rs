@@ -190,6 +190,7 @@ impl Shell {
             unit,
             total,
             done: AtomicU64::new(0),
+            quarters: AtomicU64::new(0),
             start: Instant::now(),
         }
     }
@@ -332,16 +333,28 @@ pub struct Progress {
     unit: &'static str,
     total: Option<u64>,
     done: AtomicU64,
+    /// Off a terminal: the quarters of the total already told.
+    quarters: AtomicU64,
     start: Instant,
 }
 
 impl Progress {
-    /// How much is done now (never shown above the total).
+    /// How much is done now (never shown above the total). Off a terminal, a plain line each
+    /// time another quarter of a known total is done (the last one is [`Progress::finish`]'s).
     pub fn set(&self, done: u64) {
         let done = self.total.map_or(done, |t| done.min(t));
         self.done.store(done, Ordering::Relaxed);
         if let Some(bar) = &self.bar {
             bar.set_position(done);
+            return;
+        }
+        let Some(total) = self.total.filter(|t| *t > 0 && done < *t) else {
+            return;
+        };
+        let quarter = done * 4 / total;
+        if self.quarters.fetch_max(quarter, Ordering::Relaxed) < quarter {
+            self.shell
+                .note(&format!("  {}: {done}/{total} {}", self.label, self.unit));
         }
     }
 
@@ -450,6 +463,8 @@ mod tests {
     fn a_counted_step_says_how_much_it_did() {
         let shell = Shell::captured();
         let p = shell.progress("Dump shop", "tables", Some(4));
+        p.set(1);
+        p.set(1);
         p.set(9);
         p.finish(false);
         shell
@@ -459,7 +474,10 @@ mod tests {
         open.set(3);
         open.finish(true);
         let out = shell.output();
-        assert!(out.contains("FAIL Dump shop 4/4 tables "), "{out}");
+        assert!(
+            out.starts_with("  Dump shop: 1/4 tables\nFAIL Dump shop 4/4 tables "),
+            "{out}"
+        );
         assert!(out.contains("- Restore shop 4/4 tables "), "{out}");
         assert!(out.contains("- Dump all 3 tables "), "{out}");
     }

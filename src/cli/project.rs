@@ -47,6 +47,7 @@ pub enum ProjectCmd {
     },
     /// Import a project's source again as a new generation of main; branches keep their data.
     Refresh {
+        /// The project (one made with --from or --from-dump).
         name: ProjectName,
         /// SQL to run on main after the import instead of the one recorded (masking).
         #[arg(long, value_name = "FILE.sql")]
