@@ -55,6 +55,14 @@ pub enum PgError {
     Socket { socket: String, why: String },
 }
 
+/// Which names a connection's SQL resolves unqualified: velo's own queries only the system
+/// catalog's, the user's SQL (`--after-import`) the database's and role's `search_path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    Catalog,
+    Database,
+}
+
 impl Endpoint {
     /// The socket's file name in its directory, as libpq names it.
     pub fn socket_name(&self) -> String {
@@ -116,6 +124,10 @@ impl Endpoint {
     }
 
     async fn connect(&self) -> Result<Client, PgError> {
+        self.connect_as(Search::Catalog).await
+    }
+
+    async fn connect_as(&self, search: Search) -> Result<Client, PgError> {
         let stream = self.open_stream()?;
         let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| self.socket_err(e))?;
         let mut config = Config::new();
@@ -123,6 +135,12 @@ impl Endpoint {
             .user(&self.user)
             .dbname(&self.database)
             .application_name(APPLICATION_NAME);
+        if search == Search::Catalog {
+            // Only the system catalog names what velo's queries call: a superuser's
+            // `ALTER ROLE … SET search_path` or objects in `public` cannot stand in for them
+            // (startup options win over role and database settings).
+            config.options("-c search_path=pg_catalog");
+        }
         let (client, connection) = config
             .connect_raw(stream, NoTls)
             .await
@@ -166,8 +184,8 @@ pub trait Sql: Send + Sync {
 
     async fn server_version(&self) -> Result<String, PgError>;
 
-    /// Runs SQL (one or more statements, as one simple query: in one transaction unless it
-    /// has its own) in the endpoint's database.
+    /// Runs the user's SQL (one or more statements, as one simple query: in one transaction
+    /// unless it has its own) in the endpoint's database, with its own `search_path`.
     async fn batch(&self, sql: &str) -> Result<(), PgError>;
 
     /// How many clients are connected, besides velo (which connects as `application_name`
@@ -258,7 +276,7 @@ impl Sql for Endpoint {
     }
 
     async fn batch(&self, sql: &str) -> Result<(), PgError> {
-        let client = self.connect().await?;
+        let client = self.connect_as(Search::Database).await?;
         client
             .batch_execute(sql)
             .await
@@ -274,7 +292,11 @@ impl Sql for Endpoint {
             )
             .await
             .map_err(self.query_err("reading pg_stat_activity"))?;
-        let n: i64 = row.get(0);
+        // The superuser decides what this answers: a value of another type is an error, not a
+        // panic.
+        let n: i64 = row
+            .try_get(0)
+            .map_err(self.query_err("reading pg_stat_activity"))?;
         Ok(n.unsigned_abs())
     }
 

@@ -6,22 +6,28 @@
 //! create, reset, restore, a port moved by `repair`, a rename, a delete, the recovery of an
 //! interrupted command. The command line calls it after every command that reads the state
 //! (see [`crate::cli::Cli::run`]); an operation that wants the files right before it returns
-//! (a rename, say) may call it too. libpq's `PGPASSFILE` and `PGSERVICEFILE` name other files.
+//! (a rename, say) may call it too. libpq's `PGPASSFILE` and `PGSERVICEFILE` name other files,
+//! except when root runs velo: then they are refused, and `$HOME` must be a directory only
+//! root controls (docs/security.md).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result, anyhow};
+use anyhow::{Context as _, Result, anyhow, bail};
 
 use super::Ctx;
 use super::server::HOST_IP;
 use crate::pgfiles::{self, Entry};
 use crate::state::State;
 
-/// The two files, as libpq finds them.
+/// The two files, as libpq finds them; as root, only `$HOME/.pgpass` and
+/// `$HOME/.pg_service.conf` in a home only root controls ([`root_paths`]).
 fn paths() -> Result<[PathBuf; 2]> {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
     let home = var("HOME").map(PathBuf::from);
+    if rustix::process::geteuid().is_root() {
+        return root_paths(home, var("PGPASSFILE").or(var("PGSERVICEFILE")));
+    }
     let or_home = |name, file| {
         var(name)
             .map(PathBuf::from)
@@ -32,6 +38,27 @@ fn paths() -> Result<[PathBuf; 2]> {
         or_home("PGPASSFILE", ".pgpass")?,
         or_home("PGSERVICEFILE", ".pg_service.conf")?,
     ])
+}
+
+/// The files when root runs velo, whose environment may be someone else's (`sudo -E`): a file
+/// the environment names (`named`, from PGPASSFILE or PGSERVICEFILE) is refused, since root
+/// would rewrite any root-owned file there (and make it 0600); and the home must be one only
+/// root controls, like velo's own.
+fn root_paths(home: Option<PathBuf>, named: Option<std::ffi::OsString>) -> Result<[PathBuf; 2]> {
+    if let Some(named) = named {
+        bail!(
+            "velo runs as root and writes connection files only as $HOME/.pgpass and $HOME/.pg_service.conf, not where PGPASSFILE or PGSERVICEFILE say ({}); unset them",
+            PathBuf::from(named).display()
+        );
+    }
+    let home = home.ok_or_else(|| anyhow!("HOME is not set: velo cannot find .pgpass"))?;
+    let files = [home.join(".pgpass"), home.join(".pg_service.conf")];
+    crate::state::only_root_controls(&files[0]).map_err(|why| {
+        anyhow!(
+            "velo runs as root, but {why}, so another user could choose where root's passwords go; run velo with root's own HOME (`sudo -H`), or turn connection files off"
+        )
+    })?;
+    Ok(files)
 }
 
 /// Every branch's entry; two branches whose service names would be the same (`a-b/c` and
@@ -64,6 +91,14 @@ pub fn entries(state: &State) -> (Vec<Entry>, Vec<String>) {
     (unique, clashes)
 }
 
+/// Whether an entry can be written as it is: a line break in a field (from a state file
+/// edited by hand) would add lines of its own, another service or a `*` password line.
+fn fits(e: &Entry) -> bool {
+    [&e.service, &e.host, &e.database, &e.user, &e.password]
+        .iter()
+        .all(|field| !field.chars().any(char::is_control))
+}
+
 /// Writes this home's entries into both files (or, with `entries` empty, removes them).
 fn write(ctx: &Ctx, entries: &[Entry]) -> Result<()> {
     let [pgpass, service] = paths()?;
@@ -93,6 +128,14 @@ fn try_sync(ctx: &Ctx) -> Result<()> {
         ctx.shell.warn(&format!(
             "branches share the service name(s) {}; they have no connection-file entries (rename one)",
             clashes.join(", ")
+        ));
+    }
+    let (entries, odd): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(fits);
+    if !odd.is_empty() {
+        let names: Vec<&str> = odd.iter().map(|e| e.service.as_str()).collect();
+        ctx.shell.warn(&format!(
+            "the state gives {} a user, database or password with a line break or another control character; they have no connection-file entries (was the state file edited?)",
+            names.join(", ")
         ));
     }
     write(ctx, &entries)
@@ -142,6 +185,30 @@ mod tests {
         let home = tempfile::tempdir().unwrap();
         std::fs::copy(path, home.path().join("state.json")).unwrap();
         crate::state::Store::new(home.path()).read().unwrap()
+    }
+
+    #[test]
+    fn root_takes_no_file_the_environment_names() {
+        let home = Some(PathBuf::from("/root"));
+        let named = Some(std::ffi::OsString::from("/etc/passwd"));
+        let err = root_paths(home, named).unwrap_err().to_string();
+        assert!(
+            err.contains("PGPASSFILE") && err.contains("/etc/passwd"),
+            "{err}"
+        );
+        assert!(root_paths(None, None).is_err(), "no HOME: no files");
+    }
+
+    #[test]
+    fn a_field_with_a_line_break_is_not_written() {
+        let (mut all, _) = entries(&fixture());
+        let mut e = all.pop().unwrap();
+        assert!(fits(&e));
+        e.password = "x\n*:*:*:*:y".into();
+        assert!(!fits(&e));
+        e.password = "x".into();
+        e.database = "db\rhost=elsewhere".into();
+        assert!(!fits(&e));
     }
 
     #[test]

@@ -4,14 +4,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 use chrono::Utc;
 
 use super::journal::Intent;
 use super::{Ctx, Undo, remove_dir, server};
 use crate::names::{BranchName, BranchRef, ProjectName, SnapshotId, SnapshotRef, VolumeId};
-use crate::pg::Sql;
-use crate::runtime::ServerStatus;
+use crate::pg::{BackupSession, Sql};
+use crate::runtime::{Runtime, ServerStatus};
 use crate::state::{Branch, Finish, Origin, Pin, Project, Recovery, UndoStep};
 use crate::storage::Storage;
 
@@ -37,7 +37,8 @@ pub async fn take_snapshot(
     undo: &mut Undo,
 ) -> Result<Origin> {
     let (storage, runtime) = (ctx.storage(project)?, ctx.runtime(project)?);
-    let running = runtime.status(&crate::names::server_name(r)).await? == ServerStatus::Running;
+    let name = crate::names::server_name(r);
+    let running = runtime.status(&name).await? == ServerStatus::Running;
     let s = SnapshotRef {
         volume: b.volume(r),
         id: id.clone(),
@@ -61,7 +62,7 @@ pub async fn take_snapshot(
     .await?;
     let created_at = Utc::now();
     let wal_from = if running && !atomic {
-        Some(copy_under_backup(ctx, storage.as_ref(), sql.as_ref(), &s).await?)
+        copy_running(ctx, storage.as_ref(), runtime.as_ref(), sql.as_ref(), &s, r).await?
     } else {
         ctx.shell.step("Snapshot", storage.snapshot(&s)).await?;
         checkpointed
@@ -92,19 +93,53 @@ async fn checkpoint(ctx: &Ctx, r: &BranchRef, sql: &dyn Sql) -> Option<String> {
     }
 }
 
-/// Copies a running server's volume under PostgreSQL's backup API; returns the WAL segment a
-/// recovery from the copy starts at.
+/// Copies the volume of `r`, whose server ran a moment ago, under PostgreSQL's backup API;
+/// returns the WAL segment a recovery from the copy starts at. A server that stops meanwhile
+/// (killed by its own reset, which keeps this generation for us) cannot finish the backup,
+/// and needs none: the files of a server that does not run are crash-consistent, as long as
+/// none starts on them while they are copied, which is checked again afterwards.
+async fn copy_running(
+    ctx: &Ctx,
+    storage: &dyn Storage,
+    runtime: &dyn Runtime,
+    sql: &dyn Sql,
+    s: &SnapshotRef,
+    r: &BranchRef,
+) -> Result<Option<String>> {
+    let name = crate::names::server_name(r);
+    let stopped = || async { runtime.status(&name).await.ok() != Some(ServerStatus::Running) };
+    let copied = match ctx.shell.step("Start backup", sql.backup_start()).await {
+        Ok(backup) => copy_under_backup(ctx, storage, backup, s).await,
+        Err(e) => Err(anyhow::Error::new(e)),
+    };
+    let why = match copied {
+        Ok(wal_from) => return Ok(Some(wal_from)),
+        Err(e) if stopped().await => e,
+        Err(e) => return Err(e.context("a copy of a running server needs PostgreSQL's backup API")),
+    };
+    ctx.shell.warn(&format!(
+        "`{r}` stopped while it was copied under the backup API ({why:#}); copying it again as a stopped server"
+    ));
+    ctx.shell
+        .step("Drop the copy", storage.destroy_snapshot(s))
+        .await?;
+    ctx.shell.step("Copy", storage.snapshot(s)).await?;
+    if !stopped().await {
+        bail!(
+            "the server of `{r}` started again while its files were copied, so the copy may be inconsistent; run the command again"
+        );
+    }
+    Ok(None)
+}
+
+/// Copies a volume while its server is held in backup mode by `backup`; returns the WAL
+/// segment a recovery from the copy starts at.
 async fn copy_under_backup(
     ctx: &Ctx,
     storage: &dyn Storage,
-    sql: &dyn Sql,
+    backup: Box<dyn BackupSession>,
     s: &SnapshotRef,
 ) -> Result<String> {
-    let backup = ctx
-        .shell
-        .step("Start backup", sql.backup_start())
-        .await
-        .context("a copy of a running server needs PostgreSQL's backup API")?;
     ctx.shell.step("Copy", storage.snapshot(s)).await?;
     let (label, wal_from) = ctx.shell.step("Stop backup", backup.stop()).await?;
     ctx.shell
@@ -221,12 +256,11 @@ async fn collect_retired(ctx: &Ctx, r: &BranchRef) -> Result<usize> {
             if branch.busy.is_some() {
                 return Ok(None);
             }
-            let pins = ctx.storage(p)?.capabilities().clone_pins_source;
             let mut retired = branch.retired.clone();
             retired.sort_by_key(|g| std::cmp::Reverse(g.generation));
             let Some(g) = retired
                 .into_iter()
-                .find(|g| !s.generation_in_use(r, g.generation, pins))
+                .find(|g| !s.generation_in_use(r, g.generation))
             else {
                 return Ok(None);
             };

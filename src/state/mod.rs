@@ -16,4 +16,4 @@ pub use journal::*;
 pub use migrate::MigrateError;
 pub use model::*;
 pub use records::*;
-pub use store::{Store, StoreError};
+pub use store::{Store, StoreError, only_root_controls};

@@ -51,10 +51,12 @@ impl Default for State {
 }
 
 impl State {
-    /// Whether anything still needs a generation of `r`: a user's snapshot on it, a clone made
-    /// from one of its snapshots where clones pin their source, or an operation in flight that
-    /// reads from it.
-    pub fn generation_in_use(&self, r: &BranchRef, generation: u32, clones_pin: bool) -> bool {
+    /// Whether anything still needs a generation of `r`: a user's snapshot on it, a branch
+    /// made from one of its snapshots, or an operation in flight that reads from it. A branch
+    /// needs the snapshot it was made from even where its data does not (storage whose clones
+    /// are copies): that snapshot is the base a point-in-time recovery of the branch starts
+    /// from, and it goes when its generation is destroyed.
+    pub fn generation_in_use(&self, r: &BranchRef, generation: u32) -> bool {
         let Some(p) = self.projects.get(&r.project) else {
             return false;
         };
@@ -62,9 +64,9 @@ impl State {
             .snapshots
             .iter()
             .any(|s| s.branch == r.branch && s.generation == generation);
-        let cloned_from = clones_pin
-            && p.origins()
-                .any(|(_, o)| o.branch == r.branch && o.generation == generation);
+        let cloned_from = p
+            .origins()
+            .any(|(_, o)| o.branch == r.branch && o.generation == generation);
         snapshotted || cloned_from || self.journal.pinned(&r.project, &r.branch, generation)
     }
 }

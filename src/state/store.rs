@@ -242,11 +242,23 @@ impl Store {
 /// As root: every directory above the home must be root's and writable by no one else, unless
 /// it is sticky (like /tmp), where no one else can rename or remove what root made.
 fn check_ancestors(home: &Path) -> Result<(), String> {
+    only_root_controls(home).map_err(|dir| {
+        format!(
+            "velo runs as root, but {dir}, so another user could replace velo's directory; set VELO_HOME to a directory only root controls, or run velo as that user"
+        )
+    })
+}
+
+/// Whether only root can change what `path` names: every directory that holds it (links
+/// resolved) is root's and writable by no one else, or sticky (like /tmp), where no one else
+/// can rename or remove what root made. `path` itself need not exist. The error says which
+/// directory fails (`<dir> belongs to uid <n> or others may write it`).
+pub fn only_root_controls(path: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    let home = std::path::absolute(home).map_err(|e| e.to_string())?;
+    let path = std::path::absolute(path).map_err(|e| e.to_string())?;
     // The nearest ancestor that exists, with every link in it resolved: the directories that
-    // really hold the home. (Missing ones root creates itself.)
-    let Some(existing) = home
+    // really hold the path. (Missing ones root creates itself.)
+    let Some(existing) = path
         .ancestors()
         .skip(1)
         .find_map(|dir| std::fs::canonicalize(dir).ok())
@@ -259,7 +271,7 @@ fn check_ancestors(home: &Path) -> Result<(), String> {
         let sticky = meta.mode() & 0o1000 != 0;
         if meta.uid() != 0 || (others_write && !sticky) {
             return Err(format!(
-                "velo runs as root, but {} belongs to uid {} or others may write it, so another user could replace velo's directory; set VELO_HOME to a directory only root controls, or run velo as that user",
+                "{} belongs to uid {} or others may write it",
                 dir.display(),
                 meta.uid()
             ));

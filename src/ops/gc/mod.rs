@@ -12,6 +12,8 @@
 
 mod plan;
 
+use std::time::Duration;
+
 use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
 use serde_json::json;
@@ -83,8 +85,14 @@ pub async fn gc(ctx: &Ctx, opts: GcOptions) -> Result<()> {
     report(ctx, &results, opts)
 }
 
+/// How long gc waits for a server to say how many clients it has. Its database superuser
+/// controls what it answers and when (a lock on `pg_stat_activity`, a login trigger, a
+/// stopped server): without a limit one branch could keep gc from every other.
+const ASK_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Asks each candidate's server how many clients it has; one that is not running or does not
-/// answer is left out (and said so): whether it is in use cannot be told.
+/// answer (within [`ASK_TIMEOUT`]) is left out (and said so): whether it is in use cannot be
+/// told.
 async fn look(ctx: &Ctx, state: &State, candidates: Vec<Candidate>) -> Vec<Seen> {
     let asks = candidates.into_iter().map(|candidate| async move {
         let asked = async {
@@ -97,7 +105,16 @@ async fn look(ctx: &Ctx, state: &State, candidates: Vec<Candidate>) -> Vec<Seen>
             if status != ServerStatus::Running {
                 return Ok(None);
             }
-            Ok::<_, anyhow::Error>(Some(server::sql(ctx, p, b).client_connections().await?))
+            let sql = server::sql(ctx, p, b);
+            let clients = tokio::time::timeout(ASK_TIMEOUT, sql.client_connections())
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no answer within {}",
+                        humantime::format_duration(ASK_TIMEOUT)
+                    )
+                })??;
+            Ok::<_, anyhow::Error>(Some(clients))
         };
         match asked.await {
             Ok(Some(clients)) => Some(Seen { candidate, clients }),

@@ -5,9 +5,10 @@
 //! postmaster (`proc::Identity`: pid, start time, boot id) and its log. `start` spawns
 //! `postgres -D <data> -c …` in a session of its own, so neither Ctrl-C to velo nor velo's exit
 //! reaches it, and returns at once; velo waits for readiness over the Unix socket. `stop` asks
-//! the postmaster for a fast shutdown (SIGINT). `kill` SIGKILLs the postmaster, then every
-//! process left working in its data directory (PostgreSQL gives each child a session of its
-//! own, so no process group holds them all). A signal goes to the recorded pid only while its
+//! the postmaster for a fast shutdown (SIGINT). `kill` asks for an immediate shutdown
+//! (SIGQUIT, which frees the server's shared memory) and SIGKILLs the postmaster if it is not
+//! gone at once, then every process left working in its data directory (PostgreSQL gives each
+//! child a session of its own, so no process group holds them all). A signal goes to the recorded pid only while its
 //! start time and boot id still match.
 //!
 //! This module touches `<home>/servers`, the data directories it is given (`pgdata`, signal
@@ -46,6 +47,9 @@ use crate::fsx;
 
 /// How long `kill` waits for each of: the postmaster to die, then its children.
 const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// How long `kill` gives an immediate shutdown before it kills the server outright.
+const QUIT_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 pub struct NativeRuntime {
@@ -367,9 +371,17 @@ impl Runtime for NativeRuntime {
         else {
             return Ok(());
         };
+        // An immediate shutdown ends the server about as fast as a kill, and its postmaster
+        // removes its shared memory (`/dev/shm/PostgreSQL.*`, its System V segment) on the way
+        // out, which after a SIGKILL would stay until the host reboots.
         postmaster
-            .kill_group()
+            .signal(Signal::QUIT)
             .map_err(|source| signal_error(&postmaster, source))?;
+        if !postmaster.wait_stopped(QUIT_WAIT).await {
+            postmaster
+                .kill_group()
+                .map_err(|source| signal_error(&postmaster, source))?;
+        }
         let gone = postmaster.wait_stopped(KILL_WAIT).await
             && self
                 .kill_leftovers(&postmaster, &spec.paths.data_dir)

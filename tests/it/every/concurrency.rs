@@ -5,33 +5,12 @@ use std::time::Instant;
 
 use crate::util::Sandbox;
 
-/// Starts `velo <args>` in the sandbox's home without waiting for it.
-fn spawn(sb: &Sandbox, args: &[&str]) -> std::process::Child {
-    Command::new(env!("CARGO_BIN_EXE_velo"))
-        .args(args)
-        .env("VELO_HOME", sb.home())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("velo starts")
-}
-
 fn succeeded(out: Output, what: &str) {
     assert!(
         out.status.success(),
         "{what} failed:\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-/// A libpq environment for a branch (the password goes through PGPASSWORD, never argv).
-fn pg_env(sb: &Sandbox, branch: &str, cmd: &mut Command) {
-    let creds = sb.json(&["branch", "password", branch]);
-    cmd.env("PGHOST", creds["host"].as_str().unwrap())
-        .env("PGPORT", creds["port"].to_string())
-        .env("PGUSER", creds["user"].as_str().unwrap())
-        .env("PGPASSWORD", creds["password"].as_str().unwrap())
-        .env("PGDATABASE", creds["database"].as_str().unwrap());
 }
 
 #[test]
@@ -44,7 +23,7 @@ fn eight_parallel_creates_in_one_project_all_succeed_with_unique_ports() {
 
     let all = Instant::now();
     let children: Vec<_> = (0..8)
-        .map(|i| spawn(&sb, &["branch", "create", &format!("{p}/b{i}")]))
+        .map(|i| sb.spawn(&["branch", "create", &format!("{p}/b{i}")]))
         .collect();
     for (i, child) in children.into_iter().enumerate() {
         succeeded(child.wait_with_output().unwrap(), &format!("create b{i}"));
@@ -78,25 +57,24 @@ fn branches_made_under_load_cost_the_parent_nothing() {
     let sb = Sandbox::new();
     let p = sb.create_project("load");
     let main = format!("{p}/main");
-    let mut init = Command::new("pgbench");
-    init.args(["-i", "-s", "2", "-q"]);
-    pg_env(&sb, &main, &mut init);
-    succeeded(init.output().unwrap(), "pgbench -i");
+    let init = sb
+        .client("pgbench", &main, &["-i", "-s", "2", "-q"])
+        .output();
+    succeeded(init.unwrap(), "pgbench -i");
     sb.ok(&["branch", "create", &format!("{p}/first")]);
     let started = sb.sql(&main, "SELECT pg_postmaster_start_time()");
 
-    let mut bench = Command::new("pgbench");
-    bench
-        .args(["-c", "4", "-j", "2", "-T", "25", "-n"])
+    let bench = sb
+        .client("pgbench", &main, &["-c", "4", "-j", "2", "-T", "25", "-n"])
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    pg_env(&sb, &main, &mut bench);
-    let bench = bench.spawn().unwrap();
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
 
     let creates: Vec<_> = (0..5)
-        .map(|i| spawn(&sb, &["branch", "create", &format!("{p}/l{i}")]))
+        .map(|i| sb.spawn(&["branch", "create", &format!("{p}/l{i}")]))
         .collect();
-    let reset = spawn(&sb, &["branch", "reset", &format!("{p}/first")]);
+    let reset = sb.spawn(&["branch", "reset", &format!("{p}/first")]);
     for (i, child) in creates.into_iter().enumerate() {
         succeeded(child.wait_with_output().unwrap(), &format!("create l{i}"));
     }
@@ -131,10 +109,8 @@ fn branches_made_under_load_cost_the_parent_nothing() {
         );
         assert_eq!(sums, "t", "{b}: balances and history disagree");
         if amcheck {
-            let mut check = Command::new("pg_amcheck");
-            check.arg("--heapallindexed");
-            pg_env(&sb, &b, &mut check);
-            succeeded(check.output().unwrap(), &format!("pg_amcheck on {b}"));
+            let check = sb.client("pg_amcheck", &b, &["--heapallindexed"]).output();
+            succeeded(check.unwrap(), &format!("pg_amcheck on {b}"));
         }
     }
     sb.assert_consistent(&p);
@@ -149,19 +125,16 @@ fn resets_of_a_parent_and_its_child_and_snapshots_at_once_end_consistent() {
     sb.ok(&["branch", "create", &leaf, "--parent", &mid]);
     for round in 0..3 {
         let children = [
-            spawn(&sb, &["branch", "reset", &mid]),
-            spawn(&sb, &["branch", "reset", &leaf]),
-            spawn(&sb, &["snapshot", "create", &mid]),
-            spawn(
-                &sb,
-                &[
-                    "branch",
-                    "create",
-                    &format!("{p}/c{round}"),
-                    "--parent",
-                    &mid,
-                ],
-            ),
+            sb.spawn(&["branch", "reset", &mid]),
+            sb.spawn(&["branch", "reset", &leaf]),
+            sb.spawn(&["snapshot", "create", &mid]),
+            sb.spawn(&[
+                "branch",
+                "create",
+                &format!("{p}/c{round}"),
+                "--parent",
+                &mid,
+            ]),
         ];
         for (i, child) in children.into_iter().enumerate() {
             let out = child.wait_with_output().unwrap();

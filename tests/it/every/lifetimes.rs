@@ -1,10 +1,10 @@
-//! Branch lifetimes on the real rig: expiry and idle stops through `velo gc` (with a clock of
+//! Branch lifetimes on every backend: expiry and idle stops through `velo gc` (with a clock of
 //! seconds: `--ttl 2s`, `--idle-stop 2s`), `gc --dry-run` changing nothing, `velo branch
 //! psql` starting a branch gc stopped, and `velo branch rename` of a branch with children,
 //! snapshots and several generations: then a PITR of the renamed branch, and a rename killed
 //! at each step, rolled back by the next command.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -59,11 +59,11 @@ fn expired_branches_go_at_the_next_gc_and_a_dry_run_changes_nothing() {
     let expires: chrono::DateTime<chrono::Utc> = expires.as_str().unwrap().parse().unwrap();
     let left = (expires - chrono::Utc::now()).to_std().unwrap_or_default();
     std::thread::sleep(left + Duration::from_millis(200));
-    let before = (sb.state()["projects"][&p].clone(), sb.zfs_tree(&p));
+    let before = (sb.state()["projects"][&p].clone(), sb.volumes(&p));
     let dry = sb.json(&["gc", "--dry-run"]);
     assert_eq!(dry["dry_run"], true);
     assert_eq!(results(&dry), [triple("tmp", "delete", "dry-run")]);
-    let after = (sb.state()["projects"][&p].clone(), sb.zfs_tree(&p));
+    let after = (sb.state()["projects"][&p].clone(), sb.volumes(&p));
     assert_eq!(after, before, "a dry run changes nothing");
     assert!(sb.ok(&["branch", "list", &p]).contains("(expired)"));
 
@@ -118,14 +118,8 @@ fn bad_expiries_and_idle_stops_are_refused_with_what_to_do() {
 
 /// A psql session on `branch` that sleeps, seen by the server once this returns.
 fn hold_a_client(sb: &Sandbox, branch: &str) -> Child {
-    let creds = sb.json(&["branch", "password", branch]);
-    let child = Command::new("psql")
-        .args(["-X", "-q", "-c", "SELECT pg_sleep(60)"])
-        .env("PGHOST", creds["host"].as_str().unwrap())
-        .env("PGPORT", creds["port"].to_string())
-        .env("PGUSER", creds["user"].as_str().unwrap())
-        .env("PGPASSWORD", creds["password"].as_str().unwrap())
-        .env("PGDATABASE", creds["database"].as_str().unwrap())
+    let child = sb
+        .client("psql", branch, &["-X", "-q", "-c", "SELECT pg_sleep(60)"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -241,9 +235,9 @@ fn a_renamed_branch_keeps_its_children_snapshots_and_history() {
     assert!(branch(&list, "dev").is_none());
     assert_eq!(branch(&list, "sub").unwrap()["parent"], "renamed");
     assert!(
-        sb.zfs_tree(&p).iter().all(|d| !d.contains(".dev.")),
+        sb.volumes(&p).iter().all(|d| !d.starts_with("dev.")),
         "{:?}",
-        sb.zfs_tree(&p)
+        sb.volumes(&p)
     );
     sb.assert_consistent(&p);
     let snapshots = sb.json(&["snapshot", "list", &p]);

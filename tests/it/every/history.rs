@@ -1,4 +1,4 @@
-//! Snapshots, restore, WAL archiving and point-in-time recovery on the real rig.
+//! Snapshots, restore, WAL archiving and point-in-time recovery, on every backend.
 
 use std::thread::sleep;
 use std::time::Duration;
@@ -77,14 +77,14 @@ fn restore_brings_back_a_dropped_table_and_keeps_later_snapshots() {
     assert!(err.contains(&format!("{p}/fix")), "{err}");
     sb.ok(&["branch", "delete", &format!("{p}/fix")]);
     sb.ok(&["snapshot", "rm", "after-drop"]);
-    // dev runs on a clone of before-migration now: ZFS cannot destroy it, and velo says why.
+    // dev runs on a clone of before-migration now: velo keeps it, and says why.
     let err = sb.fails(&["snapshot", "delete", "before-migration"]);
     assert!(err.contains("restored from it"), "{err}");
     sb.ok(&["branch", "delete", &dev]);
     assert_eq!(sb.json(&["snapshot", "list"]), serde_json::json!([]));
-    // Everything of dev is gone from ZFS: its generations and snapshots.
-    let tree = sb.zfs_tree(&p);
-    assert!(tree.iter().all(|n| !n.contains(".dev.")), "{tree:?}");
+    // Everything of dev is gone from the storage: its generations and snapshots.
+    let tree = sb.volumes(&p);
+    assert!(tree.iter().all(|n| !n.starts_with("dev.")), "{tree:?}");
     assert!(tree.iter().all(|n| !n.contains('@')), "{tree:?}");
 }
 
@@ -197,9 +197,9 @@ fn snapshot_cleanup_keeps_young_and_needed_snapshots() {
     let left = sb.json(&["snapshot", "list"]);
     assert_eq!(left.as_array().unwrap().len(), 1);
     assert_eq!(left[0]["id"], kept.as_str());
-    // State and ZFS agree: the old snapshot is gone from both, the base snapshot of dev stays.
+    // State and storage agree: the old snapshot is gone from both, dev's base stays.
     let snaps: Vec<String> = sb
-        .zfs_tree(&p)
+        .volumes(&p)
         .into_iter()
         .filter(|n| n.contains('@'))
         .collect();
@@ -367,8 +367,7 @@ fn pitr_from_a_child_branch() {
     // Deleting dev needs --force (the recovered branches hang off it) and cleans everything.
     sb.fails(&["branch", "delete", &dev]);
     sb.ok(&["branch", "delete", &dev, "--force"]);
-    let tree = sb.zfs_tree(&p);
-    assert_eq!(tree, [sb.dataset(&p, "main", 0)], "{tree:?}");
+    assert_eq!(sb.volumes(&p), ["main.0"]);
 }
 
 #[test]
@@ -421,4 +420,30 @@ fn wal_cleanup_keeps_what_the_oldest_snapshot_needs() {
     let info = sb.json(&["wal", "info", &main]);
     assert!(info[0]["gaps"].as_array().unwrap().is_empty(), "{info}");
     assert!(info[0]["recoverable_from"].is_string(), "{info}");
+}
+
+/// A branch's base (the snapshot it was cloned from) is where PITR of it starts; resetting its
+/// parent must not take that snapshot away, on storage whose clones do not need it either.
+#[test]
+fn pitr_of_a_branch_still_starts_from_its_base_after_its_parent_was_reset() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("base");
+    let (mid, leaf) = (format!("{p}/mid"), format!("{p}/leaf"));
+    sb.ok(&["branch", "create", &mid]);
+    sb.sql(&mid, "CREATE TABLE t (v int); INSERT INTO t VALUES (1)");
+    sb.ok(&["branch", "create", &leaf, "--parent", &mid]);
+    sleep(Duration::from_millis(1100));
+    sb.sql(&leaf, "INSERT INTO t VALUES (2)");
+    sleep(Duration::from_millis(1100));
+    let target = now();
+    sb.ok(&["branch", "reset", &mid]);
+    sb.assert_consistent(&p);
+    let back = format!("{p}/back");
+    sb.ok(&[
+        "branch", "create", &back, "--pitr", &target, "--parent", &leaf,
+    ]);
+    assert_eq!(
+        sb.sql(&back, "SELECT string_agg(v::text, ',' ORDER BY v) FROM t"),
+        "1,2"
+    );
 }

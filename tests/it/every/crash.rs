@@ -1,6 +1,6 @@
 //! Crash safety: velo killed (SIGKILL) or interrupted (SIGINT/SIGTERM) at each step of a
 //! command; the next velo command rolls it back (or, for deletes, forward), and afterwards the
-//! state agrees with `zfs list` and `docker ps -a`.
+//! state agrees with the storage and the runtime.
 
 use crate::util::{self, Sandbox};
 
@@ -127,7 +127,6 @@ fn a_delete_answers_first_and_a_killed_background_is_finished_by_the_next_comman
     let dev = format!("{p}/dev");
     sb.ok(&["branch", "create", &dev]);
     sb.sql(&dev, "CREATE TABLE gone AS SELECT 1 AS x");
-    let data = sb.dataset(&p, "dev", 0);
     // The background velo inherits the hook and stops before destroying anything.
     sb.set_env("VELO_TEST_PAUSE_AT", "delete-data");
     let out = sb.run_unsettled(&["branch", "delete", &dev]);
@@ -145,7 +144,8 @@ fn a_delete_answers_first_and_a_killed_background_is_finished_by_the_next_comman
     }
     // The branch is gone at once; its data is still there, and `velo status` says so.
     assert!(sb.state()["projects"][&p]["branches"].get("dev").is_none());
-    assert!(sb.zfs_tree(&p).contains(&data), "{:?}", sb.zfs_tree(&p));
+    let data = "dev.0".to_string();
+    assert!(sb.volumes(&p).contains(&data), "{:?}", sb.volumes(&p));
     // (Unsettled: `sb.json` would wait for the paused background velo.)
     let status = sb.run_unsettled(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
@@ -155,16 +155,9 @@ fn a_delete_answers_first_and_a_killed_background_is_finished_by_the_next_comman
     let pid = pending[0]["pid"].as_u64().unwrap();
     assert_eq!(util::background_of(sb.home()), Some(pid as u32), "{status}");
     // A new branch of the same name waits for the old one's data to go ...
-    let creating = std::process::Command::new(env!("CARGO_BIN_EXE_velo"))
-        .args(["branch", "create", &dev])
-        .env("VELO_HOME", sb.home())
-        .env("VELO_CONFIG", sb.home().join("config.json"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let creating = sb.spawn(&["branch", "create", &dev]);
     std::thread::sleep(std::time::Duration::from_secs(1));
-    assert!(sb.zfs_tree(&p).contains(&data), "the create waited");
+    assert!(sb.volumes(&p).contains(&data), "the create waited");
     // ... and when the background velo dies, finishes the delete itself and goes on.
     let killed = std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
@@ -229,14 +222,7 @@ fn a_snapshot_waits_for_a_reset_in_progress() {
         "{err}"
     );
     // With time, it waits for the reset (here: until the reset is interrupted and undone).
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_velo"));
-    let waiting = cmd
-        .args(["snapshot", "create", &dev, "--wait", "5m"])
-        .env("VELO_HOME", sb.home())
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let waiting = sb.spawn(&["snapshot", "create", &dev, "--wait", "5m"]);
     let (code, _) = reset.signal("INT");
     assert_eq!(code, Some(130));
     let out = waiting.wait_with_output().unwrap();

@@ -5,13 +5,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{assert_no_trace, create_args, fails_with, text};
-use crate::source::{Source, free_port};
-use crate::util::Sandbox;
+use super::{assert_no_trace, create_args, fails_with, sandbox, text};
+use crate::util::source::{Source, free_port};
 
 #[test]
 fn bad_sources_fail_clearly_and_leave_nothing_behind() {
-    let mut sb = Sandbox::new();
+    let mut sb = sandbox();
     let src = Source::start(&sb.rig.image);
     src.sql(
         "postgres",
@@ -125,7 +124,7 @@ fn bad_sources_fail_clearly_and_leave_nothing_behind() {
         "no password file while importing"
     );
     assert_eq!(
-        sb.containers(&name),
+        sb.servers(&name),
         [format!("velo-{name}.main.import")],
         "the import server runs"
     );
@@ -219,7 +218,7 @@ impl Drop for Tmpfs {
 
 #[test]
 fn a_full_storage_fails_clearly_and_leaves_nothing_behind() {
-    let mut sb = Sandbox::new();
+    let mut sb = sandbox();
     let src = Source::start(&sb.rig.image);
     src.pgbench_init("postgres", 5);
     // A file system with room for the cluster velo prepares and its copies, not for the data.

@@ -1,18 +1,18 @@
-//! The command line as a user and cron see it: exit codes, cron's PATH, the first pull of an
-//! image, completions and the man page, the default project, `--json` after changes, and
-//! plain output off a terminal.
+//! The command line's conventions as a user and cron see them: exit codes, completions and the man page, the default project, `--json` after changes, and
+//! plain output off a terminal (once, as root, on ZFS and Docker; cron's PATH:
+//! `zfs_docker::zfs`; the first pull: `zfs_docker::docker`).
 
 use std::path::Path;
 use std::process::{Command, Output};
 
 use serde_json::Value;
 
-use crate::util::Sandbox;
+use crate::util::{Backend, Sandbox, velo_exe};
 
 /// Runs velo in a throw-away home, for what needs no rig: parsing, usage, generated files.
 fn velo_alone(args: &[&str]) -> Output {
     let home = tempfile::tempdir().unwrap();
-    Command::new(env!("CARGO_BIN_EXE_velo"))
+    Command::new(velo_exe())
         .args(args)
         .env("VELO_HOME", home.path())
         .env("VELO_CONFIG", home.path().join("config.json"))
@@ -112,79 +112,6 @@ fn completion_and_man_page_match_their_fixtures() {
     assert!(page.contains("pitr"), "{page}");
 }
 
-#[test]
-fn cron_finds_zfs_outside_its_path() {
-    let sb = Sandbox::new();
-    let p = sb.create_project("cron");
-    let main = format!("{p}/main");
-    // The README's crontab lines, with cron's environment.
-    let cron_lines: &[&[&str]] = &[
-        &["snapshot", "create", &main],
-        &["snapshot", "cleanup", "--all", "--days", "7"],
-        &["wal", "cleanup", &main, "--days", "7"],
-    ];
-    for args in cron_lines {
-        let out = Command::new(env!("CARGO_BIN_EXE_velo"))
-            .args(*args)
-            .env_clear()
-            .env("HOME", sb.home())
-            .env("PATH", "/usr/bin:/bin")
-            .env("VELO_HOME", sb.home())
-            .env("VELO_CONFIG", sb.home().join("config.json"))
-            .output()
-            .unwrap();
-        let err = text(&out.stderr);
-        assert!(out.status.success(), "{args:?}: {err}");
-        assert!(err.is_ascii(), "plain output for cron mail: {err}");
-    }
-    assert_eq!(
-        sb.state()["projects"][&p]["snapshots"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
-}
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().unwrap()
-}
-
-#[test]
-fn the_first_run_pulls_its_image() {
-    let registry = std::env::var("VELO_TEST_REGISTRY")
-        .expect("VELO_TEST_REGISTRY is not set: run the tests through scripts/test.sh");
-    let sb = Sandbox::new();
-    let image = format!("{registry}/velo-test/postgres:17");
-    // Only the tag goes: the layers stay, shared with the rig's own images.
-    let _ = docker(&["rmi", &image]);
-    assert!(!docker(&["image", "inspect", &image]).status.success());
-
-    let p = sb.project("pull");
-    let pool = sb.rig.pool.as_str();
-    let out = sb.run(&["project", "create", &p, "--pool", pool, "--image", &image]);
-    let err = text(&out.stderr);
-    assert!(out.status.success(), "{err}");
-    assert!(err.contains(&format!("- Pull {image}")), "{err}");
-    assert!(docker(&["image", "inspect", &image]).status.success());
-    assert_eq!(sb.json(&["project", "get", &p])["image"], image.as_str());
-
-    // A registry that does not answer: a clear error, and nothing left.
-    let gone = sb.project("nopull");
-    let missing = "127.0.0.1:5999/velo-test/postgres:17";
-    let out = sb.run(&[
-        "project", "create", &gone, "--pool", pool, "--image", missing,
-    ]);
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    for says in ["does not answer", "--image", "docker load"] {
-        assert!(err.contains(says), "{says}: {err}");
-    }
-    assert!(sb.state()["projects"].get(&gone).is_none());
-    assert!(sb.zfs_tree(&gone).is_empty());
-    assert!(sb.containers(&gone).is_empty());
-}
-
 /// A branch's record without what changes from one moment to the next.
 fn record(v: &Value) -> Value {
     let mut v = v.clone();
@@ -194,7 +121,7 @@ fn record(v: &Value) -> Value {
 
 #[test]
 fn default_project_json_records_and_quiet() {
-    let mut sb = Sandbox::new();
+    let mut sb = Sandbox::only(Backend::ZfsDocker);
     let p = sb.project("dflt");
     let created = sb.json(&[
         "project",
@@ -250,7 +177,7 @@ fn default_project_json_records_and_quiet() {
 /// Runs velo under a pseudo-terminal (`script`), with extra environment; returns what it
 /// printed.
 fn on_a_terminal(sb: &Sandbox, env: &[(&str, &str)], args: &str) -> String {
-    let velo = env!("CARGO_BIN_EXE_velo");
+    let velo = velo_exe().display();
     let mut cmd = Command::new("script");
     cmd.args(["-qec", &format!("{velo} {args}"), "/dev/null"])
         .env("VELO_HOME", sb.home())
@@ -267,7 +194,7 @@ fn on_a_terminal(sb: &Sandbox, env: &[(&str, &str)], args: &str) -> String {
 
 #[test]
 fn marks_and_tables_are_plain_off_a_terminal() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::only(Backend::ZfsDocker);
     let p = sb.create_project("plain");
     let table = sb.ok(&["branch", "list", &p]);
     assert!(table.is_ascii() && table.contains("BRANCH"), "{table}");
@@ -309,7 +236,7 @@ fn psql_service(home: &Path, service: &str) -> Output {
 
 #[test]
 fn connection_files_follow_the_branches() {
-    let mut sb = Sandbox::new();
+    let mut sb = Sandbox::only(Backend::ZfsDocker);
     let user_home = tempfile::tempdir().unwrap();
     let (pgpass, services) = (
         user_home.path().join(".pgpass"),

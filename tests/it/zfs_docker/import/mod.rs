@@ -1,7 +1,7 @@
 //! Importing projects from a real source PostgreSQL (a container the test starts, on
 //! 127.0.0.1, asking for a password): a logical import while pgbench writes to the source,
-//! masking, a refresh that keeps branches, a dump file, and an import by a user who is not
-//! root, on the native runtime. The failures are in `failures.rs`.
+//! masking, a refresh that keeps branches, a dump file. The failures are in `failures.rs`; an
+//! import on the native runtime is `native::import`.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -10,10 +10,24 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::source::{Source, fingerprints};
-use crate::util::Sandbox;
+use crate::util::source::{Source, fingerprints};
+use crate::util::{Backend, Sandbox};
 
 mod failures;
+
+/// The major of the imports here: the rig's only image whose client programs (pg_dump,
+/// pg_restore) are of its own server's major (the others carry Debian's of 15).
+const MAJOR: u32 = 15;
+
+/// A ZFS and Docker sandbox with PostgreSQL [`MAJOR`].
+fn sandbox() -> Sandbox {
+    assert_eq!(
+        Backend::from_env(),
+        Backend::ZfsDocker,
+        "the import tests run on zfs-docker (scripts/test.sh)"
+    );
+    Sandbox::on(Backend::ZfsDocker, MAJOR)
+}
 
 /// pgbench's own check: every transaction moved the three balances by its history row's delta,
 /// so a copy torn between two moments breaks it.
@@ -90,11 +104,11 @@ fn assert_no_trace(sb: &Sandbox, name: &str) {
     let projects = sb.json(&["project", "list"]);
     assert_eq!(projects, serde_json::json!([]), "a project was left");
     assert!(
-        sb.zfs_tree(name).is_empty(),
+        sb.volumes(name).is_empty(),
         "datasets left: {:?}",
-        sb.zfs_tree(name)
+        sb.volumes(name)
     );
-    assert!(sb.containers(name).is_empty(), "containers left");
+    assert!(sb.servers(name).is_empty(), "containers left");
     let out = Command::new("docker")
         .args(["ps", "-aq", "--filter"])
         .arg(format!("label=dev.velo.home={}", sb.home().display()))
@@ -154,7 +168,7 @@ fn text(out: &Output) -> String {
 
 #[test]
 fn a_logical_import_under_load_is_consistent_masked_and_refreshed() {
-    let mut sb = Sandbox::new();
+    let mut sb = sandbox();
     let src = Source::start(&sb.rig.image);
     src.pgbench_init("postgres", 1);
     src.sql(
@@ -302,7 +316,7 @@ fn a_logical_import_under_load_is_consistent_masked_and_refreshed() {
 
 #[test]
 fn a_dump_file_imports_masked_and_refreshes_from_the_same_file() {
-    let sb = Sandbox::new();
+    let sb = sandbox();
     let src = Source::start(&sb.rig.image);
     src.pgbench_init("postgres", 1);
     src.sql(
@@ -360,121 +374,4 @@ fn a_dump_file_imports_masked_and_refreshes_from_the_same_file() {
     assert_eq!(sb.sql(&main, "SELECT count(*) FROM people"), "500");
     assert_eq!(sb.sql(&main, unmasked), "0");
     sb.assert_consistent(&name);
-}
-
-/// Runs velo as the rig's user who is not root, in `home`.
-fn as_user(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid", "velo-ci", "--regid", "velo-ci", "--clear-groups"])
-        .arg(env!("CARGO_BIN_EXE_velo"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("HOME", home)
-        .env("VELO_HOME", home.join("velo"))
-        .env("VELO_CONFIG", home.join("config.json"))
-        .env(
-            "VELO_PG_ROOT",
-            std::env::var("VELO_PG_ROOT").expect("VELO_PG_ROOT (scripts/test.sh sets it)"),
-        );
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-#[test]
-fn a_user_imports_on_the_native_runtime_with_the_hosts_client_programs() {
-    let sb = Sandbox::new();
-    let src = Source::start(&sb.rig.image);
-    src.pgbench_init("postgres", 1);
-    let dir =
-        std::env::var("VELO_TEST_XFS_DIR").expect("VELO_TEST_XFS_DIR (scripts/test.sh sets it)");
-    let scratch = tempfile::Builder::new()
-        .prefix("velo-it-")
-        .tempdir_in(dir)
-        .unwrap();
-    let out = Command::new("chown")
-        .args(["velo-ci:velo-ci"])
-        .arg(scratch.path())
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let home = scratch.path();
-    let data = home.join("data").display().to_string();
-    let url = src.url("postgres");
-    let env = [("PGPASSWORD", src.password.as_str())];
-    let create = |major: &str| {
-        as_user(
-            home,
-            &env,
-            &[
-                "project",
-                "create",
-                "imp",
-                "--runtime",
-                "native",
-                "--pg-version",
-                major,
-                "--storage",
-                "reflink",
-                "--data-dir",
-                &data,
-                "--from",
-                &url,
-            ],
-        )
-    };
-    // No pg_dump of PostgreSQL 16 on this host: said so, with how to get it.
-    let out = create("16");
-    let err = text(&out);
-    assert!(!out.status.success(), "{err}");
-    assert!(
-        err.contains("`pg_dump` of PostgreSQL 16") && err.contains("postgresql-client-16"),
-        "{err}"
-    );
-    let list = as_user(home, &[], &["project", "list", "--json"]);
-    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
-
-    let out = create("15");
-    assert!(
-        out.status.success(),
-        "native import failed:\n{}",
-        text(&out)
-    );
-    let creds = as_user(home, &[], &["branch", "password", "imp/main", "--json"]);
-    let creds: serde_json::Value = serde_json::from_slice(&creds.stdout).unwrap();
-    let count = Command::new("psql")
-        .args([
-            "-X",
-            "-A",
-            "-t",
-            "-h",
-            "127.0.0.1",
-            "-U",
-            "postgres",
-            "-d",
-            "postgres",
-        ])
-        .args([
-            "-p",
-            &creds["port"].to_string(),
-            "-c",
-            "SELECT count(*) FROM pgbench_accounts",
-        ])
-        .env("PGPASSWORD", creds["password"].as_str().unwrap())
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&count.stdout).trim(),
-        "100000",
-        "{}",
-        text(&count)
-    );
-    let out = as_user(
-        home,
-        &[("VELO_BACKGROUND", "0")],
-        &["project", "delete", "imp"],
-    );
-    assert!(out.status.success(), "{}", text(&out));
 }

@@ -5,7 +5,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::util::Sandbox;
+use crate::util::{Backend, Sandbox};
 
 /// `velo doctor --json`: (exit status success, checks).
 fn doctor(sb: &Sandbox) -> (bool, Vec<Value>) {
@@ -39,7 +39,7 @@ fn sh(cmd: &str) -> std::process::Output {
 
 #[test]
 fn doctor_sees_a_healthy_rig_and_each_breakage() {
-    let mut sb = Sandbox::new();
+    let mut sb = Sandbox::only(Backend::ZfsDocker);
     let p = sb.create_project("doc");
     sb.ok(&["branch", "create", &format!("{p}/dev")]);
 
@@ -223,7 +223,7 @@ fn allowed(user: &str, command: &str) -> bool {
 
 #[test]
 fn setup_dry_run_twice_and_undo() {
-    let sb = Sandbox::new();
+    let sb = Sandbox::only(Backend::ZfsDocker);
     let user = format!("velot{:06}", std::process::id() % 1_000_000);
     let added = sh(&format!("useradd --no-create-home {user}"));
     assert!(

@@ -345,7 +345,7 @@ fn btrfs_works_for_a_user_who_is_not_root() {
         .arg(&exe)
         .args([
             "--exact",
-            "storage::btrfs_as_velo_ci",
+            "once::storage::btrfs_as_velo_ci",
             "--ignored",
             "--nocapture",
         ])
