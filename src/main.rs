@@ -11,6 +11,10 @@ use velo::ui::Shell;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Parsed: the arguments' memory can now lose the passwords other users would see in it.
+    velo::cli::hide_passwords();
+    // SAFETY: no thread has started yet (the async runtime is built below).
+    unsafe { velo::source::password::take_env_password() };
     let shell = Shell::new(cli.quiet);
     if let Some(result) = cli.run_offline(&shell) {
         return exit(&shell, result);

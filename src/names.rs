@@ -345,6 +345,18 @@ pub fn retired_server_name(branch: &BranchRef) -> String {
     format!("{}.old", server_name(branch))
 }
 
+/// The temporary server an import restores into, beside the branch's own while a refresh
+/// runs. Names have no dot, so it is never another branch's server name.
+pub fn import_server_name(branch: &BranchRef) -> String {
+    format!("{}.import", server_name(branch))
+}
+
+/// The client program (pg_dump, pg_restore, …) an import into a branch runs, where it has a
+/// name (a Docker helper).
+pub fn import_client_name(branch: &BranchRef) -> String {
+    format!("{}.client", server_name(branch))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

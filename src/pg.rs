@@ -55,6 +55,14 @@ pub enum PgError {
     Socket { socket: String, why: String },
 }
 
+/// Which names a connection's SQL resolves unqualified: velo's own queries only the system
+/// catalog's, the user's SQL (`--after-import`) the database's and role's `search_path`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Search {
+    Catalog,
+    Database,
+}
+
 impl Endpoint {
     /// The socket's file name in its directory, as libpq names it.
     pub fn socket_name(&self) -> String {
@@ -116,17 +124,23 @@ impl Endpoint {
     }
 
     async fn connect(&self) -> Result<Client, PgError> {
+        self.connect_as(Search::Catalog).await
+    }
+
+    async fn connect_as(&self, search: Search) -> Result<Client, PgError> {
         let stream = self.open_stream()?;
         let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| self.socket_err(e))?;
         let mut config = Config::new();
         config
             .user(&self.user)
             .dbname(&self.database)
-            .application_name(APPLICATION_NAME)
+            .application_name(APPLICATION_NAME);
+        if search == Search::Catalog {
             // Only the system catalog names what velo's queries call: a superuser's
             // `ALTER ROLE … SET search_path` or objects in `public` cannot stand in for them
             // (startup options win over role and database settings).
-            .options("-c search_path=pg_catalog");
+            config.options("-c search_path=pg_catalog");
+        }
         let (client, connection) = config
             .connect_raw(stream, NoTls)
             .await
@@ -169,6 +183,10 @@ pub trait Sql: Send + Sync {
     async fn flush_wal_archive(&self, deadline: Duration) -> Result<bool, PgError>;
 
     async fn server_version(&self) -> Result<String, PgError>;
+
+    /// Runs the user's SQL (one or more statements, as one simple query: in one transaction
+    /// unless it has its own) in the endpoint's database, with its own `search_path`.
+    async fn batch(&self, sql: &str) -> Result<(), PgError>;
 
     /// How many clients are connected, besides velo (which connects as `application_name`
     /// `velo`): what tells `velo gc` a branch is in use.
@@ -255,6 +273,14 @@ impl Sql for Endpoint {
             .await
             .map_err(self.query_err("SHOW server_version"))?;
         Ok(row.get(0))
+    }
+
+    async fn batch(&self, sql: &str) -> Result<(), PgError> {
+        let client = self.connect_as(Search::Database).await?;
+        client
+            .batch_execute(sql)
+            .await
+            .map_err(self.query_err("running SQL"))
     }
 
     async fn client_connections(&self) -> Result<u64, PgError> {
@@ -351,6 +377,6 @@ async fn server_major(client: &Client) -> Result<u32, tokio_postgres::Error> {
 }
 
 /// Quotes an SQL identifier.
-fn quote_ident(name: &str) -> String {
+pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }

@@ -5,6 +5,7 @@
 
 use std::future::Future;
 use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -161,6 +162,39 @@ impl Shell {
         }
     }
 
+    /// A step whose work can be counted (tables dumped, say): a bar on a terminal, and then
+    /// `▸ <label> <done>/<total> <unit> <time>`. `total` is what is expected, if known.
+    pub fn progress(&self, label: &str, unit: &'static str, total: Option<u64>) -> Progress {
+        let bar = self.bars.as_ref().map(|bars| {
+            let bar = bars.add(ProgressBar::with_draw_target(
+                total,
+                ProgressDrawTarget::hidden(),
+            ));
+            let template = match total {
+                Some(_) => "{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}",
+                None => "{spinner} {msg} {pos} {elapsed}",
+            };
+            bar.set_style(
+                ProgressStyle::with_template(template)
+                    .expect("static template")
+                    .progress_chars("=> "),
+            );
+            bar.set_message(format!("{label} ({unit})"));
+            bar.enable_steady_tick(Duration::from_millis(120));
+            bar
+        });
+        Progress {
+            shell: self.clone(),
+            bar,
+            label: label.to_string(),
+            unit,
+            total,
+            done: AtomicU64::new(0),
+            quarters: AtomicU64::new(0),
+            start: Instant::now(),
+        }
+    }
+
     fn write(&self, to_stdout: bool, text: &str) {
         match &self.captured {
             Some(c) => {
@@ -290,6 +324,66 @@ impl Transfer {
     }
 }
 
+/// A counted step in progress ([`Shell::progress`]). Shared with whatever reads the work's
+/// output, on any thread.
+pub struct Progress {
+    shell: Shell,
+    bar: Option<ProgressBar>,
+    label: String,
+    unit: &'static str,
+    total: Option<u64>,
+    done: AtomicU64,
+    /// Off a terminal: the quarters of the total already told.
+    quarters: AtomicU64,
+    start: Instant,
+}
+
+impl Progress {
+    /// How much is done now (never shown above the total). Off a terminal, a plain line each
+    /// time another quarter of a known total is done (the last one is [`Progress::finish`]'s).
+    pub fn set(&self, done: u64) {
+        let done = self.total.map_or(done, |t| done.min(t));
+        self.done.store(done, Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            return;
+        }
+        let Some(total) = self.total.filter(|t| *t > 0 && done < *t) else {
+            return;
+        };
+        let quarter = done * 4 / total;
+        if self.quarters.fetch_max(quarter, Ordering::Relaxed) < quarter {
+            self.shell
+                .note(&format!("  {}: {done}/{total} {}", self.label, self.unit));
+        }
+    }
+
+    /// Ends the step, all done if it succeeded, and prints its line.
+    pub fn finish(self, ok: bool) {
+        if ok && let Some(total) = self.total {
+            self.set(total);
+        }
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+        let done = self.done.load(Ordering::Relaxed);
+        let count = match self.total {
+            Some(total) => format!("{done}/{total}"),
+            None => done.to_string(),
+        };
+        let mark = if ok { Mark::Step } else { Mark::Fail };
+        self.shell.note_marked(
+            mark,
+            &format!(
+                "{} {count} {} {}",
+                self.label,
+                self.unit,
+                secs(self.start.elapsed())
+            ),
+        );
+    }
+}
+
 /// Bytes as a short human figure (KiB, MiB, GiB).
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
@@ -363,6 +457,29 @@ mod tests {
             shell.output(),
             "  Pull x:1: 2 of 2 layers, 2.0 KiB of 2.0 KiB\n- Pull x:1 1.5s\n"
         );
+    }
+
+    #[test]
+    fn a_counted_step_says_how_much_it_did() {
+        let shell = Shell::captured();
+        let p = shell.progress("Dump shop", "tables", Some(4));
+        p.set(1);
+        p.set(1);
+        p.set(9);
+        p.finish(false);
+        shell
+            .progress("Restore shop", "tables", Some(4))
+            .finish(true);
+        let open = shell.progress("Dump all", "tables", None);
+        open.set(3);
+        open.finish(true);
+        let out = shell.output();
+        assert!(
+            out.starts_with("  Dump shop: 1/4 tables\nFAIL Dump shop 4/4 tables "),
+            "{out}"
+        );
+        assert!(out.contains("- Restore shop 4/4 tables "), "{out}");
+        assert!(out.contains("- Dump all 3 tables "), "{out}");
     }
 
     #[test]

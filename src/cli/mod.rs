@@ -1,6 +1,7 @@
 //! The command line: clap-derive types and a dispatcher that calls one operation per command.
 //! Parsing validates names (through their `FromStr`), so operations only see valid input.
 
+mod argv;
 mod branch;
 mod docs;
 pub mod parse;
@@ -11,6 +12,8 @@ mod wal;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+
+pub use argv::hide_passwords;
 
 use crate::names::ProjectName;
 use crate::ops::{self, Ctx};

@@ -1,5 +1,7 @@
 //! `velo project …`
 
+use std::path::PathBuf;
+
 use anyhow::Result;
 use clap::Subcommand;
 
@@ -40,6 +42,19 @@ pub enum ProjectCmd {
         /// Print main's record as JSON (as `branch get --json`) instead of its URL.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        import: ImportArgs,
+    },
+    /// Import a project's source again as a new generation of main; branches keep their data.
+    Refresh {
+        /// The project (one made with --from or --from-dump).
+        name: ProjectName,
+        /// SQL to run on main after the import instead of the one recorded (masking).
+        #[arg(long, value_name = "FILE.sql")]
+        after_import: Option<PathBuf>,
+        /// Print main's record as JSON (as `branch get --json`) instead of its URL.
+        #[arg(long)]
+        json: bool,
     },
     /// List projects.
     #[command(visible_alias = "ls")]
@@ -77,6 +92,49 @@ pub enum ProjectCmd {
     },
 }
 
+/// Where main's data comes from (`project create`).
+#[derive(Debug, clap::Args)]
+#[group(skip)]
+pub struct ImportArgs {
+    /// Import a running PostgreSQL server: postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE (the
+    /// password in the URL, PGPASSWORD or ~/.pgpass; velo never keeps it).
+    #[arg(long, value_name = "URL", group = "source")]
+    from: Option<String>,
+    /// Import a dump made by pg_dump -Fc (a file) or -Fd (a directory).
+    #[arg(long, value_name = "FILE", group = "source")]
+    from_dump: Option<PathBuf>,
+    /// Import every database of the source, not only the URL's.
+    #[arg(long, requires = "from")]
+    all_databases: bool,
+    /// Import the source's roles too (without their passwords).
+    #[arg(long, requires = "from")]
+    with_roles: bool,
+    /// With --with-roles, import the roles' password hashes too.
+    #[arg(long, requires = "with_roles")]
+    with_role_passwords: bool,
+    /// Parallel jobs of pg_dump and pg_restore (default: the cores, at most 4).
+    #[arg(long, value_name = "N", requires = "source")]
+    jobs: Option<u32>,
+    /// SQL run on main after the import and after every refresh, before any branch can see
+    /// the data (for masking).
+    #[arg(long, value_name = "FILE.sql", requires = "source")]
+    after_import: Option<PathBuf>,
+}
+
+impl ImportArgs {
+    fn request(self) -> Option<ops::import::Request> {
+        (self.from.is_some() || self.from_dump.is_some()).then_some(ops::import::Request {
+            url: self.from,
+            dump: self.from_dump,
+            all_databases: self.all_databases,
+            with_roles: self.with_roles,
+            role_passwords: self.with_role_passwords,
+            jobs: self.jobs,
+            after_import: self.after_import,
+        })
+    }
+}
+
 impl ProjectCmd {
     pub async fn run(self, ctx: &Ctx) -> Result<()> {
         match self {
@@ -88,6 +146,7 @@ impl ProjectCmd {
                 data_dir,
                 pg_version,
                 image,
+                import,
                 json,
             } => {
                 let wanted = Wanted {
@@ -98,8 +157,26 @@ impl ProjectCmd {
                     pg_version,
                     image,
                 };
+                let import = import.request();
                 let main = BranchRef::new(name.clone(), BranchName::main());
-                ops::project::create(ctx, ops::project::CreateProject { name, wanted }).await?;
+                ops::project::create(
+                    ctx,
+                    ops::project::CreateProject {
+                        name,
+                        wanted,
+                        import,
+                    },
+                )
+                .await?;
+                ops::branch::show(ctx, &main, json).await
+            }
+            ProjectCmd::Refresh {
+                name,
+                after_import,
+                json,
+            } => {
+                let main = BranchRef::new(name.clone(), BranchName::main());
+                ops::import::refresh::refresh(ctx, &name, after_import.as_deref()).await?;
                 ops::branch::show(ctx, &main, json).await
             }
             ProjectCmd::List { json } => ops::project::list(ctx, json).await,

@@ -5,6 +5,7 @@ use std::io::Read;
 use std::time::Duration;
 
 use bollard::Docker;
+use bollard::container::LogOutput;
 use bollard::errors::Error as BollardError;
 use bollard::models::{
     ContainerCreateBody, ContainerStateStatusEnum, HostConfig, Mount, MountType,
@@ -17,8 +18,10 @@ use bollard::query_parameters::{
 };
 use futures_util::{StreamExt, TryStreamExt};
 
+use crate::lines::Lines;
+
 use super::{
-    BindMount, ContainerSpec, ContainerStatus, DockerError, LABEL_BRANCH, LABEL_HOME,
+    BindMount, ContainerSpec, ContainerStatus, DockerError, HelperOutput, LABEL_BRANCH, LABEL_HOME,
     LABEL_MANAGED, LABEL_PROJECT, ManagedContainer, PIDS_LIMIT, PostgresUser, PullProgress,
     parse_passwd_user, pull, uncovered_volumes,
 };
@@ -201,6 +204,59 @@ impl Engine {
                 logs: logs.trim().to_string(),
             }),
         }
+    }
+
+    /// Runs a throw-away container to its end, handing each line it writes to stderr to
+    /// `line` as it comes, and removes it; returns its exit code and output, whatever the
+    /// code. If this future is dropped before, the container is left for the caller to remove
+    /// by its name.
+    pub async fn run_streaming(
+        &self,
+        spec: &ContainerSpec,
+        line: &(dyn Fn(&str) + Send + Sync),
+    ) -> Result<HelperOutput, DockerError> {
+        let id = self.create(spec).await?;
+        let client = self.client().await?;
+        let outcome: Result<HelperOutput, DockerError> = async {
+            client
+                .start_container(&id, None)
+                .await
+                .map_err(api("starting a helper container"))?;
+            let opts = LogsOptionsBuilder::new()
+                .follow(true)
+                .stdout(true)
+                .stderr(true)
+                .build();
+            let mut logs = client.logs(&id, Some(opts));
+            let (mut stdout, mut stderr) = (Vec::new(), Lines::default());
+            while let Some(chunk) = logs.next().await {
+                match chunk.map_err(api("reading a helper container's output"))? {
+                    LogOutput::StdOut { message } => stdout.extend_from_slice(&message),
+                    LogOutput::StdErr { message } => stderr.push(&message, line),
+                    _ => {}
+                }
+            }
+            let opts = WaitContainerOptionsBuilder::new()
+                .condition("not-running")
+                .build();
+            let code = match client
+                .wait_container(&id, Some(opts))
+                .try_collect::<Vec<_>>()
+                .await
+            {
+                Ok(r) => r.last().map(|w| w.status_code).unwrap_or_default(),
+                Err(BollardError::DockerContainerWaitError { code, .. }) => code,
+                Err(e) => return Err(api("waiting for a helper container")(e)),
+            };
+            Ok(HelperOutput {
+                code,
+                stdout: String::from_utf8_lossy(&stdout).into_owned(),
+                stderr: stderr.finish(line),
+            })
+        }
+        .await;
+        self.remove(&id).await?;
+        outcome
     }
 
     /// Creates a container, hardened (see the module docs); returns its id.

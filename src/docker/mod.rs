@@ -99,6 +99,14 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// How a helper container ended: its exit code, its stdout, and the last lines of its stderr.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HelperOutput {
+    pub code: i64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
 /// What Docker says about a container.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ContainerStatus {

@@ -30,10 +30,15 @@ pub async fn finish(ctx: &Ctx, undo: Undo) -> Result<()> {
         // never looks abandoned (the child takes it too, if it gets there first).
         let me = Owner::me();
         ctx.store.update(|s| {
+            // A child already gone has no start time to record: a bare pid would look alive
+            // to whatever process gets it next, so the operation stays this one's and is
+            // finished as after a crash.
+            let heir = Owner::of(child);
             if let Some(op) = s.journal.get_mut(undo.id())
                 && op.owner == me
+                && heir.started.is_some()
             {
-                op.owner = Owner::of(child);
+                op.owner = heir;
             }
             Ok::<_, anyhow::Error>(())
         })?;

@@ -286,17 +286,21 @@ fn list_or_none(items: &[String]) -> String {
 
 /// The name of this user's base dataset: the login name when it is a plain one, else the uid.
 pub fn dataset_user() -> String {
-    let uid = rustix::process::geteuid().as_raw();
-    let name = std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
+    match login_name() {
+        Some(n) if plain_user_name(&n) => n,
+        _ => format!("uid{}", rustix::process::geteuid().as_raw()),
+    }
+}
+
+/// The effective user's login name, from /etc/passwd.
+pub fn login_name() -> Option<String> {
+    let uid = rustix::process::geteuid().as_raw().to_string();
+    std::fs::read_to_string("/etc/passwd").ok().and_then(|p| {
         p.lines().find_map(|line| {
             let f: Vec<&str> = line.split(':').collect();
-            (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            (f.len() > 2 && f[2] == uid).then(|| f[0].to_string())
         })
-    });
-    match name {
-        Some(n) if plain_user_name(&n) => n,
-        _ => format!("uid{uid}"),
-    }
+    })
 }
 
 /// `[a-z_][a-z0-9_-]*`, at most 32 characters: safe in a dataset name and a sudoers rule.

@@ -58,6 +58,9 @@ impl Sql for FakeSql {
     async fn server_version(&self) -> Result<String, PgError> {
         Ok("17.2".into())
     }
+    async fn batch(&self, _: &str) -> Result<(), PgError> {
+        Ok(())
+    }
     async fn client_connections(&self) -> Result<u64, PgError> {
         Ok(self.clients.load(Ordering::SeqCst))
     }
@@ -132,7 +135,7 @@ impl World {
             },
             why: "tests".into(),
         };
-        project::create_with(&w.ctx, &"demo".parse().unwrap(), choice)
+        project::create_with(&w.ctx, &"demo".parse().unwrap(), choice, None)
             .await
             .unwrap();
         branch::create(&w.ctx, &r("demo/dev"), Source::Parent(None))
@@ -284,7 +287,7 @@ fn a_project_create_that_fails_at_any_step_leaves_nothing() {
                 },
                 why: "tests".into(),
             };
-            let err = project::create_with(&w.ctx, &"demo".parse().unwrap(), choice)
+            let err = project::create_with(&w.ctx, &"demo".parse().unwrap(), choice, None)
                 .await
                 .unwrap_err();
             assert!(
@@ -323,7 +326,7 @@ fn projects_are_clones_of_one_prepared_cluster_made_once() {
             why: "tests".into(),
         };
         w.runtime.fail_next("init");
-        project::create_with(&w.ctx, &"other".parse().unwrap(), choice)
+        project::create_with(&w.ctx, &"other".parse().unwrap(), choice, None)
             .await
             .unwrap();
         let state = w.ctx.store.read().unwrap();

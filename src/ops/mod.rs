@@ -31,6 +31,7 @@ mod fakes;
 mod fakes_lifetimes;
 pub mod gc;
 mod generation;
+pub mod import;
 pub mod journal;
 mod launch;
 pub mod lifetime;

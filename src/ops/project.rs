@@ -9,17 +9,20 @@ use serde_json::json;
 
 use super::choose::{self, Choice, Wanted};
 use super::generation::create_archive;
+use super::import;
 use super::journal::Intent;
 use super::launch::{Launch, launch_new};
 use super::prepared;
 use super::server;
 use super::{
-    Ctx, Undo, allocate_port, background, busy_marker, get_project, remove_dir, rolled_back,
+    Ctx, Undo, UsageError, allocate_port, background, busy_marker, get_project, remove_dir,
+    rolled_back,
 };
 use crate::names::{self, BranchName, BranchRef, ProjectName, VolumeId};
 use crate::runtime::ServerUser;
 use crate::state::{
-    Branch, Finish, Forget, Project, Recovery, RuntimeRecord, StorageRecord, UndoStep,
+    Branch, Finish, Forget, ImportFrom, Imported, Project, Recovery, RuntimeRecord, StorageRecord,
+    UndoStep,
 };
 
 /// How long a new project's first start (initdb done) may take.
@@ -28,15 +31,28 @@ const PROJECT_READY: Duration = Duration::from_secs(120);
 pub struct CreateProject {
     pub name: ProjectName,
     pub wanted: Wanted,
+    /// Where main's data comes from (`--from`, `--from-dump`); none: an empty cluster.
+    pub import: Option<import::Request>,
 }
 
 pub async fn create(ctx: &Ctx, req: CreateProject) -> Result<()> {
+    // What the command line asked for is checked first: a mistake there is a usage error.
+    let plan = req
+        .import
+        .map(|r| import::Plan::new(ctx, r))
+        .transpose()
+        .map_err(|e| UsageError(format!("{e:#}")))?;
     let choice = choose::choose(ctx, &req.wanted).await?;
-    create_with(ctx, &req.name, choice).await
+    create_with(ctx, &req.name, choice, plan.as_ref()).await
 }
 
-/// Creates a project on the storage and runtime chosen.
-pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Result<()> {
+/// Creates a project on the storage and runtime chosen, its main branch imported by `plan`.
+pub async fn create_with(
+    ctx: &Ctx,
+    name: &ProjectName,
+    choice: Choice,
+    plan: Option<&import::Plan>,
+) -> Result<()> {
     let name = name.clone();
     background::wait_for(
         ctx,
@@ -75,14 +91,20 @@ pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Resul
                 .await?
         }
     };
-    let (project, main, mut undo) = ctx
+    let (mut project, main, mut undo) = ctx
         .store
         .update(|s| reserve(s, &name, &choice, &cluster, user))?;
     let main_ref = BranchRef::new(name.clone(), BranchName::main());
 
-    let result: Result<Branch> = async {
+    let result: Result<(Branch, Option<Imported>)> = async {
         undo.intend(ctx, "dataset", UndoStep::DestroyProject)
             .await?;
+        let checked = match plan {
+            Some(plan) => {
+                Some(import::check(ctx, &project, &main_ref, main.port, plan, &mut undo).await?)
+            }
+            None => None,
+        };
         let cluster = match existing {
             Some(p) => p,
             None => prepared::make(ctx, &project, &cluster, &software, user, &mut undo).await?,
@@ -104,6 +126,20 @@ pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Resul
         )
         .await?;
         create_archive(ctx, &project, &main_ref, main.generation)?;
+        let imported = match checked {
+            Some(checked) => {
+                let imported =
+                    import::load(ctx, &project, &main_ref, &main, &root, &checked, &mut undo)
+                        .await?;
+                project.database = checked.databases[0].clone();
+                ctx.store.update(|s| {
+                    super::get_project_mut(s, &name)?.database = project.database.clone();
+                    Ok::<_, anyhow::Error>(())
+                })?;
+                Some(imported)
+            }
+            None => None,
+        };
         let how = Launch {
             root: &root,
             deadline: PROJECT_READY,
@@ -117,12 +153,12 @@ pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Resul
                 server::sql(ctx, &project, &main).set_password(&project.user, &project.password),
             )
             .await?;
-        Ok(main)
+        Ok((main, imported))
     }
     .await;
 
-    let main = match result {
-        Ok(main) => main,
+    let (main, imported) = match result {
+        Ok(made) => made,
         Err(e) => {
             let how = rolled_back(undo.roll_back(ctx).await);
             return Err(e.context(format!("creating project `{name}` ({how})")));
@@ -135,6 +171,7 @@ pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Resul
     ctx.store.update(|s| {
         let p = super::get_project_mut(s, &name)?;
         p.pg_version = version;
+        p.imported = imported.clone();
         undo.commit(s);
         Ok::<_, anyhow::Error>(())
     })?;
@@ -143,6 +180,13 @@ pub async fn create_with(ctx: &Ctx, name: &ProjectName, choice: Choice) -> Resul
         "Project `{name}` is ready ({}); its main branch is `{main_ref}`.",
         choice.why
     ));
+    if let (Some(plan), Some(imported)) = (plan, &imported) {
+        ctx.shell.note(&format!(
+            "Imported {} as of {} UTC; `velo project refresh {name}` imports it again.",
+            plan.describe(),
+            imported.imported_at.format("%Y-%m-%d %H:%M:%S")
+        ));
+    }
     ctx.shell.note(&format!(
         "The password is shown by `velo branch password {main_ref}`."
     ));
@@ -176,6 +220,7 @@ fn reserve(
         created_at: Utc::now(),
         branches: BTreeMap::from([(BranchName::main(), main.clone())]),
         snapshots: Vec::new(),
+        imported: None,
         idle_stop_seconds: None,
     };
     s.projects.insert(name.clone(), project.clone());
@@ -215,6 +260,27 @@ fn project_json(name: &ProjectName, p: &Project) -> serde_json::Value {
         "branches": p.branches.keys().map(BranchName::as_str).collect::<Vec<_>>(),
         "created_at": p.created_at,
         "idle_stop_seconds": p.idle_stop_seconds,
+        "imported": p.imported.as_ref().map(imported_json),
+    })
+}
+
+/// Where a project was imported from, as `project get` shows it: the source without its
+/// password (velo never had it kept), the `--after-import` file by name.
+fn imported_json(i: &Imported) -> serde_json::Value {
+    let (url, dump) = match &i.from {
+        ImportFrom::Server { url } => (Some(url.redacted()), None),
+        ImportFrom::Dump { path } => (None, Some(path)),
+    };
+    json!({
+        "url": url,
+        "dump": dump,
+        "all_databases": i.all_databases,
+        "with_roles": i.with_roles,
+        "role_passwords": i.role_passwords,
+        "jobs": i.jobs,
+        "after_import": i.after_import.as_ref().map(|a| &a.path),
+        "imported_at": i.imported_at,
+        "source_version": i.source_version,
     })
 }
 
@@ -264,7 +330,7 @@ pub async fn get(ctx: &Ctx, name: &ProjectName, as_json: bool) -> Result<()> {
     let main = p
         .branch(&BranchName::main())
         .ok_or_else(|| anyhow!("project `{name}` has no main branch in state"))?;
-    let rows = vec![
+    let mut rows = vec![
         vec!["project".into(), name.to_string()],
         vec!["storage".into(), ctx.storage(p)?.describe()],
         vec!["runtime".into(), ctx.runtime(p)?.describe()],
@@ -296,6 +362,20 @@ pub async fn get(ctx: &Ctx, name: &ProjectName, as_json: bool) -> Result<()> {
                 .unwrap_or_else(|| "off".into()),
         ],
     ];
+    if let Some(i) = &p.imported {
+        let from = match &i.from {
+            ImportFrom::Server { url } => url.redacted(),
+            ImportFrom::Dump { path } => path.display().to_string(),
+        };
+        rows.push(vec!["imported from".into(), from]);
+        rows.push(vec![
+            "imported (UTC)".into(),
+            i.imported_at.format("%Y-%m-%d %H:%M:%S").to_string(),
+        ]);
+        if let Some(a) = &i.after_import {
+            rows.push(vec!["after import".into(), a.path.display().to_string()]);
+        }
+    }
     ctx.shell.table(&["FIELD", "VALUE"], rows);
     Ok(())
 }

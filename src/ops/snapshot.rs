@@ -442,6 +442,7 @@ mod tests {
             pg_gid: 70,
             created_at: Utc::now(),
             branches: BTreeMap::new(),
+            imported: None,
             snapshots: ids
                 .iter()
                 .map(|(id, label)| Snapshot {

@@ -68,6 +68,20 @@ pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
             };
             super::remove_dir(&dir)?;
         }
+        UndoStep::StopImport { branch } => {
+            let r = at(branch);
+            let runtime = ctx.runtime(project)?;
+            let ours = runtime.list_managed().await?;
+            for name in [names::import_client_name(&r), names::import_server_name(&r)] {
+                // Only this velo home's: a name clash never removes someone else's.
+                if ours.iter().any(|s| s.name == name) {
+                    runtime.remove(&name).await?;
+                }
+            }
+            if let Some(b) = project.branch(branch) {
+                super::import::clear(ctx, &r, b.port)?;
+            }
+        }
         UndoStep::RestoreServer { branch, start } => {
             let r = at(branch);
             let b = super::get_branch(project, &r)?;

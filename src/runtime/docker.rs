@@ -19,7 +19,8 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
 use super::{
-    ManagedServer, Result, Runtime, RuntimeError, ServerPaths, ServerSpec, ServerStatus, ServerUser,
+    ClientDirs, ClientJob, ClientOutput, LineSink, ManagedServer, Result, Runtime, RuntimeError,
+    ServerPaths, ServerSpec, ServerStatus, ServerUser,
 };
 use crate::docker::{
     BindMount, ContainerSpec, ContainerStatus, Engine, LABEL_BRANCH, LABEL_HOME, LABEL_MANAGED,
@@ -36,6 +37,12 @@ const ARCHIVES: &str = "/var/lib/postgresql/wal-archives";
 const HBA: &str = "/etc/velo/pg_hba.conf";
 /// Where a helper that prepares a new volume sees its root.
 const PREPARE: &str = "/velo-prepare";
+/// Where a client program sees its directories ([`ClientDirs`]).
+const CLIENT_WORK: &str = "/velo/work";
+const CLIENT_SECRETS: &str = "/velo/secrets";
+const CLIENT_INPUT: &str = "/velo/input";
+/// The exit code of a helper whose client program is not in the image.
+const NO_TOOL: i64 = 127;
 
 /// The Docker runtime of one image.
 #[derive(Debug)]
@@ -106,6 +113,28 @@ impl DockerRuntime {
             mounts,
             ..ContainerSpec::default()
         }
+    }
+
+    fn missing_client(&self, missing: &str) -> RuntimeError {
+        RuntimeError::MissingClient {
+            place: format!("the image {}", self.image),
+            missing: missing.trim().to_string(),
+            fix: "an import runs the image's own client programs (psql, pg_dump, pg_restore, pg_dumpall): use an image that has them, as the official postgres images do (--pg-version N picks postgres:N-alpine), or import with the native runtime and the host's client programs (--runtime native)".into(),
+        }
+    }
+
+    /// Removes the container `name` if this velo home made it (never someone else's).
+    async fn remove_ours(&self, name: &str) -> Result<()> {
+        let ours = self
+            .engine
+            .list_managed(&self.home)
+            .await?
+            .iter()
+            .any(|c| c.name == name);
+        if ours {
+            self.engine.remove(name).await?;
+        }
+        Ok(())
     }
 }
 
@@ -253,6 +282,74 @@ impl Runtime for DockerRuntime {
         Ok(self.engine.run_helper(&helper).await?)
     }
 
+    fn client_view(&self, dirs: &ClientDirs) -> ClientDirs {
+        let at = |p: &Option<PathBuf>, target: &str| p.as_ref().map(|_| PathBuf::from(target));
+        ClientDirs {
+            work: at(&dirs.work, CLIENT_WORK),
+            socket: at(&dirs.socket, SOCKET),
+            secrets: at(&dirs.secrets, CLIENT_SECRETS),
+            input: at(&dirs.input, CLIENT_INPUT),
+        }
+    }
+
+    async fn client_version(&self, tools: &[&str]) -> Result<String> {
+        let script = "for t in \"$@\"; do command -v \"$t\" >/dev/null 2>&1 || m=\"$m $t\"; done; \
+            if [ -n \"$m\" ]; then echo \"$m\"; exit 127; fi; exec \"$1\" --version";
+        let mut args = vec!["velo-tools"];
+        args.extend_from_slice(tools);
+        let helper = self.helper(ServerUser { uid: 0, gid: 0 }, Vec::new(), script, &args);
+        let out = self.engine.run_streaming(&helper, &|_| {}).await?;
+        match out.code {
+            0 => Ok(out.stdout.trim().to_string()),
+            NO_TOOL => Err(self.missing_client(out.stdout.trim())),
+            code => Err(RuntimeError::Failed(format!(
+                "asking the image {} for its client programs failed (exit code {code}): {}",
+                self.image,
+                out.stderr.trim()
+            ))),
+        }
+    }
+
+    async fn run_client(&self, job: &ClientJob, line: &LineSink<'_>) -> Result<ClientOutput> {
+        let d = &job.dirs;
+        let mounts = [
+            (&d.work, CLIENT_WORK, false),
+            (&d.socket, SOCKET, false),
+            (&d.secrets, CLIENT_SECRETS, true),
+            (&d.input, CLIENT_INPUT, true),
+        ]
+        .into_iter()
+        .filter_map(|(host, target, ro)| host.as_ref().map(|h| bind(h, target, ro)))
+        .collect();
+        let mut args = vec![job.tool.as_str()];
+        args.extend(job.args.iter().map(String::as_str));
+        let mut spec = self.helper(job.user, mounts, "exec \"$0\" \"$@\"", &args);
+        spec.name = Some(job.name.clone());
+        if job.user.uid == 0 {
+            // Root in a container with no capability cannot enter directories root gave to
+            // another uid on the host (a server's socket directory): it gets back searching
+            // and reading them, in the directories it mounts, and nothing else.
+            spec.cap_add = vec!["DAC_READ_SEARCH".into()];
+        }
+        spec.env = job.env.clone();
+        spec.host_network = job.network;
+        spec.labels.extend([
+            (LABEL_PROJECT.into(), job.labels.project.clone()),
+            (LABEL_BRANCH.into(), job.labels.branch.clone()),
+        ]);
+        // A helper of this name that a killed velo of this home left behind.
+        self.remove_ours(&job.name).await?;
+        let out = self.engine.run_streaming(&spec, line).await?;
+        if out.code == NO_TOOL && out.stderr.contains("not found") {
+            return Err(self.missing_client(&job.tool));
+        }
+        Ok(ClientOutput {
+            code: out.code,
+            stdout: out.stdout,
+            stderr: out.stderr,
+        })
+    }
+
     async fn start(&self, name: &str) -> Result<()> {
         Ok(self.engine.start(name).await?)
     }
@@ -298,6 +395,7 @@ impl Runtime for DockerRuntime {
                     .iter()
                     .find(|(target, _)| target == DATA)
                     .map(|(_, source)| PathBuf::from(source)),
+                outdated: !c.mounts.iter().any(|(target, _)| target == SOCKET),
                 name: c.name,
                 project: c.project,
                 branch: c.branch,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    ManagedServer, Result, Runtime, RuntimeError, ServerPaths, ServerSpec, ServerStatus, ServerUser,
+    ClientDirs, ClientJob, ClientOutput, LineSink, ManagedServer, Result, Runtime, RuntimeError,
+    ServerPaths, ServerSpec, ServerStatus, ServerUser,
 };
 
 #[derive(Debug, Default)]
@@ -31,6 +32,10 @@ struct Inner {
     fail: BTreeSet<&'static str>,
     /// The next server started dies at once, logging this.
     dies: Option<String>,
+    /// What the next client programs print, in order (else success and no output).
+    client_outputs: std::collections::VecDeque<ClientOutput>,
+    /// The client programs run, in order.
+    client_jobs: Vec<ClientJob>,
 }
 
 impl FakeRuntime {
@@ -43,6 +48,16 @@ impl FakeRuntime {
     /// The next server started exits at once, having logged `log`.
     pub fn next_start_dies(&self, log: &str) {
         self.inner.lock().unwrap().dies = Some(log.to_string());
+    }
+
+    /// The next client program run ends like this.
+    pub fn next_client_output(&self, output: ClientOutput) {
+        self.inner.lock().unwrap().client_outputs.push_back(output);
+    }
+
+    /// The client programs run so far.
+    pub fn client_jobs(&self) -> Vec<ClientJob> {
+        self.inner.lock().unwrap().client_jobs.clone()
     }
 
     /// The servers that exist: name → (data directory, running).
@@ -131,6 +146,29 @@ impl Runtime for FakeRuntime {
         self.run("signal_file").map(drop)
     }
 
+    fn client_view(&self, dirs: &ClientDirs) -> ClientDirs {
+        dirs.clone()
+    }
+
+    async fn client_version(&self, _: &[&str]) -> Result<String> {
+        self.run("client_version").map(drop)?;
+        Ok("pg_dump (PostgreSQL) 17.2".into())
+    }
+
+    async fn run_client(&self, job: &ClientJob, line: &LineSink<'_>) -> Result<ClientOutput> {
+        let mut inner = self.run("run_client")?;
+        inner.client_jobs.push(job.clone());
+        let out = inner.client_outputs.pop_front().unwrap_or(ClientOutput {
+            code: 0,
+            stdout: String::new(),
+            stderr: String::new(),
+        });
+        for l in out.stderr.lines() {
+            line(l);
+        }
+        Ok(out)
+    }
+
     async fn start(&self, name: &str) -> Result<()> {
         let mut inner = self.run("start")?;
         let dies = inner.dies.take();
@@ -203,6 +241,7 @@ impl Runtime for FakeRuntime {
                 running: s.running,
                 data_dir: Some(s.spec.paths.data_dir.clone()),
                 volumes: Vec::new(),
+                outdated: false,
             })
             .collect())
     }

@@ -68,6 +68,50 @@ pub struct ServerUser {
     pub gid: u32,
 }
 
+/// Host directories a client program run for velo may use ([`Runtime::run_client`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientDirs {
+    /// Where it writes and reads a dump (read-write).
+    pub work: Option<PathBuf>,
+    /// A server's socket directory: the server it restores into.
+    pub socket: Option<PathBuf>,
+    /// The private directory of its password file (read-only).
+    pub secrets: Option<PathBuf>,
+    /// A dump file or directory the user gave (read-only).
+    pub input: Option<PathBuf>,
+}
+
+/// A client program of the server software (`psql`, `pg_dump`, `pg_restore`, `pg_dumpall`)
+/// that velo runs for an import.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientJob {
+    /// Names it while it runs (a Docker helper), so that a later velo can remove it.
+    pub name: String,
+    pub labels: Labels,
+    pub tool: String,
+    /// Its arguments, with paths as [`Runtime::client_view`] shows them. Never a secret.
+    pub args: Vec<String>,
+    /// Its environment besides what the runtime gives every program. Never a secret.
+    pub env: Vec<(String, String)>,
+    pub dirs: ClientDirs,
+    /// Who it runs as.
+    pub user: ServerUser,
+    /// Whether it reaches a server over the network (the source); else only sockets.
+    pub network: bool,
+}
+
+/// Where a client program's stderr lines go, one by one, as they come.
+pub type LineSink<'a> = dyn Fn(&str) + Send + Sync + 'a;
+
+/// How a client program ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientOutput {
+    pub code: i64,
+    pub stdout: String,
+    /// Its last stderr lines.
+    pub stderr: String,
+}
+
 /// A server's state as the runtime sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ServerStatus {
@@ -100,6 +144,9 @@ pub struct ManagedServer {
     pub data_dir: Option<PathBuf>,
     /// Docker volumes it holds, which its removal must take with it.
     pub volumes: Vec<String>,
+    /// Made by an older velo, in a shape velo can no longer talk to (a container without the
+    /// private socket directory): it must be re-created.
+    pub outdated: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +163,12 @@ pub enum RuntimeError {
     },
     #[error("server `{name}` does not exist")]
     NoSuchServer { name: String },
+    #[error("{place} has no {missing}: {fix}")]
+    MissingClient {
+        place: String,
+        missing: String,
+        fix: String,
+    },
     #[error("{0}")]
     Failed(String),
 }
@@ -156,6 +209,17 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// server's own user: never following a link the database's superuser may have planted.
     async fn signal_file(&self, spec: &ServerSpec, name: &str, user: ServerUser) -> Result<()>;
 
+    /// Where a client program sees each host path of `dirs`.
+    fn client_view(&self, dirs: &ClientDirs) -> ClientDirs;
+
+    /// Checks that the client programs `tools` are there (an error names the missing ones and
+    /// how to get them) and returns the first one's `--version` line.
+    async fn client_version(&self, tools: &[&str]) -> Result<String>;
+
+    /// Runs a client program to its end, handing each line it writes to stderr to `line`.
+    /// Whatever its exit code, its output is returned; the caller judges it.
+    async fn run_client(&self, job: &ClientJob, line: &LineSink<'_>) -> Result<ClientOutput>;
+
     async fn start(&self, name: &str) -> Result<()>;
 
     /// A fast shutdown, then a kill after `timeout`. Missing or stopped is success.
@@ -178,6 +242,13 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
 
     /// The servers this velo home made.
     async fn list_managed(&self) -> Result<Vec<ManagedServer>>;
+
+    /// Whether server `name` exists but was made by an older velo in a shape this one cannot
+    /// talk to ([`ManagedServer::outdated`]).
+    async fn outdated(&self, name: &str) -> Result<bool> {
+        let servers = self.list_managed().await?;
+        Ok(servers.iter().any(|s| s.name == name && s.outdated))
+    }
 
     /// The engine's version, which also proves it answers (`velo doctor`).
     async fn version(&self) -> Result<String>;

@@ -284,6 +284,11 @@ pub enum UndoStep {
         branch: Option<BranchName>,
         generation: Option<u32>,
     },
+    /// Stops an import into `branch`: removes its import server and client program (only
+    /// this velo home's), and its private directories (the password file among them).
+    StopImport {
+        branch: BranchName,
+    },
     /// Puts a branch's server back on the generation the state records for it (the state
     /// changes only at commit), started if `start`.
     RestoreServer {
@@ -312,6 +317,7 @@ impl UndoStep {
             UndoStep::DestroySnapshot { branch: b, .. }
             | UndoStep::DestroyVolume { branch: b, .. }
             | UndoStep::RemoveServer { branch: b }
+            | UndoStep::StopImport { branch: b }
             | UndoStep::RestoreServer { branch: b, .. } => b == branch,
             UndoStep::RemoveArchive { branch: b, .. } => b.as_ref() == Some(branch),
             UndoStep::RenameVolume { from, to, .. } | UndoStep::RenameArchive { from, to } => {

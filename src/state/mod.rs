@@ -3,6 +3,7 @@
 //! locked, atomic store ([`store`]) that upgrades older files ([`migrate`]).
 
 mod history;
+mod imported;
 mod journal;
 mod migrate;
 mod model;
@@ -10,6 +11,7 @@ mod records;
 mod store;
 
 pub use history::*;
+pub use imported::*;
 pub use journal::*;
 pub use migrate::MigrateError;
 pub use model::*;

@@ -96,6 +96,9 @@ pub struct Project {
     /// Snapshots users took (`velo snapshot create`), oldest first.
     #[serde(default)]
     pub snapshots: Vec<Snapshot>,
+    /// Where main's data was imported from, if it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imported: Option<super::Imported>,
     /// `velo gc` stops a branch no client has used for this many seconds (`None`: never).
     #[serde(default)]
     pub idle_stop_seconds: Option<u64>,
@@ -403,6 +406,7 @@ mod tests {
                 wal_from: None,
             }],
             idle_stop_seconds: None,
+            imported: None,
         };
         assert!(!p.rename_branch(&n("dev"), &n("sub")), "a taken name");
         assert!(!p.rename_branch(&n("gone"), &n("new")), "a missing branch");

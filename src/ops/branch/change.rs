@@ -102,7 +102,7 @@ pub async fn restore(ctx: &Ctx, r: &BranchRef, key: &str) -> Result<()> {
 
 /// Marks a branch busy for a command that changes it and opens its operation, pinning `pins`;
 /// call it inside a transaction. Returns the project and the branch as they were.
-pub(super) fn claim_branch(
+pub(crate) fn claim_branch(
     s: &mut State,
     r: &BranchRef,
     operation: &str,

@@ -18,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use chrono::{DateTime, Utc};
 
+pub(crate) use change::claim_branch;
 pub use change::{reset, restore};
 pub use delete::{Guard, delete, delete_if, destroy_held, forget_held};
 pub use query::{ListOptions, branch_json, get, list, observe, password, show};

@@ -127,7 +127,14 @@ pub async fn ensure_running(ctx: &Ctx, project: &Project, r: &BranchRef, b: &Bra
     let (storage, runtime) = (ctx.storage(project)?, ctx.runtime(project)?);
     let name = names::server_name(r);
     let note = |what: &str| ctx.shell.note_marked(crate::ui::Mark::Step, what);
-    match runtime.status(&name).await? {
+    let mut status = runtime.status(&name).await?;
+    if status != ServerStatus::Missing && runtime.outdated(&name).await? {
+        ctx.shell
+            .step("Remove a server an older velo made", runtime.remove(&name))
+            .await?;
+        status = ServerStatus::Missing;
+    }
+    match status {
         ServerStatus::Running => return server::wait_ready(ctx, project, r, b, BRANCH_READY).await,
         ServerStatus::Missing => {
             let root = storage.ensure_available(&b.volume(r), &note).await?;

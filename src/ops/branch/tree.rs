@@ -114,6 +114,7 @@ mod tests {
             branches: all,
             snapshots: Vec::new(),
             idle_stop_seconds: None,
+            imported: None,
         }
     }
 

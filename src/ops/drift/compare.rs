@@ -415,6 +415,11 @@ impl ProjectView<'_> {
                         },
                         "an interrupted reset or restore, or a server made by hand".into(),
                     ));
+                } else if s.outdated {
+                    found.push((
+                        Problem::ServerOutdated { server },
+                        "made by velo 0.1, before servers had a private socket directory".into(),
+                    ));
                 } else if !s.volumes.is_empty() {
                     found.push((
                         Problem::HoldsVolumes {

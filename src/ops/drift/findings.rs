@@ -45,6 +45,10 @@ pub enum Problem {
         serving: Option<PathBuf>,
         expected: PathBuf,
     },
+    /// The server was made by an older velo in a shape this one cannot talk to.
+    ServerOutdated {
+        server: String,
+    },
     /// The server holds Docker volumes, which its removal would leave behind.
     HoldsVolumes {
         server: String,
@@ -100,6 +104,7 @@ impl Finding {
             Problem::Unmounted { .. } => "unmounted",
             Problem::ServerGone { .. } => "container-gone",
             Problem::ServerOnOtherData { .. } => "container-on-other-data",
+            Problem::ServerOutdated { .. } => "container-outdated",
             Problem::HoldsVolumes { .. } => "holds-volumes",
             Problem::Stopped { .. } => "stopped",
             Problem::RunningUnasked { .. } => "running-unasked",
@@ -162,6 +167,9 @@ impl Finding {
                     .unwrap_or_else(|| "no data directory".into()),
                 expected.display()
             ),
+            Problem::ServerOutdated { server } => format!(
+                "server {server} was made by an older velo: it has no private socket directory, the only way velo talks to a server"
+            ),
             Problem::HoldsVolumes { server, volumes } => format!(
                 "server {server} holds Docker volumes {} that its removal would leave behind",
                 volumes.join(", ")
@@ -223,7 +231,9 @@ impl Finding {
             Problem::ServerGone { server, volume } => {
                 format!("re-create {server} on {volume} (start it if the branch should run)")
             }
-            Problem::ServerOnOtherData { server, .. } | Problem::HoldsVolumes { server, .. } => {
+            Problem::ServerOnOtherData { server, .. }
+            | Problem::ServerOutdated { server }
+            | Problem::HoldsVolumes { server, .. } => {
                 format!("re-create {server} on the branch's current data")
             }
             Problem::Stopped { .. } => "start it and wait until PostgreSQL answers".into(),

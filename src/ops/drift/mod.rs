@@ -392,6 +392,7 @@ async fn fix_branch(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Result<(
                 p,
                 Problem::ServerGone { .. }
                     | Problem::ServerOnOtherData { .. }
+                    | Problem::ServerOutdated { .. }
                     | Problem::HoldsVolumes { .. }
             )
         });

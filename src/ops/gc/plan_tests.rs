@@ -49,6 +49,7 @@ fn state(branches: &[(&str, &str, bool)], idle_stop: Option<u64>) -> State {
         branches: all,
         snapshots: Vec::new(),
         idle_stop_seconds: idle_stop,
+        imported: None,
     };
     State {
         projects: BTreeMap::from([("demo".parse().unwrap(), project)]),

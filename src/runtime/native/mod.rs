@@ -16,6 +16,7 @@
 //! its bin directory.
 
 pub mod bins;
+mod client;
 mod command;
 mod error;
 mod lockfile;
@@ -39,7 +40,8 @@ use proc::{Identity, Presence};
 use registry::Registry;
 
 use super::{
-    ManagedServer, Result, Runtime, RuntimeError, ServerPaths, ServerSpec, ServerStatus, ServerUser,
+    ClientDirs, ClientJob, ClientOutput, LineSink, ManagedServer, Result, Runtime, RuntimeError,
+    ServerPaths, ServerSpec, ServerStatus, ServerUser,
 };
 use crate::fsx;
 
@@ -89,6 +91,15 @@ impl NativeRuntime {
         let out = command::checked(&command::line(&cmd), cmd.output())?;
         let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
         Ok(self.version.get_or_init(|| version).clone())
+    }
+
+    /// The client program `tool` of the server's major.
+    fn client_program(&self, tool: &str) -> Result<PathBuf> {
+        let version = self.postgres_version()?;
+        let major = bins::parse_version(&version)
+            .map(|(_, major)| major)
+            .ok_or_else(|| RuntimeError::Failed(format!("cannot read a version in `{version}`")))?;
+        client::program(&self.bindir, major, tool)
     }
 
     fn spec(&self, name: &str) -> Result<ServerSpec> {
@@ -313,6 +324,25 @@ impl Runtime for NativeRuntime {
             })
     }
 
+    fn client_view(&self, dirs: &ClientDirs) -> ClientDirs {
+        dirs.clone()
+    }
+
+    async fn client_version(&self, tools: &[&str]) -> Result<String> {
+        let programs = tools
+            .iter()
+            .map(|tool| self.client_program(tool))
+            .collect::<Result<Vec<_>>>()?;
+        match programs.first() {
+            Some(first) => client::version(first),
+            None => Ok(String::new()),
+        }
+    }
+
+    async fn run_client(&self, job: &ClientJob, line: &LineSink<'_>) -> Result<ClientOutput> {
+        client::run(&self.client_program(&job.tool)?, job, line).await
+    }
+
     async fn start(&self, name: &str) -> Result<()> {
         let spec = self.spec(name)?;
         if self.running(name)?.is_some() {
@@ -408,6 +438,7 @@ impl Runtime for NativeRuntime {
                 branch: spec.labels.branch,
                 data_dir: Some(spec.paths.data_dir),
                 volumes: Vec::new(),
+                outdated: false,
             });
         }
         Ok(servers)

@@ -295,6 +295,7 @@ async fn a_running_server_is_renamed_listed_and_removed() {
             running: true,
             data_dir: Some(spec.paths.data_dir.clone()),
             volumes: Vec::new(),
+            outdated: false,
         }]
     );
     rig.rt.remove(old).await.unwrap();

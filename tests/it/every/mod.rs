@@ -1,6 +1,6 @@
 //! Tests that hold on every backend, run by each suite on its own (`VELO_TEST_BACKEND`).
 
-mod attacks;
+pub mod attacks;
 mod branches;
 mod concurrency;
 mod crash;

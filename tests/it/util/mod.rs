@@ -6,6 +6,7 @@
 mod faults;
 mod hold;
 pub mod rig;
+pub mod source;
 pub mod world;
 
 use std::path::{Path, PathBuf};

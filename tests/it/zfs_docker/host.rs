@@ -355,3 +355,33 @@ fn setup_dry_run_twice_and_undo() {
         "{again}"
     );
 }
+
+/// Root (the only user this suite runs as) with an environment a user chose: `sudo -E`.
+#[test]
+fn root_writes_connection_files_nowhere_the_environment_chooses() {
+    let mut sb = Sandbox::new();
+    let p = sb.create_project("connfiles");
+    // `sudo -E` with PGPASSFILE naming a root-owned file: root rewrote it (mode 0600, velo's
+    // lines appended); it must be refused and left as it was.
+    let victim = crate::every::attacks::Victim::new(&sb);
+    sb.set_env("PGPASSFILE", victim.0.to_str().unwrap());
+    let err = sb.fails(&["connection-files", "on"]);
+    assert!(err.contains("PGPASSFILE"), "{err}");
+    victim.assert_untouched();
+    // A HOME another user owns: root writes nothing there.
+    sb.clear_env();
+    let theirs = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(theirs.path(), Some(65534), Some(65534)).unwrap();
+    sb.set_env("HOME", theirs.path().to_str().unwrap());
+    let err = sb.fails(&["connection-files", "on"]);
+    assert!(err.contains("uid 65534"), "{err}");
+    assert!(!theirs.path().join(".pgpass").exists());
+    // Root's own kind of home works.
+    sb.clear_env();
+    let mine = tempfile::tempdir().unwrap();
+    sb.set_env("HOME", mine.path().to_str().unwrap());
+    sb.ok(&["connection-files", "on"]);
+    let written = std::fs::read_to_string(mine.path().join(".pg_service.conf")).unwrap();
+    assert!(written.contains(&format!("[{p}-main]")), "{written}");
+    sb.ok(&["connection-files", "off"]);
+}

@@ -356,10 +356,9 @@ fn a_home_velo_0_1_left_is_upgraded_and_served() {
     served(&sb, &world);
 }
 
-/// 0.1's containers still there: velo 0.2 starts main's as it is, but a 0.1 container has no
-/// private socket directory, which is the only way 0.2 talks to a server.
+/// 0.1's containers still there: a 0.1 container has no private socket directory, the only way
+/// 0.2 talks to a server, so `branch start` replaces it, and `repair --fix` any other.
 #[test]
-#[ignore = "velo 0.2 starts a container velo 0.1 made and waits 60 s for a socket it never makes (reported)"]
 fn a_home_velo_0_1_left_with_its_containers_is_upgraded_and_served() {
     let sb = Sandbox::only(Backend::ZfsDocker);
     let world = old_world(&sb, true);

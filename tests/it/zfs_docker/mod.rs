@@ -6,5 +6,6 @@
 mod daemons;
 mod docker;
 mod host;
+mod import;
 mod migration;
 mod zfs;

@@ -1,0 +1,72 @@
+//! Where an import works: a private directory in velo's home for the password file (never in a
+//! volume, which branches are cloned from), the import server's own socket directory, and the
+//! dump's directory inside the new volume (removed before any snapshot can see it). All are
+//! velo's user's, mode 0700; the client programs run as that user.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use super::super::{Ctx, remove_dir};
+use crate::fsx;
+use crate::hostdir;
+use crate::names::BranchRef;
+use crate::source::password::passfile_line;
+
+/// The password file's name in its directory.
+pub const PASSFILE: &str = "pgpass";
+
+/// The private directory of an import's password file.
+pub fn secrets_dir(ctx: &Ctx, r: &BranchRef) -> PathBuf {
+    ctx.store
+        .dir()
+        .join("run")
+        .join(format!("import.{}.{}", r.project, r.branch))
+}
+
+/// The socket directory of the server an import restores into: beside the branch's own
+/// (which a refresh's old server still uses), named by the branch's port like it.
+pub fn socket_dir(ctx: &Ctx, port: u16) -> PathBuf {
+    ctx.store.dir().join("run").join(format!("{port}.import"))
+}
+
+/// The directory, inside the volume at `root`, where the dump is written and read.
+pub fn work_dir(root: &Path) -> PathBuf {
+    root.join("import")
+}
+
+/// Writes the password file the client programs that read the source get (`PGPASSFILE`):
+/// one line, mode 0600, in a directory only velo's user may enter. Returns the directory.
+pub fn write_password(ctx: &Ctx, r: &BranchRef, secret: &str) -> Result<PathBuf> {
+    let dir = secrets_dir(ctx, r);
+    let run = dir.parent().expect("run/<name>");
+    let written = hostdir::private_dir(run)
+        .and_then(|_| hostdir::private_dir(&dir))
+        .and_then(|fd| {
+            fsx::replace_at(
+                fd.as_fd(),
+                PASSFILE,
+                passfile_line(secret).as_bytes(),
+                0o600,
+                None,
+            )
+        });
+    written.with_context(|| format!("writing the import's password file in {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Makes the dump's directory in the new volume.
+pub fn make_work_dir(root: &Path) -> Result<PathBuf> {
+    let dir = work_dir(root);
+    hostdir::private_dir(&dir)
+        .with_context(|| format!("making the import's directory {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Removes what an import keeps outside the volume: the password file and its directory, and
+/// the import server's socket directory. Missing is success.
+pub fn clear(ctx: &Ctx, r: &BranchRef, port: u16) -> Result<()> {
+    remove_dir(&secrets_dir(ctx, r))?;
+    remove_dir(&socket_dir(ctx, port))
+}

@@ -1,0 +1,135 @@
+//! An import on the native runtime, by the rig's user who is not root: the host's client
+//! programs of the server's major, a clear error naming the package when they are missing.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use crate::util::rig::{self, Backend};
+use crate::util::source::Source;
+
+/// The only major whose client programs this host has (Debian's PostgreSQL 15).
+const MAJOR: u32 = 15;
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Runs velo as the rig's user who is not root, in `home`.
+fn as_user(home: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", "velo-ci", "--regid", "velo-ci", "--clear-groups"])
+        .arg(env!("CARGO_BIN_EXE_velo"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", home)
+        .env("VELO_HOME", home.join("velo"))
+        .env("VELO_CONFIG", home.join("config.json"))
+        .env("VELO_PG_ROOT", rig::var("VELO_PG_ROOT"));
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn a_user_imports_on_the_native_runtime_with_the_hosts_client_programs() {
+    assert!(
+        Backend::from_env().is_native(),
+        "a test of the native runtime (scripts/test.sh)"
+    );
+    let src = Source::start(&rig::image_for(MAJOR));
+    src.pgbench_init("postgres", 1);
+    let dir = rig::var("VELO_TEST_XFS_DIR");
+    let scratch = tempfile::Builder::new()
+        .prefix("velo-it-")
+        .tempdir_in(dir)
+        .unwrap();
+    let out = Command::new("chown")
+        .args(["velo-ci:velo-ci"])
+        .arg(scratch.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let home = scratch.path();
+    let data = home.join("data").display().to_string();
+    let url = src.url("postgres");
+    let env = [("PGPASSWORD", src.password.as_str())];
+    let create = |major: &str| {
+        as_user(
+            home,
+            &env,
+            &[
+                "project",
+                "create",
+                "imp",
+                "--runtime",
+                "native",
+                "--pg-version",
+                major,
+                "--storage",
+                "reflink",
+                "--data-dir",
+                &data,
+                "--from",
+                &url,
+            ],
+        )
+    };
+    // No pg_dump of PostgreSQL 16 on this host: said so, with how to get it.
+    let out = create("16");
+    let err = text(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("`pg_dump` of PostgreSQL 16") && err.contains("postgresql-client-16"),
+        "{err}"
+    );
+    let list = as_user(home, &[], &["project", "list", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
+
+    let out = create("15");
+    assert!(
+        out.status.success(),
+        "native import failed:\n{}",
+        text(&out)
+    );
+    let creds = as_user(home, &[], &["branch", "password", "imp/main", "--json"]);
+    let creds: serde_json::Value = serde_json::from_slice(&creds.stdout).unwrap();
+    let count = Command::new("psql")
+        .args([
+            "-X",
+            "-A",
+            "-t",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+        ])
+        .args([
+            "-p",
+            &creds["port"].to_string(),
+            "-c",
+            "SELECT count(*) FROM pgbench_accounts",
+        ])
+        .env("PGPASSWORD", creds["password"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&count.stdout).trim(),
+        "100000",
+        "{}",
+        text(&count)
+    );
+    let out = as_user(
+        home,
+        &[("VELO_BACKGROUND", "0")],
+        &["project", "delete", "imp"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
