@@ -156,7 +156,7 @@ for suite in "${SUITES[@]}"; do
 	NAMES[$!]=$name
 done
 for _ in "${!PIDS[@]}"; do
-	wait -n -p done_pid || true
+	wait -n -p done_pid "${!NAMES[@]}" || true
 	name=${NAMES[$done_pid]}
 	read -r rc secs <"$LOGS/$name.status"
 	step "$name: $([ "$rc" = 0 ] && echo ok || echo FAILED) in $secs s"
