@@ -119,7 +119,10 @@ pub fn sync(ctx: &Ctx) {
 }
 
 fn try_sync(ctx: &Ctx) -> Result<()> {
-    let state = ctx.store.read()?;
+    // An unreadable state is reported by the command itself, once.
+    let Ok(state) = ctx.store.read() else {
+        return Ok(());
+    };
     if !state.connection_files {
         return Ok(());
     }

@@ -156,7 +156,7 @@ fn a_state_file_naming_things_that_are_not_velos_is_refused() {
     }]);
     std::fs::write(&path, state.to_string()).unwrap();
     let err = sb.fails(&["branch", "list"]);
-    assert!(err.contains("is not valid velo state"), "{err}");
+    assert_eq!(err.matches("is not valid velo state").count(), 1, "{err}");
     if sb.backend() == Backend::ZfsDocker {
         let pool = Command::new("zfs")
             .args(["list", "-H", "-o", "name", &sb.rig.pool])
