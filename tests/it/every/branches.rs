@@ -1,5 +1,7 @@
 //! Projects and branches end to end, on every backend.
 
+use std::process::Command;
+
 use crate::util::Sandbox;
 
 /// The original tool's README walk-through, word for word.
@@ -178,4 +180,86 @@ fn listing_status_and_password() {
             "{args:?} shows the password"
         );
     }
+}
+
+/// Connecting in one step: `branch psql` (over the private socket, psql's exit status
+/// passed on), `eval "$(velo branch env …)"` and `branch url --with-password`, each enough for
+/// a plain libpq client with no other password source.
+#[test]
+fn psql_env_and_url_connect_in_one_step() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("connect");
+    let main = format!("{p}/main");
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+
+    let out = sb.run(&[
+        "branch",
+        "psql",
+        &main,
+        "--",
+        "-X",
+        "-A",
+        "-t",
+        "-c",
+        "SELECT 40 + 2",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "42");
+    let out = sb.run(&[
+        "branch",
+        "psql",
+        &main,
+        "--",
+        "-X",
+        "-v",
+        "ON_ERROR_STOP=1",
+        "-c",
+        "SELECT nope",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "psql's status: {}",
+        text(&out.stderr)
+    );
+
+    // A plain client, with none of the user's own password sources.
+    let nowhere = tempfile::tempdir().unwrap();
+    let client = |script: &str| {
+        Command::new("bash")
+            .args(["-c", script])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("HOME", nowhere.path())
+            .output()
+            .unwrap()
+    };
+    let password = sb.json(&["branch", "password", &main])["password"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let env = sb.ok(&["branch", "env", &main]);
+    for var in [
+        "PGHOST",
+        "PGPORT",
+        "PGUSER",
+        "PGPASSWORD",
+        "PGDATABASE",
+        "DATABASE_URL",
+    ] {
+        assert!(env.contains(&format!("export {var}=")), "{env}");
+    }
+    let out = client(&format!("{env}\npsql -X -A -t -c 'SELECT current_user'"));
+    assert_eq!(text(&out.stdout), "postgres", "{}", text(&out.stderr));
+    let out = client(&format!(
+        "{env}\npsql \"$DATABASE_URL\" -X -A -t -c 'SELECT 7'"
+    ));
+    assert_eq!(text(&out.stdout), "7", "{}", text(&out.stderr));
+
+    let url = sb.ok(&["branch", "url", &main]);
+    assert!(!url.contains(&password), "{url}");
+    let with = sb.ok(&["branch", "connection-string", &main, "--with-password"]);
+    assert!(with.trim().contains(&password), "{with}");
+    let out = client(&format!("psql '{}' -X -A -t -c 'SELECT 8'", with.trim()));
+    assert_eq!(text(&out.stdout), "8", "{}", text(&out.stderr));
 }
