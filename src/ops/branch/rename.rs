@@ -15,8 +15,10 @@ use std::collections::BTreeSet;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 
+use super::super::background;
 use super::super::journal::Intent;
 use super::super::launch::create_server;
+use super::super::project::DELETE_WAIT;
 use super::super::server::{self, BRANCH_READY, STOP_TIMEOUT};
 use super::super::{Ctx, Undo, claim, get_branch, get_project, get_project_mut, rolled_back};
 use crate::names::{self, BranchName, BranchRef, VolumeId};
@@ -32,6 +34,17 @@ pub async fn rename(ctx: &Ctx, r: &BranchRef, to: &BranchName) -> Result<()> {
         bail!("`{r}` already has that name");
     }
     let new = BranchRef::new(r.project.clone(), to.clone());
+    // What a reset, restore or delete left to a background velo (destroying old data that
+    // carries the name) is waited for, not refused: the user did nothing wrong.
+    let tidying = |s: &State| {
+        s.journal.iter().any(|op| {
+            op.project == r.project
+                && matches!(op.recovery, Recovery::RollForward { .. })
+                && (op.mentions(&r.branch) || op.branches.contains(&new.branch))
+        })
+    };
+    let what = format!("the old data of `{r}`");
+    background::wait_for(ctx, &what, DELETE_WAIT, tidying).await?;
     let (project, branch, children, mut undo) = ctx.store.update(|s| reserve(s, r, &new))?;
     let moved = Move {
         project: &project,

@@ -315,3 +315,30 @@ fn kill_9_at_each_step_of_a_rename_is_rolled_back_by_the_next_command() {
     assert_eq!(sb.users(&format!("{p}/renamed")), "ann,dev");
     sb.assert_consistent(&p);
 }
+
+/// A rename straight after a reset (whose old generation, which carries the name, a background
+/// velo is still destroying) waits for that velo instead of refusing.
+#[test]
+fn a_rename_straight_after_a_reset_waits_for_the_old_data_to_go() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("rent");
+    let mut name = format!("{p}/dev");
+    sb.ok(&["branch", "create", &name]);
+    for n in 1..=3 {
+        let out = sb.run_unsettled(&["branch", "reset", &name]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let out = sb.run_unsettled(&["branch", "rename", &name, &format!("r{n}")]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        name = format!("{p}/r{n}");
+    }
+    assert_eq!(sb.sql(&name, "SELECT 1"), "1");
+    sb.assert_consistent(&p);
+}
