@@ -19,14 +19,17 @@
 set -Eeuo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-# The VM scripts: OZVM_SCRIPTS, else ../shared/openzfs-vm beside this repository or beside the
-# repository it was cloned from (CI runs a fresh clone of a local repository).
+# The VM scripts: OZVM_SCRIPTS, else shared/openzfs-vm beside this repository or a directory
+# above it, or beside the repository it was cloned from (CI runs a fresh clone of a local one).
 vm_scripts() {
-	local origin
+	local origin dir
 	[ -z "${OZVM_SCRIPTS:-}" ] || { echo "$OZVM_SCRIPTS"; return; }
-	[ ! -d "$ROOT/../shared/openzfs-vm" ] || { echo "$ROOT/../shared/openzfs-vm"; return; }
 	origin=$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null || true)
-	echo "${origin:+$origin/}../shared/openzfs-vm"
+	origin=${origin#file://}
+	for dir in "$ROOT/.." "$ROOT/../.." "$ROOT/../../.." ${origin:+"$origin/.."}; do
+		[ ! -d "$dir/shared/openzfs-vm" ] || { echo "$dir/shared/openzfs-vm"; return; }
+	done
+	echo "$ROOT/../shared/openzfs-vm"
 }
 T="$(vm_scripts)"
 export OZVM_DIR="${OZVM_DIR:-/var/tmp/openzfs-vm}"
