@@ -46,14 +46,16 @@ fn failures_at_each_step_of_branch_create_roll_back() {
     sb.heal();
     assert_no_trace(&sb, &p, "dev", &before);
 
-    // PostgreSQL never becomes ready (a deadline too short): server, clone and snapshot go.
-    sb.set_env("VELO_READY_TIMEOUT", "1ms");
+    // PostgreSQL never becomes ready (the clone carries a setting it cannot start with):
+    // server, clone and snapshot go.
+    let main = format!("{p}/main");
+    sb.sql(&main, "ALTER SYSTEM SET shared_buffers = '4TB'");
     let err = sb.fails(&["branch", "create", &dev]);
     assert!(err.contains("did not become ready"), "{err}");
     assert_no_trace(&sb, &p, "dev", &before);
 
     // And the same request succeeds once nothing is injected.
-    sb.clear_env();
+    sb.sql(&main, "ALTER SYSTEM RESET shared_buffers");
     sb.ok(&["branch", "create", &dev]);
 }
 
