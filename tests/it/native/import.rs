@@ -42,6 +42,9 @@ fn a_user_imports_on_the_native_runtime_with_the_hosts_client_programs() {
         Backend::from_env().is_native(),
         "a test of the native runtime (scripts/test.sh)"
     );
+    // The source is a Docker container: a shared hold on the rig keeps the tests that restart
+    // dockerd from killing it mid-import (the native suites take no hold otherwise).
+    let _hold = crate::util::hold::RigHold::take(false);
     let src = Source::start(&rig::image_for(MAJOR));
     src.pgbench_init("postgres", 1);
     let dir = rig::var("VELO_TEST_XFS_DIR");

@@ -4,7 +4,7 @@
 //! backend directly ([`world`]) to check what velo claims.
 
 mod faults;
-mod hold;
+pub mod hold;
 pub mod rig;
 pub mod source;
 pub mod world;
