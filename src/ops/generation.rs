@@ -178,17 +178,28 @@ pub async fn new_generation(
             storage.clone_snapshot(&origin.snapshot_ref(&r.project), &b.volume(r)),
         )
         .await?;
+    archive_generation(ctx, project, r, b.generation, undo).await?;
+    Ok(root)
+}
+
+/// Creates the WAL archive of a new generation of a branch, its removal recorded first.
+pub async fn archive_generation(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    generation: u32,
+    undo: &mut Undo,
+) -> Result<()> {
     undo.intend(
         ctx,
         "archive",
         UndoStep::RemoveArchive {
             branch: Some(r.branch.clone()),
-            generation: Some(b.generation),
+            generation: Some(generation),
         },
     )
     .await?;
-    create_archive(ctx, project, r, b.generation)?;
-    Ok(root)
+    create_archive(ctx, project, r, generation)
 }
 
 /// Creates the WAL archive directory of a branch generation, writable by the server's user.

@@ -13,7 +13,7 @@ use chrono::Utc;
 
 use super::super::background::tidy;
 use super::super::branch::claim_branch;
-use super::super::generation::create_archive;
+use super::super::generation::archive_generation;
 use super::super::launch::create_server;
 use super::super::server::{self, BRANCH_READY};
 use super::super::{Ctx, Undo, branch_mut, get_project, prepared, rolled_back};
@@ -104,16 +104,7 @@ async fn new_generation(
             storage.clone_snapshot(&cluster.snapshot_ref(), &new.volume(r)),
         )
         .await?;
-    undo.intend(
-        ctx,
-        "archive",
-        UndoStep::RemoveArchive {
-            branch: Some(r.branch.clone()),
-            generation: Some(new.generation),
-        },
-    )
-    .await?;
-    create_archive(ctx, project, r, new.generation)?;
+    archive_generation(ctx, project, r, new.generation, undo).await?;
     Ok((cluster, new, root))
 }
 
