@@ -36,8 +36,16 @@ export OZVM_DIR="${OZVM_DIR:-/var/tmp/openzfs-vm}"
 SHARE="$OZVM_DIR/share"
 start=$(date +%s)
 log() { printf '[openzfs-vm-test %s +%ss] %s\n' "$(date -u +%H:%M:%S)" "$(($(date +%s) - start))" "$*" >&2; }
-guest() { "$T/exec.sh" bash -s; }
-tester() { OZVM_USER=tester "$T/exec.sh" bash -s; }
+# A shell in the guest, as root or tester. The VM's ssh settings give a connection 5 s, but under
+# emulation on a loaded host (CI runs the other suites meanwhile) the guest's sshd can take
+# longer to answer; a timed-out banner exchange failed a CI run.
+in_guest() {
+	local user=$1
+	shift
+	ssh -F "$OZVM_DIR/run/ssh_config" -o ConnectTimeout=180 -o ServerAliveCountMax=12 -l "$user" ozvm -- "$@"
+}
+guest() { in_guest root bash -s; }
+tester() { in_guest tester bash -s; }
 
 [ -d "$T" ] || { echo "no VM scripts at $T (set OZVM_SCRIPTS)" >&2; exit 1; }
 if [ ! -e "$OZVM_DIR/disk.raw" ]; then
