@@ -13,15 +13,16 @@ use chrono::Utc;
 
 use super::{Ctx, Undo};
 use crate::names::{BranchName, SnapshotId, SnapshotRef};
-use crate::runtime::ServerUser;
+use crate::runtime::{InitOptions, ServerUser};
 use crate::state::{
     Finish, Prepared, Project, Recovery, RuntimeRecord, State, StorageRecord, UndoStep,
     prepared_volume,
 };
+use crate::storage::Capabilities;
 
 /// Bumped when velo initialises clusters differently (initdb's flags): old ones are then
 /// prepared again.
-const INIT_FORMAT: &str = "initdb-1";
+const INIT_FORMAT: &str = "initdb-2";
 
 /// The name of the prepared cluster of a velo home for a storage, a runtime and its software:
 /// `p` and 11 hex digits of a hash that does not change between velo builds (FNV-1a). Homes
@@ -78,8 +79,12 @@ pub async fn make(
             .shell
             .step("Prepare data directory", runtime.make_data_dir(&root, user))
             .await?;
+        let options = init_options(storage.capabilities());
         ctx.shell
-            .step("Initialise", runtime.init(&pgdata, &project.user, user))
+            .step(
+                "Initialise",
+                runtime.init(&pgdata, &project.user, user, options),
+            )
             .await?;
         let snapshot = SnapshotRef {
             volume,
@@ -112,6 +117,16 @@ pub async fn make(
             Some(theirs) => Ok(theirs.clone()),
             None => Err(e),
         },
+    }
+}
+
+/// How clusters on a storage with `caps` are initialised. Where a snapshot of a running server
+/// holds it in backup mode (reflink, copy), each snapshot ends a WAL segment, which PostgreSQL
+/// writes out in full: 1 MB segments make that 1 MB, not 16, of every branch, reset and
+/// snapshot (docs/design.md, "WAL segments").
+pub fn init_options(caps: Capabilities) -> InitOptions {
+    InitOptions {
+        wal_segment_mb: (!caps.atomic_snapshot).then_some(1),
     }
 }
 
@@ -188,6 +203,6 @@ mod tests {
         assert_ne!(a, name_for("/h", &copy, &docker, "sha256:2"));
         assert_ne!(a, name_for("/other", &copy, &docker, "sha256:1"));
         // FNV-1a over the home and the records' JSON: the same name in every build of velo.
-        assert_eq!(a.as_str(), "p7cb3bca8ede");
+        assert_eq!(a.as_str(), "p7cb3bda8ede");
     }
 }

@@ -288,8 +288,8 @@ pub async fn cleanup(ctx: &Ctx, r: &BranchRef, days: u32, dry_run: bool) -> Resu
             o.wal_from
                 .as_deref()
                 .and_then(Segment::parse)
-                .map(|s| s.position)
-                .unwrap_or(0)
+                .map(|s| s.place())
+                .unwrap_or((0, 0))
         })
         .min();
     let files = ctx.archives().list(&r.project, &r.branch, b.generation)?;
@@ -300,7 +300,7 @@ pub async fn cleanup(ctx: &Ctx, r: &BranchRef, days: u32, dry_run: bool) -> Resu
         .iter()
         .filter(|f| f.modified < cutoff)
         .filter(|f| match (f.segment(), needed_from) {
-            (Some(seg), Some(needed)) => seg.position < needed,
+            (Some(seg), Some(needed)) => seg.place() < needed,
             (Some(_), None) => true,
             (None, _) => false,
         })

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
 use super::{
-    ClientDirs, ClientJob, ClientOutput, LineSink, ManagedServer, Result, Runtime, RuntimeError,
-    ServerPaths, ServerSpec, ServerStatus, ServerUser,
+    ClientDirs, ClientJob, ClientOutput, InitOptions, LineSink, ManagedServer, Result, Runtime,
+    RuntimeError, ServerPaths, ServerSpec, ServerStatus, ServerUser,
 };
 use crate::docker::{
     BindMount, ContainerSpec, ContainerStatus, Engine, LABEL_BRANCH, LABEL_HOME, LABEL_MANAGED,
@@ -209,13 +209,22 @@ impl Runtime for DockerRuntime {
         Ok(pgdata)
     }
 
-    async fn init(&self, data_dir: &Path, superuser: &str, user: ServerUser) -> Result<()> {
+    async fn init(
+        &self,
+        data_dir: &Path,
+        superuser: &str,
+        user: ServerUser,
+        options: InitOptions,
+    ) -> Result<()> {
         self.ensure_image().await?;
+        let mut args = vec![DATA.to_string(), superuser.to_string()];
+        args.extend(options.args());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let helper = self.helper(
             user,
             vec![bind(data_dir, DATA, false)],
-            "exec initdb -D \"$0\" -U \"$1\" --auth-local=trust --auth-host=scram-sha-256 -E UTF8 >/dev/null",
-            &[DATA, superuser],
+            "d=$0 u=$1; shift; exec initdb -D \"$d\" -U \"$u\" --auth-local=trust --auth-host=scram-sha-256 -E UTF8 \"$@\" >/dev/null",
+            &args,
         );
         Ok(self.engine.run_helper(&helper).await?)
     }

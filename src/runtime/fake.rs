@@ -10,8 +10,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{
-    ClientDirs, ClientJob, ClientOutput, LineSink, ManagedServer, Result, Runtime, RuntimeError,
-    ServerPaths, ServerSpec, ServerStatus, ServerUser,
+    ClientDirs, ClientJob, ClientOutput, InitOptions, LineSink, ManagedServer, Result, Runtime,
+    RuntimeError, ServerPaths, ServerSpec, ServerStatus, ServerUser,
 };
 
 #[derive(Debug, Default)]
@@ -120,7 +120,7 @@ impl Runtime for FakeRuntime {
         Ok(root.join("pgdata"))
     }
 
-    async fn init(&self, _: &Path, _: &str, _: ServerUser) -> Result<()> {
+    async fn init(&self, _: &Path, _: &str, _: ServerUser, _: InitOptions) -> Result<()> {
         self.run("init").map(drop)
     }
 

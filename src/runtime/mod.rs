@@ -68,6 +68,25 @@ pub struct ServerUser {
     pub gid: u32,
 }
 
+/// How a new cluster is initialised, besides what every cluster gets (a superuser without a
+/// password, the Unix socket trusted, UTF-8).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InitOptions {
+    /// The WAL segment size in MB (initdb's `--wal-segsize`, a power of two); `None` is
+    /// PostgreSQL's 16.
+    pub wal_segment_mb: Option<u32>,
+}
+
+impl InitOptions {
+    /// initdb's arguments for these options.
+    pub fn args(self) -> Vec<String> {
+        self.wal_segment_mb
+            .map(|mb| format!("--wal-segsize={mb}"))
+            .into_iter()
+            .collect()
+    }
+}
+
 /// Host directories a client program run for velo may use ([`Runtime::run_client`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClientDirs {
@@ -197,7 +216,13 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
 
     /// Runs initdb in an empty data directory: superuser `superuser` without a password, the
     /// Unix socket trusted. velo sets the password over the socket before anyone else can log in.
-    async fn init(&self, data_dir: &Path, superuser: &str, user: ServerUser) -> Result<()>;
+    async fn init(
+        &self,
+        data_dir: &Path,
+        superuser: &str,
+        user: ServerUser,
+        options: InitOptions,
+    ) -> Result<()>;
 
     /// Where the server sees each host path of `paths`.
     fn view(&self, paths: &ServerPaths) -> ServerPaths;

@@ -40,8 +40,8 @@ use proc::{Identity, Presence};
 use registry::Registry;
 
 use super::{
-    ClientDirs, ClientJob, ClientOutput, LineSink, ManagedServer, Result, Runtime, RuntimeError,
-    ServerPaths, ServerSpec, ServerStatus, ServerUser,
+    ClientDirs, ClientJob, ClientOutput, InitOptions, LineSink, ManagedServer, Result, Runtime,
+    RuntimeError, ServerPaths, ServerSpec, ServerStatus, ServerUser,
 };
 use crate::fsx;
 
@@ -297,9 +297,16 @@ impl Runtime for NativeRuntime {
         Ok(path)
     }
 
-    async fn init(&self, data_dir: &Path, superuser: &str, _user: ServerUser) -> Result<()> {
+    async fn init(
+        &self,
+        data_dir: &Path,
+        superuser: &str,
+        _user: ServerUser,
+        options: InitOptions,
+    ) -> Result<()> {
         let locale = command::initdb_locale().await;
-        let cmd = command::initdb(&self.program("initdb")?, data_dir, superuser, locale);
+        let mut cmd = command::initdb(&self.program("initdb")?, data_dir, superuser, locale);
+        cmd.args(options.args());
         let line = command::line(&cmd);
         let output = tokio::process::Command::from(cmd).output().await;
         command::checked(&line, output).map(drop)
