@@ -112,6 +112,14 @@ pub struct ImportArgs {
     /// With --with-roles, import the roles' password hashes too.
     #[arg(long, requires = "with_roles")]
     with_role_passwords: bool,
+    /// Copy the source physically with pg_basebackup: every database and role, exactly. The
+    /// source must be of the project's major and let the URL's user replicate.
+    #[arg(
+        long,
+        requires = "from",
+        conflicts_with_all = ["from_dump", "all_databases", "with_roles", "jobs"]
+    )]
+    physical: bool,
     /// Parallel jobs of pg_dump and pg_restore (default: the cores, at most 4).
     #[arg(long, value_name = "N", requires = "source")]
     jobs: Option<u32>,
@@ -129,6 +137,7 @@ impl ImportArgs {
             all_databases: self.all_databases,
             with_roles: self.with_roles,
             role_passwords: self.with_role_passwords,
+            physical: self.physical,
             jobs: self.jobs,
             after_import: self.after_import,
         })

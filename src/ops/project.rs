@@ -91,9 +91,12 @@ pub async fn create_with(
                 .await?
         }
     };
+    // A physical import copies the source's own cluster: no prepared one is cloned.
+    let physical = plan.is_some_and(|p| p.record.physical);
+    let prepared_from = (!physical).then_some(&cluster);
     let (mut project, main, mut undo) = ctx
         .store
-        .update(|s| reserve(s, &name, &choice, &cluster, user))?;
+        .update(|s| reserve(s, &name, &choice, prepared_from, user))?;
     let main_ref = BranchRef::new(name.clone(), BranchName::main());
 
     let result: Result<(Branch, Option<Imported>)> = async {
@@ -105,17 +108,24 @@ pub async fn create_with(
             }
             None => None,
         };
-        let cluster = match existing {
-            Some(p) => p,
-            None => prepared::make(ctx, &project, &cluster, &software, user, &mut undo).await?,
+        let root = match (physical, existing) {
+            (true, _) => import::empty_volume(ctx, &project, &main.volume(&main_ref)).await?,
+            (false, existing) => {
+                let cluster = match existing {
+                    Some(p) => p,
+                    None => {
+                        prepared::make(ctx, &project, &cluster, &software, user, &mut undo).await?
+                    }
+                };
+                let volume = main.volume(&main_ref);
+                ctx.shell
+                    .step(
+                        "Clone",
+                        storage.clone_snapshot(&cluster.snapshot_ref(), &volume),
+                    )
+                    .await?
+            }
         };
-        let root = ctx
-            .shell
-            .step(
-                "Clone",
-                storage.clone_snapshot(&cluster.snapshot_ref(), &main.volume(&main_ref)),
-            )
-            .await?;
         undo.intend(
             ctx,
             "archive",
@@ -198,7 +208,7 @@ fn reserve(
     s: &mut crate::state::State,
     name: &ProjectName,
     choice: &Choice,
-    cluster: &BranchName,
+    cluster: Option<&BranchName>,
     user: ServerUser,
 ) -> Result<(Project, Branch, Undo)> {
     if s.projects.contains_key(name) {
@@ -210,7 +220,7 @@ fn reserve(
         storage: choice.storage.clone(),
         runtime: choice.runtime.clone(),
         chosen: Some(choice.why.clone()),
-        prepared_from: Some(cluster.clone()),
+        prepared_from: cluster.cloned(),
         pg_version: None,
         user: "postgres".into(),
         password: super::new_password(),
@@ -275,6 +285,7 @@ fn imported_json(i: &Imported) -> serde_json::Value {
         "url": url,
         "dump": dump,
         "all_databases": i.all_databases,
+        "physical": i.physical,
         "with_roles": i.with_roles,
         "role_passwords": i.role_passwords,
         "jobs": i.jobs,

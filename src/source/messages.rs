@@ -45,6 +45,8 @@ pub enum SourceError {
         server_major: u32,
         fix: String,
     },
+    #[error("the source at {place} cannot be copied physically: {reason}")]
+    NotPhysical { place: String, reason: String },
     #[error(
         "the source at {place} went away during the import ({detail}): keep it running and run the command again"
     )]

@@ -21,6 +21,9 @@ pub struct Imported {
     /// The roles' password hashes too.
     #[serde(default)]
     pub role_passwords: bool,
+    /// A physical copy (`pg_basebackup`): every database and role, the source's own files.
+    #[serde(default)]
+    pub physical: bool,
     /// Parallel jobs of pg_dump and pg_restore.
     pub jobs: u32,
     /// SQL run on main after each import, before any branch sees the data.

@@ -9,9 +9,10 @@ use anyhow::{Context as _, Result, anyhow};
 use serde::Deserialize;
 
 use super::super::{Ctx, Undo};
-use super::jobs::{Jobs, Reach, at};
-use super::{Plan, space};
+use super::jobs::{Jobs, Reach, at, client_user};
+use super::{Plan, physical, space};
 use crate::names::BranchRef;
+use crate::ops::server::server_user;
 use crate::runtime::native::bins::parse_version;
 use crate::source::SourceError;
 use crate::source::messages::read_toc;
@@ -27,28 +28,55 @@ pub struct Checked {
     pub databases: Vec<String>,
     /// Tables in the first database, for the progress of its dump.
     pub tables: Option<u64>,
+    /// The size of the source's databases, for the progress of a physical copy.
+    pub kilobytes: Option<u64>,
     /// The password file's directory, if the source has a password.
     pub secrets: Option<PathBuf>,
 }
 
 /// What psql reports about the source.
 #[derive(Debug, Deserialize)]
-struct Facts {
-    version: String,
-    num: u32,
+pub(super) struct Facts {
+    pub version: String,
+    pub num: u32,
     tables: u64,
     databases: Vec<String>,
+    /// The URL's user may replicate (or is a superuser).
+    pub replication: bool,
+    pub wal_senders: u32,
+    /// Tablespaces besides the two every cluster has.
+    pub tablespaces: u64,
+    /// The size of every database, in kB.
+    pub kilobytes: u64,
+    /// Whether the project's superuser is a superuser role in the source (none: no such role).
+    pub superuser: Option<bool>,
 }
 
-/// One query, one line of JSON: the source's version, the tables of the URL's database, and
-/// the databases that take connections.
-const FACTS_SQL: &str = "SELECT json_build_object(\
+/// One query, one line of JSON: the source's version, the tables of the URL's database, the
+/// databases that take connections, and what a physical copy needs (`superuser` is the
+/// project's superuser, quoted).
+fn facts_sql(superuser: &str) -> String {
+    format!(
+        "SELECT json_build_object(\
     'version', current_setting('server_version'), \
     'num', current_setting('server_version_num')::int, \
     'tables', (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
         WHERE c.relkind = 'r' AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'), \
     'databases', (SELECT json_agg(datname ORDER BY datname) FROM pg_database \
-        WHERE datallowconn AND NOT datistemplate))";
+        WHERE datallowconn AND NOT datistemplate), \
+    'replication', (SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), \
+    'wal_senders', current_setting('max_wal_senders')::int, \
+    'tablespaces', (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')), \
+    'kilobytes', (SELECT (sum(pg_database_size(oid)) / 1024)::bigint FROM pg_database WHERE datallowconn), \
+    'superuser', (SELECT rolsuper FROM pg_roles WHERE rolname = {}))",
+        quote_literal(superuser)
+    )
+}
+
+/// `s` as an SQL string literal (standard_conforming_strings, as every supported major has).
+fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
 
 /// Checks the client programs and the source, having recorded first how to undo the import
 /// (its password file is written here, for the programs that read the source).
@@ -71,7 +99,9 @@ pub async fn check(
     let runtime = ctx.runtime(project)?;
     let rec = &plan.record;
     let mut tools = vec!["pg_restore", "psql"];
-    if matches!(rec.from, ImportFrom::Server { .. }) {
+    if rec.physical {
+        tools = vec!["pg_basebackup", "psql"];
+    } else if matches!(rec.from, ImportFrom::Server { .. }) {
         tools.insert(0, "pg_dump");
     }
     if rec.with_roles {
@@ -81,10 +111,16 @@ pub async fn check(
         .shell
         .step("Check client programs", runtime.client_version(&tools))
         .await?;
+    // pg_basebackup runs as the server's user, which must own what it writes; it reads the
+    // password file too.
+    let reader = match rec.physical {
+        true => server_user(project),
+        false => client_user(),
+    };
     let secrets = plan
         .password
         .as_ref()
-        .map(|p| space::write_password(ctx, r, &p.secret))
+        .map(|p| space::write_password(ctx, r, &p.secret, reader))
         .transpose()?;
     let mut jobs = Jobs::new(ctx, project, r, port)?;
     jobs.dirs.secrets = secrets.clone();
@@ -99,7 +135,7 @@ pub async fn check(
                 "-v".into(),
                 "ON_ERROR_STOP=1".into(),
                 "-c".into(),
-                FACTS_SQL.into(),
+                facts_sql(&project.user),
                 url.conninfo(&url.database),
             ];
             let source = at("psql", url, &place, &url.database, false);
@@ -112,7 +148,11 @@ pub async fn check(
                 .await?;
             let facts: Facts = serde_json::from_str(out.stdout.trim())
                 .with_context(|| format!("reading what the source said: {}", out.stdout.trim()))?;
-            newer_check(facts.num / 10000, &version, project)?;
+            if rec.physical {
+                physical::source_check(&facts, &version, project, url)?;
+            } else {
+                newer_check(facts.num / 10000, &version, project)?;
+            }
             let mut databases = vec![url.database.clone()];
             if rec.all_databases {
                 databases.extend(facts.databases.into_iter().filter(|d| *d != url.database));
@@ -122,6 +162,7 @@ pub async fn check(
                 source_version: Some(facts.version),
                 databases,
                 tables: Some(facts.tables),
+                kilobytes: Some(facts.kilobytes),
                 secrets,
             }
         }
@@ -146,6 +187,7 @@ pub async fn check(
                 source_version: dumped_from(&out.stdout),
                 databases: vec![database.unwrap_or_else(|| project.database.clone())],
                 tables: Some(tables),
+                kilobytes: None,
                 secrets,
             }
         }
@@ -154,7 +196,7 @@ pub async fn check(
 }
 
 /// The major of a program's `--version` line (`pg_dump (PostgreSQL) 15.18 (Debian …)`).
-fn major_of(line: &str) -> Option<u32> {
+pub(super) fn major_of(line: &str) -> Option<u32> {
     parse_version(line).map(|(_, major)| major)
 }
 

@@ -1,8 +1,8 @@
 //! The import itself: each database dumped from the source (`pg_dump -Fd -j N`) into the new
-//! volume and restored from there (`pg_restore -j N`), or restored from the user's dump; the
-//! source's roles first if asked; the `--after-import` SQL last; the project's password set;
-//! then the import server is checkpointed and stopped, and everything the import kept beside
-//! the data is removed.
+//! volume and restored from there (`pg_restore -j N`), or restored from the user's dump, the
+//! source's roles first if asked; or the whole cluster copied physically ([`physical`]). Then
+//! the `--after-import` SQL; the project's password set; the import server checkpointed and
+//! stopped, and everything the import kept beside the data removed.
 
 use std::path::Path;
 use std::sync::Mutex;
@@ -12,7 +12,7 @@ use chrono::Utc;
 
 use super::super::{Ctx, Undo, remove_dir};
 use super::jobs::{Jobs, Reach, at};
-use super::{Checked, server, server_check, space};
+use super::{Checked, physical, server, server_check, space};
 use crate::names::BranchRef;
 use crate::pg::quote_ident;
 use crate::source::SourceUrl;
@@ -37,7 +37,8 @@ pub async fn load(
     checked: &Checked,
     undo: &mut Undo,
 ) -> Result<Imported> {
-    let work = space::make_work_dir(root)?;
+    let rec = &checked.plan.record;
+    let imported_at = Utc::now();
     // Recorded again, now after the volume's own undo: a roll-back removes the import server
     // before it destroys the volume the server has open.
     undo.intend(
@@ -48,36 +49,16 @@ pub async fn load(
         },
     )
     .await?;
-    server::start(ctx, project, r, branch, root).await?;
-    server_check(ctx, project, branch.port, checked).await?;
-    let mut jobs = Jobs::new(ctx, project, r, branch.port)?;
-    jobs.dirs.work = Some(work.clone());
-    jobs.dirs.socket = Some(space::socket_dir(ctx, branch.port));
-    jobs.dirs.secrets = checked.secrets.clone();
-    let rec = &checked.plan.record;
-    if let ImportFrom::Dump { path } = &rec.from {
-        jobs.dirs.input = Some(path.clone());
-    }
-    let imported_at = Utc::now();
-    if let (ImportFrom::Server { url }, true) = (&rec.from, rec.with_roles) {
-        undo.step(ctx, "roles").await?;
-        copy_roles(ctx, &jobs, url, rec.role_passwords).await?;
-    }
-    for (i, db) in checked.databases.iter().enumerate() {
+    if rec.physical {
         undo.step(ctx, "copy").await?;
-        create_database(ctx, project, branch.port, db).await?;
-        let tables = if i == 0 { checked.tables } else { None };
-        let restored = match &rec.from {
-            ImportFrom::Server { url } => {
-                let dumped = dump(ctx, &jobs, url, db, rec.jobs, tables).await?;
-                undo.step(ctx, "restore").await?;
-                let from = jobs.in_work(DUMP);
-                restore(ctx, &jobs, db, &from, rec, Some(dumped)).await
-            }
-            ImportFrom::Dump { .. } => restore(ctx, &jobs, db, &jobs.input(), rec, tables).await,
-        };
-        restored?;
-        remove_dir(&work.join(DUMP))?;
+        physical::copy(ctx, project, r, branch, root, checked).await?;
+        server::start(ctx, project, r, branch, root).await?;
+    } else {
+        let work = space::make_work_dir(root)?;
+        server::start(ctx, project, r, branch, root).await?;
+        server_check(ctx, project, branch.port, checked).await?;
+        logical(ctx, project, r, branch.port, &work, checked, undo).await?;
+        remove_dir(&work)?;
     }
     if let Some(after) = &rec.after_import {
         let db = &checked.databases[0];
@@ -105,13 +86,54 @@ pub async fn load(
         .await?;
     undo.step(ctx, "import-stop").await?;
     server::stop(ctx, project, r, branch.port).await?;
-    remove_dir(&work)?;
     space::clear(ctx, r, branch.port)?;
     Ok(Imported {
         imported_at,
         source_version: checked.source_version.clone(),
         ..rec.clone()
     })
+}
+
+/// The logical copy: the source's roles if asked, then each database dumped and restored
+/// through the work directory `work`, into the import server on `port`.
+async fn logical(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    port: u16,
+    work: &Path,
+    checked: &Checked,
+    undo: &mut Undo,
+) -> Result<()> {
+    let mut jobs = Jobs::new(ctx, project, r, port)?;
+    jobs.dirs.work = Some(work.to_path_buf());
+    jobs.dirs.socket = Some(space::socket_dir(ctx, port));
+    jobs.dirs.secrets = checked.secrets.clone();
+    let rec = &checked.plan.record;
+    if let ImportFrom::Dump { path } = &rec.from {
+        jobs.dirs.input = Some(path.clone());
+    }
+    if let (ImportFrom::Server { url }, true) = (&rec.from, rec.with_roles) {
+        undo.step(ctx, "roles").await?;
+        copy_roles(ctx, &jobs, url, rec.role_passwords).await?;
+    }
+    for (i, db) in checked.databases.iter().enumerate() {
+        undo.step(ctx, "copy").await?;
+        create_database(ctx, project, port, db).await?;
+        let tables = if i == 0 { checked.tables } else { None };
+        let restored = match &rec.from {
+            ImportFrom::Server { url } => {
+                let dumped = dump(ctx, &jobs, url, db, rec.jobs, tables).await?;
+                undo.step(ctx, "restore").await?;
+                let from = jobs.in_work(DUMP);
+                restore(ctx, &jobs, db, &from, rec, Some(dumped)).await
+            }
+            ImportFrom::Dump { .. } => restore(ctx, &jobs, db, &jobs.input(), rec, tables).await,
+        };
+        restored?;
+        remove_dir(&work.join(DUMP))?;
+    }
+    Ok(())
 }
 
 /// Creates database `db` in the import server (the cluster has `postgres` already).

@@ -35,6 +35,8 @@ pub struct Jobs<'a> {
     port: u16,
     /// Host directories, as far as the import has them.
     pub dirs: ClientDirs,
+    /// Who the programs run as: velo's user, or the server's for one that writes its files.
+    pub user: ServerUser,
 }
 
 impl<'a> Jobs<'a> {
@@ -51,6 +53,7 @@ impl<'a> Jobs<'a> {
             project,
             port,
             dirs: ClientDirs::default(),
+            user: client_user(),
         })
     }
 
@@ -146,7 +149,7 @@ impl<'a> Jobs<'a> {
             args,
             env,
             dirs,
-            user: client_user(),
+            user: self.user,
             network: reach == Reach::Source,
         }
     }
@@ -154,7 +157,7 @@ impl<'a> Jobs<'a> {
 
 /// Who client programs run as: velo's own user, who owns the password file and the dump's
 /// directory and reaches the servers' sockets as velo does.
-fn client_user() -> ServerUser {
+pub fn client_user() -> ServerUser {
     ServerUser {
         uid: rustix::process::geteuid().as_raw(),
         gid: rustix::process::getegid().as_raw(),

@@ -15,6 +15,7 @@
 mod check;
 mod copy;
 mod jobs;
+mod physical;
 pub mod refresh;
 mod server;
 mod space;
@@ -26,6 +27,7 @@ use chrono::Utc;
 
 pub use check::{Checked, check, server_check};
 pub use copy::load;
+pub use physical::empty_volume;
 pub use space::clear;
 
 use super::{Ctx, UsageError};
@@ -49,6 +51,8 @@ pub struct Request {
     pub all_databases: bool,
     pub with_roles: bool,
     pub role_passwords: bool,
+    /// `--physical`.
+    pub physical: bool,
     pub jobs: Option<u32>,
     pub after_import: Option<PathBuf>,
 }
@@ -90,6 +94,7 @@ impl Plan {
             all_databases: req.all_databases,
             with_roles: req.with_roles,
             role_passwords: req.role_passwords,
+            physical: req.physical,
             jobs,
             after_import: req
                 .after_import

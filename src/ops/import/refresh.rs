@@ -17,7 +17,7 @@ use super::super::generation::archive_generation;
 use super::super::launch::create_server;
 use super::super::server::{self, BRANCH_READY};
 use super::super::{Ctx, Undo, branch_mut, get_project, prepared, rolled_back};
-use super::{Plan, check, load};
+use super::{Plan, check, empty_volume, load};
 use crate::names::{self, BranchName, BranchRef, ProjectName};
 use crate::runtime::ServerStatus;
 use crate::state::{Branch, Generation, Imported, Prepared, Project, RunState, UndoStep};
@@ -38,7 +38,9 @@ pub async fn refresh(ctx: &Ctx, name: &ProjectName, after_import: Option<&Path>)
         ctx.shell
             .note(&format!("Importing {} again into `{r}`", plan.describe()));
         let checked = check(ctx, &project, &r, old.port, &plan, &mut undo).await?;
-        let (cluster, new, root) = new_generation(ctx, &project, &r, &old, &mut undo).await?;
+        let physical = plan.record.physical;
+        let (cluster, new, root) =
+            new_generation(ctx, &project, &r, &old, physical, &mut undo).await?;
         let imported = load(ctx, &project, &r, &new, &root, &checked, &mut undo).await?;
         switch(ctx, &project, &r, &new, &root, &mut undo).await?;
         Ok::<_, anyhow::Error>((cluster, new, imported))
@@ -51,7 +53,7 @@ pub async fn refresh(ctx: &Ctx, name: &ProjectName, after_import: Option<&Path>)
             return Err(e.context(format!("refreshing project `{name}` ({how})")));
         }
     };
-    commit(ctx, &r, &old, &new, &cluster, imported, undo)?;
+    commit(ctx, &r, &old, &new, cluster.as_ref(), imported, undo)?;
     tidy(ctx, name).await;
     ctx.shell.note(&format!(
         "Main of `{name}` now holds the data imported at {} UTC; branches kept theirs.",
@@ -67,24 +69,9 @@ async fn new_generation(
     project: &Project,
     r: &BranchRef,
     old: &Branch,
+    physical: bool,
     undo: &mut Undo,
-) -> Result<(Prepared, Branch, std::path::PathBuf)> {
-    let (storage, runtime) = (ctx.storage(project)?, ctx.runtime(project)?);
-    let software = runtime.software().await?;
-    let name = prepared::name_for(
-        &ctx.home_label(),
-        &project.storage,
-        &project.runtime,
-        &software,
-    );
-    let found = prepared::find(&ctx.store.read()?, &name).cloned();
-    let cluster = match found {
-        Some(p) => p,
-        None => {
-            let user = server::server_user(project);
-            prepared::make(ctx, project, &name, &software, user, undo).await?
-        }
-    };
+) -> Result<(Option<Prepared>, Branch, std::path::PathBuf)> {
     let mut new = old.clone();
     new.generation = old.next_generation();
     new.origin = None;
@@ -97,15 +84,39 @@ async fn new_generation(
         },
     )
     .await?;
-    let root = ctx
-        .shell
-        .step(
-            "Clone",
-            storage.clone_snapshot(&cluster.snapshot_ref(), &new.volume(r)),
-        )
-        .await?;
+    let (cluster, root) = match physical {
+        true => (None, empty_volume(ctx, project, &new.volume(r)).await?),
+        false => {
+            let cluster = prepared_cluster(ctx, project, undo).await?;
+            let root = ctx
+                .shell
+                .step(
+                    "Clone",
+                    ctx.storage(project)?
+                        .clone_snapshot(&cluster.snapshot_ref(), &new.volume(r)),
+                )
+                .await?;
+            (Some(cluster), root)
+        }
+    };
     archive_generation(ctx, project, r, new.generation, undo).await?;
     Ok((cluster, new, root))
+}
+
+/// The prepared cluster of the project's storage and server software, made if missing.
+async fn prepared_cluster(ctx: &Ctx, project: &Project, undo: &mut Undo) -> Result<Prepared> {
+    let software = ctx.runtime(project)?.software().await?;
+    let name = prepared::name_for(
+        &ctx.home_label(),
+        &project.storage,
+        &project.runtime,
+        &software,
+    );
+    if let Some(found) = prepared::find(&ctx.store.read()?, &name) {
+        return Ok(found.clone());
+    }
+    let user = server::server_user(project);
+    prepared::make(ctx, project, &name, &software, user, undo).await
 }
 
 /// Moves main's server onto the new generation: the old server is renamed away and killed
@@ -156,7 +167,7 @@ fn commit(
     r: &BranchRef,
     old: &Branch,
     new: &Branch,
-    cluster: &Prepared,
+    cluster: Option<&Prepared>,
     imported: Imported,
     undo: Undo,
 ) -> Result<()> {
@@ -170,7 +181,7 @@ fn commit(
         b.origin = None;
         let p = super::super::get_project_mut(s, &r.project)?;
         p.imported = Some(imported);
-        p.prepared_from = Some(cluster.name.clone());
+        p.prepared_from = cluster.map(|c| c.name.clone());
         undo.commit(s);
         Ok::<_, anyhow::Error>(())
     })

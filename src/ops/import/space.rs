@@ -10,8 +10,9 @@ use anyhow::{Context as _, Result};
 
 use super::super::{Ctx, remove_dir};
 use crate::fsx;
-use crate::hostdir;
+use crate::hostdir::{self, Access};
 use crate::names::BranchRef;
+use crate::runtime::ServerUser;
 use crate::source::password::passfile_line;
 
 /// The password file's name in its directory.
@@ -37,19 +38,31 @@ pub fn work_dir(root: &Path) -> PathBuf {
 }
 
 /// Writes the password file the client programs that read the source get (`PGPASSFILE`):
-/// one line, mode 0600, in a directory only velo's user may enter. Returns the directory.
-pub fn write_password(ctx: &Ctx, r: &BranchRef, secret: &str) -> Result<PathBuf> {
+/// one line, mode 0600, in a directory only velo's user and `reader` (who the programs run
+/// as) may enter. Returns the directory.
+pub fn write_password(
+    ctx: &Ctx,
+    r: &BranchRef,
+    secret: &str,
+    reader: ServerUser,
+) -> Result<PathBuf> {
     let dir = secrets_dir(ctx, r);
     let run = dir.parent().expect("run/<name>");
+    // Root gives the file to its reader (libpq reads only a file no one else may); a user's
+    // programs run as that user.
+    let owner = rustix::process::geteuid()
+        .is_root()
+        .then_some((reader.uid, reader.gid));
     let written = hostdir::private_dir(run)
-        .and_then(|_| hostdir::private_dir(&dir))
+        .and_then(|_| hostdir::server_dir(&dir, reader.uid, reader.gid, Access::ReadWrite))
+        .and_then(|()| fsx::open_dir(&dir))
         .and_then(|fd| {
             fsx::replace_at(
                 fd.as_fd(),
                 PASSFILE,
                 passfile_line(secret).as_bytes(),
                 0o600,
-                None,
+                owner,
             )
         });
     written.with_context(|| format!("writing the import's password file in {}", dir.display()))?;

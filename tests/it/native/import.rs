@@ -1,5 +1,6 @@
 //! An import on the native runtime, by the rig's user who is not root: the host's client
-//! programs of the server's major, a clear error naming the package when they are missing.
+//! programs of the server's major, a clear error naming the package when they are missing; a
+//! logical import, then a physical one.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -62,29 +63,27 @@ fn a_user_imports_on_the_native_runtime_with_the_hosts_client_programs() {
     let data = home.join("data").display().to_string();
     let url = src.url("postgres");
     let env = [("PGPASSWORD", src.password.as_str())];
-    let create = |major: &str| {
-        as_user(
-            home,
-            &env,
-            &[
-                "project",
-                "create",
-                "imp",
-                "--runtime",
-                "native",
-                "--pg-version",
-                major,
-                "--storage",
-                "reflink",
-                "--data-dir",
-                &data,
-                "--from",
-                &url,
-            ],
-        )
+    let create = |name: &str, major: &str, more: &[&str]| {
+        let mut args = vec![
+            "project",
+            "create",
+            name,
+            "--runtime",
+            "native",
+            "--pg-version",
+            major,
+            "--storage",
+            "reflink",
+            "--data-dir",
+            &data,
+            "--from",
+            &url,
+        ];
+        args.extend(more);
+        as_user(home, &env, &args)
     };
     // No pg_dump of PostgreSQL 16 on this host: said so, with how to get it.
-    let out = create("16");
+    let out = create("imp", "16", &[]);
     let err = text(&out);
     assert!(!out.status.success(), "{err}");
     assert!(
@@ -94,7 +93,7 @@ fn a_user_imports_on_the_native_runtime_with_the_hosts_client_programs() {
     let list = as_user(home, &[], &["project", "list", "--json"]);
     assert_eq!(String::from_utf8_lossy(&list.stdout).trim(), "[]");
 
-    let out = create("15");
+    let out = create("imp", "15", &[]);
     assert!(
         out.status.success(),
         "native import failed:\n{}",
@@ -133,6 +132,34 @@ fn a_user_imports_on_the_native_runtime_with_the_hosts_client_programs() {
         home,
         &[("VELO_BACKGROUND", "0")],
         &["project", "delete", "imp"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A physical copy: pg_basebackup of the host, run as the user, into the user's own files.
+    let out = create("phys", "15", &["--physical"]);
+    assert!(
+        out.status.success(),
+        "physical import failed:\n{}",
+        text(&out)
+    );
+    let sql = |q: &str| {
+        let out = as_user(
+            home,
+            &[],
+            &["branch", "psql", "phys/main", "--", "-A", "-t", "-c", q],
+        );
+        assert!(out.status.success(), "{}", text(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let system_id = "SELECT system_identifier FROM pg_control_system()";
+    assert_eq!(sql(system_id), src.sql("postgres", system_id));
+    assert_eq!(sql("SELECT count(*) FROM pgbench_accounts"), "100000");
+    let out = as_user(home, &[], &["branch", "create", "phys/dev"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = as_user(
+        home,
+        &[("VELO_BACKGROUND", "0")],
+        &["project", "delete", "phys", "--force"],
     );
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -157,6 +157,20 @@ impl Source {
         );
     }
 
+    /// pgbench's load on database `db`, returned once it has written (killed by the caller).
+    pub fn pgbench_writing(&self, db: &str) -> Child {
+        let load = self.pgbench_load(db);
+        let started = Instant::now();
+        while self.sql(db, "SELECT count(*) FROM pgbench_history") == "0" {
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "pgbench wrote nothing"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        load
+    }
+
     /// pgbench's TPC-B-like load on database `db`, running until killed.
     pub fn pgbench_load(&self, db: &str) -> Child {
         self.client("pgbench")

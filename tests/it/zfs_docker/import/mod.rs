@@ -14,6 +14,7 @@ use crate::util::source::{Source, fingerprints};
 use crate::util::{Backend, Sandbox};
 
 mod failures;
+mod physical;
 
 /// The major of the imports here: the rig's only image whose client programs (pg_dump,
 /// pg_restore) are of its own server's major (the others carry Debian's of 15).
@@ -181,15 +182,7 @@ fn a_logical_import_under_load_is_consistent_masked_and_refreshed() {
     );
     let mask = sb.home().join("mask.sql");
     std::fs::write(&mask, MASK).unwrap();
-    let mut load = src.pgbench_load("postgres");
-    let started = Instant::now();
-    while src.sql("postgres", "SELECT count(*) FROM pgbench_history") == "0" {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "pgbench wrote nothing"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let mut load = src.pgbench_writing("postgres");
 
     let name = sb.project("imp");
     sb.set_env("PGPASSWORD", &src.password);

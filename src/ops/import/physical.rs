@@ -1,0 +1,180 @@
+//! A physical import (`--physical`): `pg_basebackup` with its WAL streamed, run as the server's
+//! own user into the new volume's empty data directory, so main becomes an exact copy of the
+//! source (every database and role, the source's own settings files) that PostgreSQL recovers
+//! to a consistent state when the import server first starts. Only a source of the project's
+//! own major can be copied this way; [`source_check`] says what else it needs, before any
+//! volume is made.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+
+use super::super::Ctx;
+use super::super::server;
+use super::check::{Checked, Facts, major_of};
+use super::jobs::{Jobs, Reach, at};
+use crate::fsx;
+use crate::names::{BranchRef, VolumeId};
+use crate::source::{SourceError, SourceUrl};
+use crate::state::{Branch, Project};
+
+/// Fails, naming the fix, if the source cannot be copied physically into `project`, whose
+/// client programs said `tools`.
+pub fn source_check(facts: &Facts, tools: &str, project: &Project, url: &SourceUrl) -> Result<()> {
+    let user = &url.user;
+    let place = |reason: String| {
+        Err(SourceError::NotPhysical {
+            place: url.place(),
+            reason,
+        }
+        .into())
+    };
+    let source_major = facts.num / 10000;
+    if let Some(ours) = major_of(tools).filter(|m| *m != source_major) {
+        return place(format!(
+            "it runs PostgreSQL {source_major} and the project's server software is PostgreSQL {ours}, and a physical copy needs the same major: create the project with --pg-version {source_major}, or import logically (without --physical)"
+        ));
+    }
+    if !facts.replication {
+        return place(format!(
+            "user `{user}` may not replicate: `ALTER ROLE {user} REPLICATION` on the source, and allow it a `host replication {user} …` line in the source's pg_hba.conf"
+        ));
+    }
+    if facts.wal_senders == 0 {
+        return place(
+            "its max_wal_senders is 0: set it to 2 or more (a restart of the source)".into(),
+        );
+    }
+    if facts.tablespaces > 0 {
+        return place(
+            "it has tablespaces outside its data directory, which a copy on this host cannot place: import logically (without --physical)".into(),
+        );
+    }
+    if facts.superuser != Some(true) {
+        let u = &project.user;
+        return place(format!(
+            "it has no superuser role `{u}`, the role velo manages its projects as: `CREATE ROLE {u} SUPERUSER` on the source, or import logically (without --physical)"
+        ));
+    }
+    Ok(())
+}
+
+/// Copies the source into the empty data directory of the volume at `root`, where the import
+/// server of `branch` will find it.
+pub async fn copy(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    root: &Path,
+    checked: &Checked,
+) -> Result<()> {
+    let url = checked
+        .plan
+        .url()
+        .expect("a physical import reads a server");
+    let mut jobs = Jobs::new(ctx, project, r, branch.port)?;
+    jobs.user = server::server_user(project);
+    // The data directory itself: the volume's root may be closed to the server's user.
+    jobs.dirs.work = Some(root.join("pgdata"));
+    jobs.dirs.secrets = checked.secrets.clone();
+    let args = vec![
+        format!("--pgdata={}", jobs.in_work("")),
+        "--wal-method=stream".into(),
+        "--checkpoint=fast".into(),
+        "--no-password".into(),
+        "--progress".into(),
+        "--verbose".into(),
+        format!("--dbname={}", url.conninfo(&url.database)),
+    ];
+    let place = url.place();
+    let source = at("pg_basebackup", url, &place, &url.database, true);
+    let progress = ctx.shell.progress("Copy", "kB", checked.kilobytes);
+    let out = jobs
+        .run(
+            "pg_basebackup",
+            args,
+            Reach::Source,
+            Some(source),
+            &|line| {
+                if let Some(kb) = copied_kb(line) {
+                    progress.set(kb);
+                }
+            },
+        )
+        .await;
+    progress.finish(out.is_ok());
+    out?;
+    config_file(ctx, project, r, branch, root).await
+}
+
+/// pg_basebackup's progress line (`12345/67890 kB (18%), 0/1 tablespace`): kB copied.
+fn copied_kb(line: &str) -> Option<u64> {
+    let (done, rest) = line.trim().split_once('/')?;
+    rest.split_whitespace()
+        .nth(1)
+        .filter(|unit| *unit == "kB")?;
+    done.parse().ok()
+}
+
+/// A source whose `postgresql.conf` lives outside its data directory (Debian's, in /etc)
+/// leaves none in the copy, and PostgreSQL will not start without one: an empty one, made as
+/// the server's user. velo's own settings come on the server's command line either way.
+async fn config_file(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    root: &Path,
+) -> Result<()> {
+    const CONF: &str = "postgresql.conf";
+    let data = root.join("pgdata");
+    let dir = fsx::open_dir(&data).with_context(|| format!("opening {}", data.display()))?;
+    let there = rustix::fs::statat(dir.as_fd(), CONF, rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
+    if there.is_ok() {
+        return Ok(());
+    }
+    let runtime = ctx.runtime(project)?;
+    let spec = server::spec(ctx, project, r, branch, root, runtime.as_ref(), None)?;
+    runtime
+        .signal_file(&spec, CONF, server::server_user(project))
+        .await
+        .with_context(|| format!("making an empty {CONF} in {}", data.display()))
+}
+
+/// Makes the volume `volume` of a physical import: an empty data directory of the server's
+/// user, for pg_basebackup to fill. Returns the volume's root.
+pub async fn empty_volume(ctx: &Ctx, project: &Project, volume: &VolumeId) -> Result<PathBuf> {
+    let (storage, runtime) = (ctx.storage(project)?, ctx.runtime(project)?);
+    let root = ctx
+        .shell
+        .step("Create volume", storage.create_volume(volume))
+        .await?;
+    ctx.shell
+        .step(
+            "Prepare data directory",
+            runtime.make_data_dir(&root, server::server_user(project)),
+        )
+        .await?;
+    Ok(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_say_the_kilobytes_copied() {
+        assert_eq!(
+            copied_kb("12345/67890 kB (18%), 0/1 tablespace"),
+            Some(12345)
+        );
+        assert_eq!(copied_kb("    0/23456 kB (0%), 0/1 tablespace"), Some(0));
+        assert_eq!(
+            copied_kb("pg_basebackup: write-ahead log end point: 0/2000100"),
+            None
+        );
+        assert_eq!(copied_kb("pg_basebackup: base backup completed"), None);
+    }
+}

@@ -1,0 +1,192 @@
+//! A physical import (`--physical`, pg_basebackup): an exact copy of the source taken while
+//! pgbench writes to it (every database and role, the source's own system identifier), masked
+//! before any branch sees it, branched and refreshed; and the sources it cannot copy.
+
+use std::path::PathBuf;
+
+use super::{
+    MASK, PGBENCH_CONSISTENT, assert_no_trace, create_args, fails_with, files_holding, sandbox,
+    text, watch,
+};
+use crate::util::rig::image_for;
+use crate::util::source::Source;
+
+const SYSTEM_ID: &str = "SELECT system_identifier FROM pg_control_system()";
+
+#[test]
+fn a_physical_import_under_load_is_an_exact_masked_copy_and_refreshes() {
+    let mut sb = sandbox();
+    let src = Source::start(&sb.rig.image);
+    src.pgbench_init("postgres", 1);
+    src.sql(
+        "postgres",
+        "CREATE TABLE people (id int PRIMARY KEY, name text, email text); \
+         INSERT INTO people SELECT g, 'name ' || g, 'user' || g || '@example.com' FROM generate_series(1, 2000) g; \
+         CREATE ROLE reader LOGIN PASSWORD 'reader-pw';",
+    );
+    src.sql("postgres", "CREATE DATABASE other");
+    src.sql(
+        "other",
+        "CREATE TABLE notes AS SELECT g AS id FROM generate_series(1, 300) g",
+    );
+    let mask = sb.home().join("mask.sql");
+    std::fs::write(&mask, MASK).unwrap();
+    let mask_arg = mask.display().to_string();
+    let mut load = src.pgbench_writing("postgres");
+
+    let name = sb.project("phys");
+    sb.set_env("PGPASSWORD", &src.password);
+    let seen = watch(&src.password);
+    let url = src.url("postgres");
+    let mut args = create_args(&sb, &name);
+    args.extend(["--from", &url, "--physical", "--after-import", &mask_arg]);
+    let out = sb.run(&args);
+    let leaks = seen.finish();
+    let _ = load.kill();
+    let _ = load.wait();
+    assert!(out.status.success(), "import failed:\n{}", text(&out));
+    assert!(leaks.is_empty(), "the password was visible: {leaks:?}");
+    assert!(text(&out).contains("- Copy"), "{}", text(&out));
+
+    let main = format!("{name}/main");
+    // The source's own cluster, at one consistent moment while pgbench wrote.
+    assert_eq!(sb.sql(&main, SYSTEM_ID), src.sql("postgres", SYSTEM_ID));
+    assert_eq!(sb.sql(&main, PGBENCH_CONSISTENT), "t");
+    assert_eq!(
+        sb.sql(
+            &main,
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'reader'"
+        ),
+        "1"
+    );
+    assert_eq!(
+        sb.sql(
+            &main,
+            "SELECT datname FROM pg_database WHERE datname = 'other'"
+        ),
+        "other"
+    );
+    let unmasked = "SELECT count(*) FROM people WHERE email NOT LIKE '%@masked.invalid'";
+    assert_eq!(sb.sql(&main, unmasked), "0");
+    // velo's password works; the source's is nowhere in the home.
+    assert_eq!(sb.sql(&main, "SELECT current_user"), "postgres");
+    assert_eq!(
+        files_holding(sb.home(), &src.password),
+        Vec::<PathBuf>::new(),
+        "the password is in the home"
+    );
+    let got = sb.json(&["project", "get", &name]);
+    assert_eq!(got["imported"]["physical"], true, "{got}");
+
+    // A branch, then a refresh: a new exact copy for main, the branch keeps its data.
+    let dev = format!("{name}/dev");
+    sb.ok(&["branch", "create", &dev]);
+    sb.sql(
+        &dev,
+        "INSERT INTO people VALUES (99999, 'dev', 'dev@example.com')",
+    );
+    src.sql(
+        "postgres",
+        "INSERT INTO people VALUES (100000, 'later', 'later@example.com')",
+    );
+    sb.ok(&["project", "refresh", &name]);
+    let ids = "SELECT string_agg(id::text, ',' ORDER BY id) FROM people WHERE id > 2000";
+    assert_eq!(sb.sql(&main, ids), "100000");
+    assert_eq!(sb.sql(&dev, ids), "99999");
+    assert_eq!(sb.sql(&main, unmasked), "0", "the refresh masks again");
+    sb.assert_consistent(&name);
+}
+
+#[test]
+fn sources_a_physical_import_cannot_copy_fail_clearly_and_leave_nothing_behind() {
+    let mut sb = sandbox();
+    let src = Source::start(&sb.rig.image);
+    src.sql(
+        "postgres",
+        "CREATE ROLE plain LOGIN PASSWORD 'plain-pw'; CREATE ROLE copier LOGIN REPLICATION PASSWORD 'copier-pw'",
+    );
+    let name = sb.project("nophys");
+    let as_user = |user: &str| format!("postgres://{user}@127.0.0.1:{}/postgres", src.port);
+    let cases = [
+        ("plain", "plain-pw", "user `plain` may not replicate"),
+        ("copier", "wrong", "refused the password of user `copier`"),
+    ];
+    for (user, password, want) in cases {
+        sb.clear_env();
+        sb.set_env("HOME", "/nonexistent");
+        sb.set_env("PGPASSWORD", password);
+        let url = as_user(user);
+        let mut args = create_args(&sb, &name);
+        args.extend(["--from", &url, "--physical"]);
+        let err = fails_with(&sb, 1, &args);
+        assert!(err.contains(want), "{user}: {err}");
+        assert!(err.contains("nothing was left behind"), "{err}");
+        assert_no_trace(&sb, &name);
+    }
+
+    // No superuser role of the name velo manages projects as: another superuser renames it.
+    src.sql(
+        "postgres",
+        "CREATE ROLE admin SUPERUSER LOGIN PASSWORD 'admin-pw'",
+    );
+    let renamed = src
+        .client("psql")
+        .env("PGUSER", "admin")
+        .env("PGPASSWORD", "admin-pw")
+        .args([
+            "-X",
+            "-q",
+            "-d",
+            "postgres",
+            "-c",
+            "ALTER ROLE postgres RENAME TO boss",
+        ])
+        .output()
+        .unwrap();
+    assert!(renamed.status.success(), "{}", text(&renamed));
+    sb.set_env("PGPASSWORD", "copier-pw");
+    let url = as_user("copier");
+    let mut args = create_args(&sb, &name);
+    args.extend(["--from", &url, "--physical"]);
+    let err = fails_with(&sb, 1, &args);
+    assert!(
+        err.contains("no superuser role `postgres`") && err.contains("CREATE ROLE postgres"),
+        "{err}"
+    );
+    assert_no_trace(&sb, &name);
+
+    // A source of another major than the project's.
+    let old = Source::start(&image_for(14));
+    sb.set_env("PGPASSWORD", &old.password);
+    let url = old.url("postgres");
+    let mut args = create_args(&sb, &name);
+    args.extend(["--from", &url, "--physical"]);
+    let err = fails_with(&sb, 1, &args);
+    assert!(
+        err.contains("runs PostgreSQL 14") && err.contains("--pg-version 14"),
+        "{err}"
+    );
+    assert_no_trace(&sb, &name);
+
+    // --physical reads a server: not a dump, and not with the logical import's options.
+    let usage = fails_with(
+        &sb,
+        2,
+        &["project", "create", &name, "--physical", "--from-dump", "x"],
+    );
+    assert!(usage.contains("--physical"), "{usage}");
+    let usage = fails_with(
+        &sb,
+        2,
+        &[
+            "project",
+            "create",
+            &name,
+            "--from",
+            &url,
+            "--physical",
+            "--with-roles",
+        ],
+    );
+    assert!(usage.contains("--with-roles"), "{usage}");
+}
