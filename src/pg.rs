@@ -194,7 +194,63 @@ pub trait Sql: Send + Sync {
 
     /// Starts an online backup; the copy made until [`BackupSession::stop`] is consistent.
     async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError>;
+
+    /// How a standby stands: whether it streams, and how far behind it is.
+    async fn replication(&self) -> Result<Replication, PgError>;
 }
+
+/// What a standby says of its replication.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replication {
+    /// `pg_stat_wal_receiver`'s status (`streaming`), or `stopped` when it has no receiver.
+    pub receiver: String,
+    /// WAL received but not yet replayed, in bytes.
+    pub replay_bytes: i64,
+    /// Since the last transaction it replayed was committed on the source (none replayed yet:
+    /// `None`).
+    pub since_last_commit: Option<Duration>,
+}
+
+impl Replication {
+    pub fn streaming(&self) -> bool {
+        self.receiver == "streaming"
+    }
+
+    /// How far behind the source it is: nothing while it streams and has replayed all it
+    /// received; else the age of the last transaction it replayed (unknown if none).
+    pub fn lag(&self) -> Option<Duration> {
+        if self.streaming() && self.replay_bytes == 0 {
+            return Some(Duration::ZERO);
+        }
+        self.since_last_commit
+    }
+
+    /// In words, for messages and `velo status`.
+    pub fn describe(&self) -> String {
+        let mut parts = vec![match self.streaming() {
+            true => "streaming".to_string(),
+            false => format!("not streaming: receiver {}", self.receiver),
+        }];
+        if self.replay_bytes > 0 {
+            parts.push(format!("{} bytes to replay", self.replay_bytes));
+        }
+        if let Some(age) = self.since_last_commit.filter(|_| !self.streaming()) {
+            let tenths = Duration::from_millis(age.as_millis() as u64 / 100 * 100);
+            parts.push(format!(
+                "last replayed commit {} ago",
+                humantime::format_duration(tenths)
+            ));
+        }
+        parts.join(", ")
+    }
+}
+
+/// One row: the receiver's status, the bytes received and not replayed, and the seconds since
+/// the last replayed commit.
+const REPLICATION_SQL: &str = "SELECT \
+    coalesce((SELECT status FROM pg_stat_wal_receiver), 'stopped'), \
+    coalesce(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0)::bigint, \
+    extract(epoch FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8";
 
 /// An online backup in progress.
 #[async_trait]
@@ -206,6 +262,20 @@ pub trait BackupSession: Send {
 
 #[async_trait]
 impl Sql for Endpoint {
+    async fn replication(&self) -> Result<Replication, PgError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_one(REPLICATION_SQL, &[])
+            .await
+            .map_err(self.query_err("reading the replication status"))?;
+        let seconds: Option<f64> = row.get(2);
+        Ok(Replication {
+            receiver: row.get(0),
+            replay_bytes: row.get::<_, i64>(1).max(0),
+            since_last_commit: seconds.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        })
+    }
+
     async fn probe(&self) -> Result<bool, PgError> {
         let client = self.connect().await?;
         let row = client

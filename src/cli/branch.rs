@@ -33,6 +33,10 @@ pub enum BranchCmd {
         pitr: Option<chrono::DateTime<chrono::Utc>>,
         #[command(flatten)]
         expiry: ExpiryArgs,
+        /// For a project that follows a server: refuse if main is further behind its source
+        /// than this (2s, 1m).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        max_lag: Option<std::time::Duration>,
         /// Print the new branch's record as JSON (as `branch get --json`) instead of its URL.
         #[arg(long)]
         json: bool,
@@ -224,6 +228,7 @@ impl BranchCmd {
                 from_snapshot,
                 pitr,
                 expiry,
+                max_lag,
                 json,
             } => {
                 let expires_at = expiry.expiry().resolve(chrono::Utc::now())?;
@@ -242,7 +247,7 @@ impl BranchCmd {
                     (None, Some(target)) => branch::Source::Pitr { target, parent },
                     (None, None) => branch::Source::Parent(parent),
                 };
-                branch::create_expiring(ctx, &r, source, expires_at).await?;
+                branch::create_expiring(ctx, &r, source, expires_at, max_lag).await?;
                 branch::show(ctx, &r, json).await
             }
             BranchCmd::Set { branch, expiry } => {

@@ -120,6 +120,14 @@ pub struct ImportArgs {
         conflicts_with_all = ["from_dump", "all_databases", "with_roles", "jobs"]
     )]
     physical: bool,
+    /// Keep main a hot standby of the source, streaming its changes (a physical copy first);
+    /// each branch is a snapshot of it, promoted. `velo status` shows how far behind it is.
+    #[arg(
+        long,
+        requires = "from",
+        conflicts_with_all = ["from_dump", "all_databases", "with_roles", "jobs"]
+    )]
+    follow: bool,
     /// Parallel jobs of pg_dump and pg_restore (default: the cores, at most 4).
     #[arg(long, value_name = "N", requires = "source")]
     jobs: Option<u32>,
@@ -137,7 +145,8 @@ impl ImportArgs {
             all_databases: self.all_databases,
             with_roles: self.with_roles,
             role_passwords: self.with_role_passwords,
-            physical: self.physical,
+            physical: self.physical || self.follow,
+            follow: self.follow,
             jobs: self.jobs,
             after_import: self.after_import,
         })

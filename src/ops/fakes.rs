@@ -16,7 +16,7 @@ use super::choose::Choice;
 use super::{Backends, Ctx, project};
 use crate::config::Config;
 use crate::names::{BranchRef, ProjectName};
-use crate::pg::{BackupSession, Endpoint, PgError, Sql};
+use crate::pg::{BackupSession, Endpoint, PgError, Replication, Sql};
 use crate::runtime::fake::FakeRuntime;
 use crate::state::{RuntimeRecord, StorageRecord, Store};
 use crate::storage::fake::FakeStorage;
@@ -66,6 +66,13 @@ impl Sql for FakeSql {
     }
     async fn backup_start(&self) -> Result<Box<dyn BackupSession>, PgError> {
         Ok(Box::new(FakeBackup))
+    }
+    async fn replication(&self) -> Result<Replication, PgError> {
+        Ok(Replication {
+            receiver: "streaming".into(),
+            replay_bytes: 0,
+            since_last_commit: None,
+        })
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::server::{self, PortTaken, Recovery};
-use super::{Ctx, Undo, allocate_port, branch_mut};
+use super::{Ctx, Undo, allocate_port, branch_mut, follow};
 use crate::names::BranchRef;
 use crate::runtime::{Runtime, ServerSpec};
 use crate::state::{Branch, Project, UndoStep};
@@ -61,9 +61,13 @@ pub async fn launch_new(
     let (root, deadline, recovery) = (how.root, how.deadline, how.recovery);
     let mut branch = branch.clone();
     let mut tried = Vec::new();
+    let mut promoted = false;
     loop {
         let spec = server::spec(ctx, project, r, &branch, root, runtime.as_ref(), recovery)?;
         create_server(ctx, runtime.as_ref(), &spec, r, undo).await?;
+        if tried.is_empty() {
+            promoted = follow::promote_clone(ctx, project, r, &spec).await?;
+        }
         if recovery.is_some() && tried.is_empty() {
             ctx.shell
                 .step(
@@ -78,6 +82,10 @@ pub async fn launch_new(
             .await?;
         undo.step(ctx, "ready").await?;
         match server::wait_ready(ctx, project, r, &branch, deadline).await {
+            Ok(()) if promoted => {
+                follow::own_password(ctx, project, &branch).await?;
+                return Ok(branch);
+            }
             Ok(()) => return Ok(branch),
             Err(e) if tried.len() < ATTEMPTS && e.downcast_ref::<PortTaken>().is_some() => {
                 runtime.remove(&spec.name).await?;

@@ -29,6 +29,7 @@ pub mod drift;
 mod fakes;
 #[cfg(test)]
 mod fakes_lifetimes;
+pub mod follow;
 pub mod gc;
 mod generation;
 pub mod import;

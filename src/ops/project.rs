@@ -155,14 +155,21 @@ pub async fn create_with(
             deadline: PROJECT_READY,
             recovery: None,
         };
+        if imported.as_ref().is_some_and(|i| i.follow) {
+            // A standby cannot be written: main keeps the source's roles and passwords.
+            project.imported.clone_from(&imported);
+        }
         let main = launch_new(ctx, &project, &main_ref, &main, how, &mut undo).await?;
-        // Until now the superuser has no password, so no one could log in over TCP.
-        ctx.shell
-            .step(
-                "Set password",
-                server::sql(ctx, &project, &main).set_password(&project.user, &project.password),
-            )
-            .await?;
+        if project.followed().is_none() {
+            // Until now the superuser has no password, so no one could log in over TCP.
+            ctx.shell
+                .step(
+                    "Set password",
+                    server::sql(ctx, &project, &main)
+                        .set_password(&project.user, &project.password),
+                )
+                .await?;
+        }
         Ok((main, imported))
     }
     .await;
@@ -505,6 +512,7 @@ pub async fn destroy_held(ctx: &Ctx, name: &ProjectName, undo: &Undo) -> Result<
             )
         })?;
     remove_dir(&ctx.archives().project_dir(name))?;
+    super::follow::remove_secrets(ctx, name)?;
     ctx.store.update(|s| {
         undo.commit(s);
         Ok::<_, anyhow::Error>(())

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, Result, bail};
 use chrono::{DateTime, Utc};
 
-use super::{Ctx, signal};
+use super::{Ctx, follow, signal};
 use crate::archive;
 use crate::fsx;
 use crate::hostdir::{self, Access};
@@ -144,11 +144,13 @@ pub fn spec(
         archive_dir: archives.generation_dir(&r.project, &r.branch, branch.generation),
         archives_root: archives.project_dir(&r.project),
         hba_file: write_hba(ctx)?,
+        secrets_dir: follow::is_standby(project, r).then(|| follow::secrets_dir(ctx, &r.project)),
     };
     let name = names::server_name(r);
     let view = runtime.view(&paths);
     let mut settings = settings(&view, branch.port, &name);
     settings.extend(recovery.map(|x| x.settings(&view)).unwrap_or_default());
+    settings.extend(follow::standby_settings(project, r, &view));
     Ok(ServerSpec {
         name,
         labels: Labels {
@@ -232,9 +234,10 @@ pub async fn wait_ready(
     let name = names::server_name(r);
     let deadline = ctx.ready_timeout(deadline);
     let sql = sql(ctx, project, branch);
+    let standby = follow::is_standby(project, r);
     let waiting = ctx.shell.step(
         "Ready",
-        poll_ready(sql.as_ref(), deadline, || async {
+        poll_ready(sql.as_ref(), deadline, standby, || async {
             match runtime.status(&name).await {
                 Ok(ServerStatus::Running) | Err(_) => Ok(()),
                 Ok(other) => Err(format!("server {name} is not running: {}", other.word())),
@@ -260,10 +263,15 @@ pub async fn wait_ready(
     Ok(())
 }
 
-/// Polls until the server answers `SELECT 1` out of recovery, or `deadline` passes. `alive` is
-/// asked between attempts so a server that died is reported at once instead of after the
-/// whole deadline.
-pub async fn poll_ready<F, Fut>(sql: &dyn Sql, deadline: Duration, mut alive: F) -> Result<()>
+/// Polls until the server answers `SELECT 1` out of recovery (a `standby`: in recovery, as it
+/// stays), or `deadline` passes. `alive` is asked between attempts so a server that died is
+/// reported at once instead of after the whole deadline.
+pub async fn poll_ready<F, Fut>(
+    sql: &dyn Sql,
+    deadline: Duration,
+    standby: bool,
+    mut alive: F,
+) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -277,6 +285,7 @@ where
     while start.elapsed() < deadline {
         match tokio::time::timeout(PROBE_TIMEOUT, sql.probe()).await {
             Ok(Ok(true)) => return Ok(()),
+            Ok(Ok(false)) if standby => return Ok(()),
             Ok(Ok(false)) => last = "still in recovery".into(),
             Ok(Err(e)) => last = format!("{:#}", anyhow::Error::new(e)),
             Err(_) => last = format!("no answer within {PROBE_TIMEOUT:?}"),
@@ -322,9 +331,13 @@ pub async fn restore(
     runtime.create(&spec).await?;
     if start {
         runtime.start(&spec.name).await?;
-        poll_ready(sql(ctx, project, branch).as_ref(), BRANCH_READY, || async {
-            Ok(())
-        })
+        let standby = follow::is_standby(project, r);
+        poll_ready(
+            sql(ctx, project, branch).as_ref(),
+            BRANCH_READY,
+            standby,
+            || async { Ok(()) },
+        )
         .await?;
     }
     Ok(())

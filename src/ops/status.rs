@@ -7,7 +7,7 @@ use futures_util::future::try_join_all;
 use serde_json::json;
 
 use super::branch::{branch_json, observe};
-use super::{Ctx, background};
+use super::{Ctx, background, follow};
 use crate::state::StorageRecord;
 use crate::ui::human_bytes;
 
@@ -52,10 +52,16 @@ pub async fn status(ctx: &Ctx, as_json: bool) -> Result<()> {
         .collect();
     let mut rows = Vec::new();
     let mut branch_rows = Vec::new();
+    let mut following = Vec::new();
     for (p, observed) in projects? {
         for o in observed {
             let b = p.branch(&o.r.branch).expect("observed from the project");
-            branch_rows.push(branch_json(p, b, &o));
+            let mut record = branch_json(p, b, &o);
+            if let Some((json, words)) = follow::observed(ctx, p, &o.r).await {
+                record["replication"] = json;
+                following.push(format!("`{}` {words}", o.r));
+            }
+            branch_rows.push(record);
             rows.push(vec![
                 o.r.to_string(),
                 o.live.clone(),
@@ -82,5 +88,8 @@ pub async fn status(ctx: &Ctx, as_json: bool) -> Result<()> {
     ctx.shell
         .table(&["STORAGE", "HEALTH", "USED", "AVAILABLE"], space_rows);
     ctx.shell.table(&["BRANCH", "STATUS", "PORT", "USED"], rows);
+    for line in following {
+        ctx.shell.note(&line);
+    }
     Ok(())
 }

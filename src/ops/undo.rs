@@ -64,7 +64,10 @@ pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
             let dir = match (branch, generation) {
                 (Some(b), Some(g)) => archives.generation_dir(&project_name, b, *g),
                 (Some(b), None) => archives.branch_dir(&project_name, b),
-                _ => archives.project_dir(&project_name),
+                _ => {
+                    super::follow::remove_secrets(ctx, &project_name)?;
+                    archives.project_dir(&project_name)
+                }
             };
             super::remove_dir(&dir)?;
         }

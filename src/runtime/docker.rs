@@ -35,6 +35,7 @@ const SOCKET: &str = "/run/velo";
 const ARCHIVE: &str = "/var/lib/postgresql/wal-archive";
 const ARCHIVES: &str = "/var/lib/postgresql/wal-archives";
 const HBA: &str = "/etc/velo/pg_hba.conf";
+const SERVER_SECRETS: &str = "/etc/velo/secrets";
 /// Where a helper that prepares a new volume sees its root.
 const PREPARE: &str = "/velo-prepare";
 /// Where a client program sees its directories ([`ClientDirs`]).
@@ -240,6 +241,7 @@ impl Runtime for DockerRuntime {
             } else {
                 HBA.into()
             },
+            secrets_dir: paths.secrets_dir.as_ref().map(|_| SERVER_SECRETS.into()),
         }
     }
 
@@ -251,7 +253,7 @@ impl Runtime for DockerRuntime {
             cmd.push("-c".into());
             cmd.push(format!("{k}={v}"));
         }
-        let container = ContainerSpec {
+        let mut container = ContainerSpec {
             name: Some(spec.name.clone()),
             image: self.image.clone(),
             user: Some(format!("{}:{}", spec.user.uid, spec.user.gid)),
@@ -274,6 +276,9 @@ impl Runtime for DockerRuntime {
             stop_signal: Some("SIGINT".into()),
             ..ContainerSpec::default()
         };
+        if let Some(secrets) = &p.secrets_dir {
+            container.mounts.push(bind(secrets, SERVER_SECRETS, true));
+        }
         self.engine.create(&container).await?;
         Ok(())
     }
@@ -286,6 +291,17 @@ impl Runtime for DockerRuntime {
             user,
             vec![bind(&spec.paths.data_dir, DATA, false)],
             "umask 077 && rm -f \"$0/$1\" && : > \"$0/$1\"",
+            &[DATA, name],
+        );
+        Ok(self.engine.run_helper(&helper).await?)
+    }
+
+    async fn remove_file(&self, spec: &ServerSpec, name: &str, user: ServerUser) -> Result<()> {
+        self.ensure_image().await?;
+        let helper = self.helper(
+            user,
+            vec![bind(&spec.paths.data_dir, DATA, false)],
+            "rm -f \"$0/$1\"",
             &[DATA, name],
         );
         Ok(self.engine.run_helper(&helper).await?)

@@ -146,6 +146,10 @@ impl Runtime for FakeRuntime {
         self.run("signal_file").map(drop)
     }
 
+    async fn remove_file(&self, _: &ServerSpec, _: &str, _: ServerUser) -> Result<()> {
+        self.run("remove_file").map(drop)
+    }
+
     fn client_view(&self, dirs: &ClientDirs) -> ClientDirs {
         dirs.clone()
     }

@@ -38,6 +38,10 @@ pub struct ServerPaths {
     pub archives_root: PathBuf,
     /// velo's `pg_hba.conf`, in place of the one in the data directory.
     pub hba_file: PathBuf,
+    /// A directory of secrets the server reads (read-only): the password file with which a
+    /// follower's main reaches its source. Only that server gets it.
+    #[serde(default)]
+    pub secrets_dir: Option<PathBuf>,
 }
 
 /// Everything a runtime needs to make a server.
@@ -233,6 +237,10 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// Creates an empty file (such as `recovery.signal`) in a server's data directory, as the
     /// server's own user: never following a link the database's superuser may have planted.
     async fn signal_file(&self, spec: &ServerSpec, name: &str, user: ServerUser) -> Result<()>;
+
+    /// Removes a file (such as `standby.signal`) from a server's data directory, as the
+    /// server's user, as [`Runtime::signal_file`] makes one. Missing is success.
+    async fn remove_file(&self, spec: &ServerSpec, name: &str, user: ServerUser) -> Result<()>;
 
     /// Where a client program sees each host path of `dirs`.
     fn client_view(&self, dirs: &ClientDirs) -> ClientDirs;

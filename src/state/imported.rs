@@ -24,6 +24,9 @@ pub struct Imported {
     /// A physical copy (`pg_basebackup`): every database and role, the source's own files.
     #[serde(default)]
     pub physical: bool,
+    /// Main is kept a hot standby of the source (`--follow`; physical too).
+    #[serde(default)]
+    pub follow: bool,
     /// Parallel jobs of pg_dump and pg_restore.
     pub jobs: u32,
     /// SQL run on main after each import, before any branch sees the data.

@@ -10,6 +10,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::history::{Generation, Origin};
+use super::imported::{ImportFrom, Imported};
 use super::journal::Journal;
 use super::records::{RuntimeRecord, StorageRecord};
 use crate::names::{BranchName, BranchRef, Label, ProjectName, SnapshotId, VolumeId};
@@ -98,7 +99,7 @@ pub struct Project {
     pub snapshots: Vec<Snapshot>,
     /// Where main's data was imported from, if it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub imported: Option<super::Imported>,
+    pub imported: Option<Imported>,
     /// `velo gc` stops a branch no client has used for this many seconds (`None`: never).
     #[serde(default)]
     pub idle_stop_seconds: Option<u64>,
@@ -107,6 +108,18 @@ pub struct Project {
 impl Project {
     pub fn branch(&self, name: &BranchName) -> Option<&Branch> {
         self.branches.get(name)
+    }
+
+    /// The source main follows as a hot standby, if it does (`project create --follow`).
+    pub fn followed(&self) -> Option<&crate::source::SourceUrl> {
+        match &self.imported {
+            Some(Imported {
+                follow: true,
+                from: ImportFrom::Server { url },
+                ..
+            }) => Some(url),
+            _ => None,
+        }
     }
 
     /// Every origin of every generation (current and retired), with its branch.

@@ -7,7 +7,9 @@ use super::super::generation::{new_generation, take_snapshot};
 use super::super::journal::Intent;
 use super::super::launch::create_server;
 use super::super::server::{self, BRANCH_READY};
-use super::super::{Ctx, Undo, branch_mut, claim, get_branch, get_project, get_project_mut};
+use super::super::{
+    Ctx, Undo, branch_mut, claim, follow, get_branch, get_project, get_project_mut,
+};
 use crate::names::{self, BranchRef, SnapshotId};
 use crate::runtime::ServerStatus;
 use crate::state::{
@@ -205,10 +207,14 @@ async fn replace_generation(
     // Its undo runs before the new generation is destroyed (undo runs in reverse), so the new
     // server is gone first; the `swap` step then brings the old one back.
     create_server(ctx, runtime.as_ref(), &spec, r, undo).await?;
+    let promoted = follow::promote_clone(ctx, project, r, &spec).await?;
     let launch = async {
         if new.desired == RunState::Running {
             undo.step(ctx, "start").await?;
             server::start_and_wait(ctx, project, r, &new, BRANCH_READY).await?;
+            if promoted {
+                follow::own_password(ctx, project, &new).await?;
+            }
         }
         Ok::<_, anyhow::Error>(())
     };

@@ -3,7 +3,7 @@
 use anyhow::{Context as _, Result, bail};
 
 use super::super::server::{self, HOST_IP};
-use super::super::{Ctx, get_branch, get_project};
+use super::super::{Ctx, follow, get_branch, get_project};
 use crate::names::BranchRef;
 use crate::state::{Branch, Project, RunState};
 
@@ -25,6 +25,9 @@ pub fn print_url(ctx: &Ctx, r: &BranchRef, with_password: bool) -> Result<()> {
     let state = ctx.store.read()?;
     let p = get_project(&state, &r.project)?;
     let b = get_branch(p, r)?;
+    if with_password {
+        follow::password_check(p, r)?;
+    }
     ctx.shell.out(&url(p, b, with_password));
     Ok(())
 }
@@ -34,6 +37,7 @@ pub fn env(ctx: &Ctx, r: &BranchRef) -> Result<()> {
     let state = ctx.store.read()?;
     let p = get_project(&state, &r.project)?;
     let b = get_branch(p, r)?;
+    follow::password_check(p, r)?;
     let vars = [
         ("PGHOST", HOST_IP.to_string()),
         ("PGPORT", b.port.to_string()),

@@ -31,8 +31,8 @@ use super::launch::{Launch, launch_new};
 use super::project::DELETE_WAIT;
 use super::server::{BRANCH_READY, Recovery};
 use super::{
-    Ctx, Undo, allocate_port, background, branch_mut, get_branch, get_project, get_project_mut,
-    rolled_back,
+    Ctx, Undo, UsageError, allocate_port, background, branch_mut, follow, get_branch, get_project,
+    get_project_mut, rolled_back,
 };
 use crate::names::{BranchName, BranchRef, SnapshotId};
 use crate::state::{Branch, Forget, Origin, Pin, Project, Recovery as JournalRecovery, State};
@@ -66,18 +66,21 @@ struct Reserved {
 }
 
 pub async fn create(ctx: &Ctx, r: &BranchRef, source: Source) -> Result<()> {
-    create_expiring(ctx, r, source, None).await
+    create_expiring(ctx, r, source, None, None).await
 }
 
 /// Creates a branch that `velo gc` deletes at `expires_at` (never if `None`). Waits while an
 /// old branch of the same name is still being destroyed, and once for pending destroys when
-/// the storage is full.
+/// the storage is full. A branch of a follower's main is refused if main is further behind
+/// its source than `max_lag`.
 pub async fn create_expiring(
     ctx: &Ctx,
     r: &BranchRef,
     source: Source,
     expires_at: Option<DateTime<Utc>>,
+    max_lag: Option<Duration>,
 ) -> Result<()> {
+    follower_check(ctx, r, &source, max_lag).await?;
     let deleting = |s: &State| {
         s.journal.deleting(&r.project, Some(&r.branch))
             && s.projects
@@ -96,6 +99,35 @@ pub async fn create_expiring(
             create_once(ctx, r, &source, expires_at).await
         }
         done => done,
+    }
+}
+
+/// For a branch of a follower's main: how far behind main is (refused beyond `max_lag`); a
+/// point in its history is refused, since velo archives no WAL of a standby.
+async fn follower_check(
+    ctx: &Ctx,
+    r: &BranchRef,
+    source: &Source,
+    max_lag: Option<Duration>,
+) -> Result<()> {
+    let state = ctx.store.read()?;
+    let project = get_project(&state, &r.project)?;
+    let of_main = |parent: &Option<BranchName>| parent.as_ref().is_none_or(BranchName::is_main);
+    match source {
+        _ if project.followed().is_none() => match max_lag {
+            Some(_) => Err(UsageError(format!(
+                "--max-lag is for projects that follow a server, and `{}` does not",
+                r.project
+            ))
+            .into()),
+            None => Ok(()),
+        },
+        Source::Parent(parent) if of_main(parent) => follow::lag_check(ctx, project, max_lag).await,
+        Source::Pitr { parent, .. } if of_main(parent) => bail!(
+            "main of `{}` follows a server: it is a standby, whose WAL velo does not archive, so it has no history to recover; branch from its current state (without --pitr) or from a snapshot",
+            r.project
+        ),
+        _ => Ok(()),
     }
 }
 

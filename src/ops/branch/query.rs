@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::json;
 
 use super::super::server::{self, HOST_IP};
-use super::super::{Ctx, get_branch, get_project};
+use super::super::{Ctx, follow, get_branch, get_project};
 use super::tree;
 use crate::names::{self, BranchName, BranchRef, ProjectName};
 use crate::state::{Branch, Project};
@@ -198,8 +198,13 @@ pub async fn get(ctx: &Ctx, r: &BranchRef, as_json: bool) -> Result<()> {
         .into_iter()
         .find(|o| o.r == *r)
         .expect("branch is in the project");
+    let replication = follow::observed(ctx, p, r).await;
     if as_json {
-        ctx.shell.json(&branch_json(p, b, &o));
+        let mut record = branch_json(p, b, &o);
+        if let Some((json, _)) = replication {
+            record["replication"] = json;
+        }
+        ctx.shell.json(&record);
         return Ok(());
     }
     let rows = vec![
@@ -226,6 +231,9 @@ pub async fn get(ctx: &Ctx, r: &BranchRef, as_json: bool) -> Result<()> {
         vec!["expires (UTC)".into(), expires_in(b, Utc::now())],
     ];
     let mut rows = rows;
+    if let Some((_, words)) = replication {
+        rows.push(vec!["replication".into(), words]);
+    }
     if let Some(at) = b.idle_stopped_at {
         rows.push(vec![
             "stopped by gc (UTC)".into(),
@@ -271,6 +279,7 @@ pub async fn password(ctx: &Ctx, r: &BranchRef, as_json: bool) -> Result<()> {
     let state = ctx.store.read()?;
     let p = get_project(&state, &r.project)?;
     let b = get_branch(p, r)?;
+    follow::password_check(p, r)?;
     let full_url = format!(
         "postgresql://{}:{}@{HOST_IP}:{}/{}",
         p.user, p.password, b.port, p.database

@@ -49,6 +49,18 @@ pub async fn load(
         },
     )
     .await?;
+    if rec.follow {
+        // A standby cannot be written: no import server, no masking, no password to set.
+        undo.step(ctx, "copy").await?;
+        physical::copy(ctx, project, r, branch, root, checked).await?;
+        physical::make_standby(ctx, project, r, branch, root, checked).await?;
+        space::clear(ctx, r, branch.port)?;
+        return Ok(Imported {
+            imported_at,
+            source_version: checked.source_version.clone(),
+            ..rec.clone()
+        });
+    }
     if rec.physical {
         undo.step(ctx, "copy").await?;
         physical::copy(ctx, project, r, branch, root, checked).await?;

@@ -28,7 +28,7 @@ use chrono::Utc;
 pub use check::{Checked, check, server_check};
 pub use copy::load;
 pub use physical::empty_volume;
-pub use space::clear;
+pub use space::{PASSFILE, clear, write_passfile};
 
 use super::{Ctx, UsageError};
 use crate::source::SourceUrl;
@@ -53,6 +53,8 @@ pub struct Request {
     pub role_passwords: bool,
     /// `--physical`.
     pub physical: bool,
+    /// `--follow` (physical too).
+    pub follow: bool,
     pub jobs: Option<u32>,
     pub after_import: Option<PathBuf>,
 }
@@ -82,6 +84,11 @@ impl Plan {
             ),
             _ => bail!("give one source: --from URL or --from-dump FILE"),
         };
+        if req.follow && req.after_import.is_some() {
+            bail!(
+                "--after-import cannot mask a follower: its main is a standby, which cannot be written. Mask a branch instead and cut branches from it: `velo branch create P/masked`, `velo branch psql P/masked -- -f FILE.sql`, then `velo branch create P/dev --parent masked` (docs/import.md)"
+            );
+        }
         let jobs = match req.jobs {
             Some(0) => bail!("--jobs must be 1 or more"),
             Some(n) => n,
@@ -94,7 +101,8 @@ impl Plan {
             all_databases: req.all_databases,
             with_roles: req.with_roles,
             role_passwords: req.role_passwords,
-            physical: req.physical,
+            physical: req.physical || req.follow,
+            follow: req.follow,
             jobs,
             after_import: req
                 .after_import

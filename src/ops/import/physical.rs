@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 
-use super::super::Ctx;
 use super::super::server;
+use super::super::{Ctx, follow};
 use super::check::{Checked, Facts, major_of};
 use super::jobs::{Jobs, Reach, at};
 use crate::fsx;
@@ -116,6 +116,30 @@ fn copied_kb(line: &str) -> Option<u64> {
         .nth(1)
         .filter(|unit| *unit == "kB")?;
     done.parse().ok()
+}
+
+/// Makes the copy a standby of its source: main's password file for the source, and
+/// `standby.signal` (as the server's user).
+pub async fn make_standby(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    root: &Path,
+    checked: &Checked,
+) -> Result<()> {
+    let user = server::server_user(project);
+    let secret = checked.plan.password.as_ref().map(|p| p.secret.as_str());
+    follow::write_secrets(ctx, &r.project, secret, user)?;
+    let runtime = ctx.runtime(project)?;
+    let spec = server::spec(ctx, project, r, branch, root, runtime.as_ref(), None)?;
+    ctx.shell
+        .step(
+            "Standby",
+            runtime.signal_file(&spec, follow::STANDBY_SIGNAL, user),
+        )
+        .await?;
+    Ok(())
 }
 
 /// A source whose `postgresql.conf` lives outside its data directory (Debian's, in /etc)

@@ -8,7 +8,7 @@
 
 use std::path::Path;
 
-use anyhow::{Result, anyhow};
+use anyhow::{Result, anyhow, bail};
 use chrono::Utc;
 
 use super::super::background::tidy;
@@ -30,6 +30,11 @@ pub async fn refresh(ctx: &Ctx, name: &ProjectName, after_import: Option<&Path>)
                 "project `{name}` was not imported from a server or a dump, so there is nothing to refresh it from (`project create --from URL` makes one that can be)"
             )
         })?;
+        if record.follow {
+            bail!(
+                "main of `{name}` follows its source as a standby and is always as fresh as its replication (`velo status` shows how far behind it is): there is nothing to refresh"
+            );
+        }
         let (project, old, undo) = claim_branch(s, &r, "project refresh", Vec::new())?;
         Ok::<_, anyhow::Error>((project, old, record, undo))
     })?;

@@ -63,7 +63,7 @@ pub async fn start(
         .step("Start import server", runtime.start(&spec.name))
         .await?;
     let sql = sql(ctx, project, branch.port, "postgres");
-    let waiting = server::poll_ready(sql.as_ref(), ctx.ready_timeout(READY), || async {
+    let waiting = server::poll_ready(sql.as_ref(), ctx.ready_timeout(READY), false, || async {
         alive(runtime.as_ref(), &spec.name).await
     });
     let ready = tokio::select! {

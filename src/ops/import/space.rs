@@ -3,6 +3,7 @@
 //! dump's directory inside the new volume (removed before any snapshot can see it). All are
 //! velo's user's, mode 0700; the client programs run as that user.
 
+use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
@@ -37,9 +38,8 @@ pub fn work_dir(root: &Path) -> PathBuf {
     root.join("import")
 }
 
-/// Writes the password file the client programs that read the source get (`PGPASSFILE`):
-/// one line, mode 0600, in a directory only velo's user and `reader` (who the programs run
-/// as) may enter. Returns the directory.
+/// Writes the password file the client programs that read the source get (`PGPASSFILE`),
+/// readable by `reader` (who the programs run as). Returns the directory.
 pub fn write_password(
     ctx: &Ctx,
     r: &BranchRef,
@@ -47,26 +47,33 @@ pub fn write_password(
     reader: ServerUser,
 ) -> Result<PathBuf> {
     let dir = secrets_dir(ctx, r);
-    let run = dir.parent().expect("run/<name>");
-    // Root gives the file to its reader (libpq reads only a file no one else may); a user's
-    // programs run as that user.
+    write_passfile(&dir, Some(secret), reader)
+        .with_context(|| format!("writing the import's password file in {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Makes `dir` (its parent private to velo's user), which only velo's user and `reader` may
+/// enter, and writes [`PASSFILE`] there if there is a `secret`: one line, mode 0600. Root gives
+/// the file to its reader (libpq reads only a file no one else may); a user's programs run as
+/// that user.
+pub fn write_passfile(dir: &Path, secret: Option<&str>, reader: ServerUser) -> io::Result<()> {
+    let parent = dir.parent().expect("a directory in velo's home");
     let owner = rustix::process::geteuid()
         .is_root()
         .then_some((reader.uid, reader.gid));
-    let written = hostdir::private_dir(run)
-        .and_then(|_| hostdir::server_dir(&dir, reader.uid, reader.gid, Access::ReadWrite))
-        .and_then(|()| fsx::open_dir(&dir))
-        .and_then(|fd| {
-            fsx::replace_at(
-                fd.as_fd(),
-                PASSFILE,
-                passfile_line(secret).as_bytes(),
-                0o600,
-                owner,
-            )
-        });
-    written.with_context(|| format!("writing the import's password file in {}", dir.display()))?;
-    Ok(dir)
+    hostdir::private_dir(parent)?;
+    hostdir::server_dir(dir, reader.uid, reader.gid, Access::ReadWrite)?;
+    let fd = fsx::open_dir(dir)?;
+    match secret {
+        Some(secret) => fsx::replace_at(
+            fd.as_fd(),
+            PASSFILE,
+            passfile_line(secret).as_bytes(),
+            0o600,
+            owner,
+        ),
+        None => Ok(()),
+    }
 }
 
 /// Makes the dump's directory in the new volume.

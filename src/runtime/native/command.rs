@@ -153,6 +153,7 @@ mod tests {
                 archive_dir: dir.join("wal/1"),
                 archives_root: dir.join("wal"),
                 hba_file: dir.join("hba"),
+                secrets_dir: None,
             },
             settings: vec![
                 ("port".into(), "54321".into()),

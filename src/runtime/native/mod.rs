@@ -331,6 +331,21 @@ impl Runtime for NativeRuntime {
             })
     }
 
+    async fn remove_file(&self, spec: &ServerSpec, name: &str, _user: ServerUser) -> Result<()> {
+        let data = &spec.paths.data_dir;
+        let removed = fsx::open_dir(data).and_then(|dir| {
+            match rustix::fs::unlinkat(dir.as_fd(), name, rustix::fs::AtFlags::empty()) {
+                Err(rustix::io::Errno::NOENT) => Ok(()),
+                other => Ok(other?),
+            }
+        });
+        removed.map_err(|source| RuntimeError::Io {
+            action: "removing",
+            path: data.join(name),
+            source,
+        })
+    }
+
     fn client_view(&self, dirs: &ClientDirs) -> ClientDirs {
         dirs.clone()
     }

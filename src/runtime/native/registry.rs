@@ -333,6 +333,7 @@ mod tests {
                 archive_dir: dir.join("wal/dev/1"),
                 archives_root: dir.join("wal"),
                 hba_file: dir.join("pg_hba.conf"),
+                secrets_dir: None,
             },
             settings: vec![
                 ("port".into(), "54321".into()),

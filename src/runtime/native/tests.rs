@@ -81,6 +81,7 @@ impl Rig {
                 archive_dir: root.join("wal"),
                 archives_root: root.join("wal"),
                 hba_file: root.join("pg_hba.conf"),
+                secrets_dir: None,
             },
             settings: vec![
                 ("port".into(), "54321".into()),

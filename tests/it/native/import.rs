@@ -142,19 +142,47 @@ fn a_user_imports_on_the_native_runtime_with_the_hosts_client_programs() {
         "physical import failed:\n{}",
         text(&out)
     );
-    let sql = |q: &str| {
+    let sql_on = |branch: &str, q: &str| {
         let out = as_user(
             home,
             &[],
-            &["branch", "psql", "phys/main", "--", "-A", "-t", "-c", q],
+            &["branch", "psql", branch, "--", "-A", "-t", "-c", q],
         );
         assert!(out.status.success(), "{}", text(&out));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
+    let sql = |q: &str| sql_on("phys/main", q);
     let system_id = "SELECT system_identifier FROM pg_control_system()";
     assert_eq!(sql(system_id), src.sql("postgres", system_id));
     assert_eq!(sql("SELECT count(*) FROM pgbench_accounts"), "100000");
     let out = as_user(home, &[], &["branch", "create", "phys/dev"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // A follower: main a standby of the source, run by the user; a branch of it is promoted.
+    let out = create("fol", "15", &["--follow"]);
+    assert!(out.status.success(), "follow failed:\n{}", text(&out));
+    src.sql("postgres", "CREATE TABLE marks AS SELECT 7 AS id");
+    let started = std::time::Instant::now();
+    while sql_on(
+        "fol/main",
+        "SELECT count(*) FROM pg_tables WHERE tablename = 'marks'",
+    ) != "1"
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "main did not follow"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let out = as_user(home, &[], &["branch", "create", "fol/dev"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sql_on("fol/dev", "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(sql_on("fol/dev", "SELECT id FROM marks"), "7");
+    let out = as_user(
+        home,
+        &[("VELO_BACKGROUND", "0")],
+        &["project", "delete", "fol", "--force"],
+    );
     assert!(out.status.success(), "{}", text(&out));
     let out = as_user(
         home,

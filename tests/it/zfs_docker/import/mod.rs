@@ -14,6 +14,7 @@ use crate::util::source::{Source, fingerprints};
 use crate::util::{Backend, Sandbox};
 
 mod failures;
+mod follow;
 mod physical;
 
 /// The major of the imports here: the rig's only image whose client programs (pg_dump,

@@ -1,0 +1,157 @@
+//! A follower (`--follow`): main a hot standby streaming from a source that pgbench writes to,
+//! branches that are promoted snapshots of it with the project's password, lag reported and
+//! enforced, and the source's password only where main's server reads it.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use super::{PGBENCH_CONSISTENT, create_args, fails_with, sandbox, text, watch};
+use crate::util::Sandbox;
+use crate::util::source::Source;
+
+/// SQL on a branch through `velo branch psql` (velo's socket: no password, which a follower's
+/// main, whose passwords are the source's, needs).
+fn on_socket(sb: &Sandbox, branch: &str, sql: &str) -> String {
+    let out = sb.run(&["branch", "psql", branch, "--", "-X", "-A", "-t", "-c", sql]);
+    assert!(out.status.success(), "{sql}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Waits until `branch` (over velo's socket) answers `want` to `sql`.
+fn until(sb: &Sandbox, branch: &str, sql: &str, want: &str) {
+    let started = Instant::now();
+    loop {
+        let got = on_socket(sb, branch, sql);
+        if got == want {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{branch} answers {got:?} to {sql:?}, not {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn a_follower_streams_and_its_branches_are_fresh_promoted_copies() {
+    let mut sb = sandbox();
+    let src = Source::start(&sb.rig.image);
+    src.pgbench_init("postgres", 1);
+    src.sql("postgres", "CREATE TABLE marks (id int PRIMARY KEY)");
+    let mut load = src.pgbench_writing("postgres");
+
+    let name = sb.project("fol");
+    sb.set_env("PGPASSWORD", &src.password);
+    let seen = watch(&src.password);
+    let url = src.url("postgres");
+    let mut args = create_args(&sb, &name);
+    args.extend(["--from", &url, "--follow"]);
+    let out = sb.run(&args);
+    sb.clear_env();
+    assert!(out.status.success(), "follow failed:\n{}", text(&out));
+    let main = format!("{name}/main");
+    assert_eq!(on_socket(&sb, &main, "SELECT pg_is_in_recovery()"), "t");
+    let system_id = "SELECT system_identifier FROM pg_control_system()";
+    assert_eq!(
+        on_socket(&sb, &main, system_id),
+        src.sql("postgres", system_id)
+    );
+
+    // A row committed on the source reaches main, and a branch cut then has it: promoted,
+    // writable, consistent, with the project's password.
+    src.sql("postgres", "INSERT INTO marks VALUES (1)");
+    until(&sb, &main, "SELECT count(*) FROM marks WHERE id = 1", "1");
+    let got = sb.json(&["branch", "get", &main]);
+    assert_eq!(got["replication"]["streaming"], true, "{got}");
+    assert!(got["replication"]["lag_seconds"].is_number(), "{got}");
+    let dev = format!("{name}/dev");
+    sb.ok(&["branch", "create", &dev, "--max-lag", "30s"]);
+    assert_eq!(sb.sql(&dev, "SELECT count(*) FROM marks WHERE id = 1"), "1");
+    assert_eq!(sb.sql(&dev, "SELECT pg_is_in_recovery()"), "f");
+    assert_eq!(sb.sql(&dev, PGBENCH_CONSISTENT), "t");
+    sb.sql(&dev, "INSERT INTO marks VALUES (-1)");
+
+    // Main goes on following; a reset brings the branch its new data.
+    src.sql("postgres", "INSERT INTO marks VALUES (2)");
+    until(&sb, &main, "SELECT count(*) FROM marks WHERE id = 2", "1");
+    assert_eq!(
+        sb.sql(
+            &dev,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM marks"
+        ),
+        "-1,1"
+    );
+    sb.ok(&["branch", "reset", &dev]);
+    assert_eq!(
+        sb.sql(
+            &dev,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM marks"
+        ),
+        "1,2"
+    );
+
+    // The source's password: a file only main's server reads, mounted into main alone.
+    let leaks = seen.finish();
+    assert!(leaks.is_empty(), "the password was visible: {leaks:?}");
+    let passfile = sb.home().join("follow").join(&name).join("pgpass");
+    let meta = std::fs::metadata(&passfile).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let pg_uid = sb.state()["projects"][&name]["pg_uid"].as_u64().unwrap();
+    assert_eq!(u64::from(meta.uid()), pg_uid, "owned by the server's uid");
+    let mounts = |branch: &str| {
+        let out = Command::new("docker")
+            .args(["inspect", "-f", "{{range .Mounts}}{{.Source}} {{end}}"])
+            .arg(format!("velo-{name}.{branch}"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(mounts("main").contains("/follow/"), "{}", mounts("main"));
+    assert!(!mounts("dev").contains("/follow/"), "{}", mounts("dev"));
+    let state = std::fs::read_to_string(sb.home().join("state.json")).unwrap();
+    assert!(!state.contains(&src.password));
+
+    // What a standby cannot do, each said plainly.
+    let err = fails_with(&sb, 1, &["branch", "password", &main]);
+    assert!(
+        err.contains("standby") && err.contains("velo branch psql"),
+        "{err}"
+    );
+    let err = fails_with(&sb, 1, &["project", "refresh", &name]);
+    assert!(err.contains("nothing to refresh"), "{err}");
+    let err = fails_with(
+        &sb,
+        1,
+        &["branch", "create", &format!("{name}/old"), "--pitr", "1m"],
+    );
+    assert!(err.contains("no history to recover"), "{err}");
+
+    // The source goes away: main stops streaming, falls behind, and --max-lag refuses.
+    let _ = load.kill();
+    let _ = load.wait();
+    src.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    let status = sb.json(&["status"]);
+    let row = status["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["branch"] == "main" && b["project"] == name.as_str())
+        .cloned()
+        .unwrap();
+    assert_eq!(row["replication"]["streaming"], false, "{row}");
+    let late = format!("{name}/late");
+    let err = fails_with(&sb, 1, &["branch", "create", &late, "--max-lag", "1s"]);
+    assert!(err.contains("more than --max-lag 1s"), "{err}");
+    let out = sb.run(&["branch", "create", &late]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("behind its source"), "{}", text(&out));
+
+    sb.ok(&["project", "delete", &name, "--force"]);
+    assert!(
+        !sb.home().join("follow").join(&name).exists(),
+        "the password file was left"
+    );
+}
