@@ -86,7 +86,7 @@ impl Plan {
         };
         if req.follow && req.after_import.is_some() {
             bail!(
-                "--after-import cannot mask a follower: its main is a standby, which cannot be written. Mask a branch instead and cut branches from it: `velo branch create P/masked`, `velo branch psql P/masked -- -f FILE.sql`, then `velo branch create P/dev --parent masked` (docs/import.md)"
+                "--after-import cannot mask a follower: its main is a standby, which cannot be written. Mask a branch instead and cut branches from it: `velo branch create P/masked`, `velo branch psql P/masked -- -f FILE.sql`, then `velo branch create P/dev --parent masked` (docs/design.md, "Followers")"
             );
         }
         let jobs = match req.jobs {
