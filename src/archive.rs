@@ -232,8 +232,12 @@ pub fn archive_command(dir: &str) -> String {
 /// The `restore_command` that reads a source generation's archive, for a server that sees the
 /// project's archives at `root`.
 pub fn restore_command(root: &str, branch: &BranchName, generation: u32) -> String {
-    let dir = shell_quote(&format!("{root}/{branch}/{generation}"));
-    format!("cp {dir}/%f %p")
+    restore_from(&format!("{root}/{branch}/{generation}"))
+}
+
+/// The `restore_command` that reads an archive the server sees at `dir`.
+pub fn restore_from(dir: &str) -> String {
+    format!("cp {}/%f %p", shell_quote(dir))
 }
 
 #[cfg(test)]

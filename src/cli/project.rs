@@ -128,6 +128,11 @@ pub struct ImportArgs {
         conflicts_with_all = ["from_dump", "all_databases", "with_roles", "jobs"]
     )]
     follow: bool,
+    /// With --follow: a directory the source archives its WAL into (its `archive_command`'s
+    /// target, readable here by the server's user), which main replays from whenever it cannot
+    /// stream.
+    #[arg(long, value_name = "DIR", requires = "follow")]
+    source_wal: Option<PathBuf>,
     /// Parallel jobs of pg_dump and pg_restore (default: the cores, at most 4).
     #[arg(long, value_name = "N", requires = "source")]
     jobs: Option<u32>,
@@ -147,6 +152,7 @@ impl ImportArgs {
             role_passwords: self.with_role_passwords,
             physical: self.physical || self.follow,
             follow: self.follow,
+            source_wal: self.source_wal,
             jobs: self.jobs,
             after_import: self.after_import,
         })

@@ -17,6 +17,7 @@ use anyhow::{Context as _, Result, bail};
 
 use super::Ctx;
 use super::server;
+use crate::archive;
 use crate::fsx;
 use crate::names::{BranchRef, ProjectName};
 use crate::pg::Replication;
@@ -58,6 +59,16 @@ pub fn is_standby(project: &Project, r: &BranchRef) -> bool {
     project.followed().is_some() && r.branch.is_main()
 }
 
+/// The source's WAL archive a follower's main restores from when it cannot stream, if one was
+/// given (`--source-wal`); none for any other branch.
+pub fn source_wal(project: &Project, r: &BranchRef) -> Option<PathBuf> {
+    project
+        .imported
+        .as_ref()
+        .filter(|_| is_standby(project, r))
+        .and_then(|i| i.source_wal.clone())
+}
+
 /// Fails for a follower's main, whose passwords are its source's (velo cannot set the
 /// project's on a standby): commands that hand out the project's password call this first.
 pub fn password_check(project: &Project, r: &BranchRef) -> Result<()> {
@@ -86,10 +97,15 @@ pub fn standby_settings(
         .map(|d| d.join(super::import::PASSFILE).display().to_string())
         .unwrap_or_default();
     let conninfo = primary_conninfo(url, &r.project, &passfile);
-    vec![
+    let mut settings = vec![
         ("primary_conninfo".to_string(), conninfo),
         ("hot_standby".to_string(), "on".to_string()),
-    ]
+    ];
+    if let Some(wal) = &view.source_wal {
+        let dir = wal.display().to_string();
+        settings.push(("restore_command".into(), archive::restore_from(&dir)));
+    }
+    settings
 }
 
 /// How a follower's main connects to `url`: its own application name (the source's

@@ -293,6 +293,8 @@ fn imported_json(i: &Imported) -> serde_json::Value {
         "dump": dump,
         "all_databases": i.all_databases,
         "physical": i.physical,
+        "follow": i.follow,
+        "source_wal": i.source_wal,
         "with_roles": i.with_roles,
         "role_passwords": i.role_passwords,
         "jobs": i.jobs,

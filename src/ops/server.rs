@@ -145,6 +145,7 @@ pub fn spec(
         archives_root: archives.project_dir(&r.project),
         hba_file: write_hba(ctx)?,
         secrets_dir: follow::is_standby(project, r).then(|| follow::secrets_dir(ctx, &r.project)),
+        source_wal: follow::source_wal(project, r),
     };
     let name = names::server_name(r);
     let view = runtime.view(&paths);

@@ -36,6 +36,7 @@ const ARCHIVE: &str = "/var/lib/postgresql/wal-archive";
 const ARCHIVES: &str = "/var/lib/postgresql/wal-archives";
 const HBA: &str = "/etc/velo/pg_hba.conf";
 const SERVER_SECRETS: &str = "/etc/velo/secrets";
+const SOURCE_WAL: &str = "/var/lib/postgresql/source-wal";
 /// Where a helper that prepares a new volume sees its root.
 const PREPARE: &str = "/velo-prepare";
 /// Where a client program sees its directories ([`ClientDirs`]).
@@ -242,6 +243,7 @@ impl Runtime for DockerRuntime {
                 HBA.into()
             },
             secrets_dir: paths.secrets_dir.as_ref().map(|_| SERVER_SECRETS.into()),
+            source_wal: paths.source_wal.as_ref().map(|_| SOURCE_WAL.into()),
         }
     }
 
@@ -278,6 +280,9 @@ impl Runtime for DockerRuntime {
         };
         if let Some(secrets) = &p.secrets_dir {
             container.mounts.push(bind(secrets, SERVER_SECRETS, true));
+        }
+        if let Some(wal) = &p.source_wal {
+            container.mounts.push(bind(wal, SOURCE_WAL, true));
         }
         self.engine.create(&container).await?;
         Ok(())

@@ -42,6 +42,10 @@ pub struct ServerPaths {
     /// follower's main reaches its source. Only that server gets it.
     #[serde(default)]
     pub secrets_dir: Option<PathBuf>,
+    /// The source's WAL archive, which a follower's main restores from when it cannot stream
+    /// (read-only). Only that server gets it.
+    #[serde(default)]
+    pub source_wal: Option<PathBuf>,
 }
 
 /// Everything a runtime needs to make a server.

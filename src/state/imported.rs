@@ -27,6 +27,10 @@ pub struct Imported {
     /// Main is kept a hot standby of the source (`--follow`; physical too).
     #[serde(default)]
     pub follow: bool,
+    /// A directory the source archives its WAL into, which a follower's main reads when it
+    /// cannot stream (`--source-wal`).
+    #[serde(default)]
+    pub source_wal: Option<PathBuf>,
     /// Parallel jobs of pg_dump and pg_restore.
     pub jobs: u32,
     /// SQL run on main after each import, before any branch sees the data.

@@ -55,6 +55,8 @@ pub struct Request {
     pub physical: bool,
     /// `--follow` (physical too).
     pub follow: bool,
+    /// `--source-wal DIR`.
+    pub source_wal: Option<PathBuf>,
     pub jobs: Option<u32>,
     pub after_import: Option<PathBuf>,
 }
@@ -86,7 +88,7 @@ impl Plan {
         };
         if req.follow && req.after_import.is_some() {
             bail!(
-                "--after-import cannot mask a follower: its main is a standby, which cannot be written. Mask a branch instead and cut branches from it: `velo branch create P/masked`, `velo branch psql P/masked -- -f FILE.sql`, then `velo branch create P/dev --parent masked` (docs/design.md, "Followers")"
+                "--after-import cannot mask a follower: its main is a standby, which cannot be written. Mask a branch instead and cut branches from it: `velo branch create P/masked`, `velo branch psql P/masked -- -f FILE.sql`, then `velo branch create P/dev --parent masked` (docs/design.md, \"Followers\")"
             );
         }
         let jobs = match req.jobs {
@@ -103,6 +105,7 @@ impl Plan {
             role_passwords: req.role_passwords,
             physical: req.physical || req.follow,
             follow: req.follow,
+            source_wal: req.source_wal.as_deref().map(source_wal_dir).transpose()?,
             jobs,
             after_import: req
                 .after_import
@@ -173,6 +176,18 @@ fn find_password(ctx: &Ctx, record: &Imported, url_password: Option<String>) -> 
         user: &url.user,
     };
     password::find(lookup, &|why| ctx.shell.warn(why))
+}
+
+/// `--source-wal`, as an absolute path to a directory.
+fn source_wal_dir(path: &Path) -> Result<PathBuf> {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    if !abs.is_dir() {
+        bail!(
+            "--source-wal {} is not a directory: give the directory the source's archive_command copies its WAL into",
+            abs.display()
+        );
+    }
+    Ok(abs)
 }
 
 /// A dump given on the command line, as an absolute path that exists.

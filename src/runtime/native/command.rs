@@ -154,6 +154,7 @@ mod tests {
                 archives_root: dir.join("wal"),
                 hba_file: dir.join("hba"),
                 secrets_dir: None,
+                source_wal: None,
             },
             settings: vec![
                 ("port".into(), "54321".into()),

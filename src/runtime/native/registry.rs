@@ -334,6 +334,7 @@ mod tests {
                 archives_root: dir.join("wal"),
                 hba_file: dir.join("pg_hba.conf"),
                 secrets_dir: None,
+                source_wal: None,
             },
             settings: vec![
                 ("port".into(), "54321".into()),

@@ -82,6 +82,7 @@ impl Rig {
                 archives_root: root.join("wal"),
                 hba_file: root.join("pg_hba.conf"),
                 secrets_dir: None,
+                source_wal: None,
             },
             settings: vec![
                 ("port".into(), "54321".into()),

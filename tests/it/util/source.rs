@@ -29,6 +29,11 @@ pub fn free_port() -> u16 {
 impl Source {
     /// Starts a source from `image` and waits until it answers over TCP with its password.
     pub fn start(image: &str) -> Source {
+        Self::start_archiving(image, None)
+    }
+
+    /// As [`Source::start`], archiving its WAL into the host directory `archive` if given.
+    pub fn start_archiving(image: &str, archive: Option<&std::path::Path>) -> Source {
         let n: u32 = rand::random();
         let password = format!("src-{n:08x}-{:08x}", rand::random::<u32>());
         let port = free_port();
@@ -41,8 +46,25 @@ impl Source {
         let mut passfile = tempfile::NamedTempFile::new().unwrap();
         writeln!(passfile, "*:*:*:*:{password}").unwrap();
         let name = format!("velo-it-source-{n:08x}");
+        let mut archiving = Vec::new();
+        if let Some(dir) = archive {
+            archiving.extend([
+                "-v".to_string(),
+                format!("{}:/velo-it-archive", dir.display()),
+            ]);
+        }
+        let settings = match archive {
+            Some(_) => vec![
+                "-c",
+                "archive_mode=on",
+                "-c",
+                "archive_command=cp %p /velo-it-archive/%f",
+            ],
+            None => Vec::new(),
+        };
         let out = Command::new("docker")
             .args(["run", "-d", "--name", &name, "--network", "host"])
+            .args(&archiving)
             // The password is set over the container's socket once it runs, so that it is in
             // no process's environment (the entrypoint would keep POSTGRES_PASSWORD there).
             .args(["-e", "POSTGRES_HOST_AUTH_METHOD=trust"])
@@ -55,6 +77,7 @@ impl Source {
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "hba_file=/etc/velo-it-hba.conf"])
             .args(["-c", "wal_level=replica", "-c", "max_wal_senders=5"])
+            .args(&settings)
             .output()
             .expect("docker runs");
         assert!(

@@ -155,3 +155,50 @@ fn a_follower_streams_and_its_branches_are_fresh_promoted_copies() {
         "the password file was left"
     );
 }
+
+#[test]
+fn a_follower_that_cannot_stream_replays_the_sources_wal_archive() {
+    let mut sb = sandbox();
+    let archive = tempfile::tempdir().unwrap();
+    // The source's server writes there, main's reads it: both the image's postgres uid.
+    std::fs::set_permissions(archive.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let src = Source::start_archiving(&sb.rig.image, Some(archive.path()));
+    src.sql(
+        "postgres",
+        "CREATE ROLE copier LOGIN REPLICATION PASSWORD 'copier-pw'; CREATE TABLE marks (id int)",
+    );
+    let name = sb.project("arch");
+    let url = format!("postgres://copier@127.0.0.1:{}/postgres", src.port);
+    let wal = archive.path().display().to_string();
+    sb.set_env("PGPASSWORD", "copier-pw");
+    let mut args = create_args(&sb, &name);
+    args.extend(["--from", &url, "--follow", "--source-wal", &wal]);
+    let out = sb.run(&args);
+    sb.clear_env();
+    assert!(out.status.success(), "follow failed:\n{}", text(&out));
+    let main = format!("{name}/main");
+    src.sql("postgres", "INSERT INTO marks VALUES (1)");
+    until(&sb, &main, "SELECT count(*) FROM marks", "1");
+
+    // Streaming is cut for good (the role may no longer replicate); what the source archives
+    // still reaches main.
+    src.sql(
+        "postgres",
+        "ALTER ROLE copier NOREPLICATION; \
+         SELECT pg_terminate_backend(pid) FROM pg_stat_replication",
+    );
+    let started = Instant::now();
+    while src.sql("postgres", "SELECT count(*) FROM pg_stat_replication") != "0" {
+        assert!(started.elapsed() < Duration::from_secs(30), "main still streams");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    src.sql("postgres", "INSERT INTO marks VALUES (2)");
+    src.sql("postgres", "SELECT pg_switch_wal()");
+    until(&sb, &main, "SELECT count(*) FROM marks", "2");
+    let got = sb.json(&["branch", "get", &main]);
+    assert_eq!(got["replication"]["streaming"], false, "{got}");
+    let dev = format!("{name}/dev");
+    sb.ok(&["branch", "create", &dev]);
+    assert_eq!(sb.sql(&dev, "SELECT count(*) FROM marks"), "2");
+    sb.ok(&["project", "delete", &name, "--force"]);
+}
