@@ -133,6 +133,11 @@ pub struct ImportArgs {
     /// stream.
     #[arg(long, value_name = "DIR", requires = "follow")]
     source_wal: Option<PathBuf>,
+    /// With --follow: stream through a replication slot on the source, which keeps its WAL
+    /// until main has it (a main that is stopped or behind makes the source keep WAL: watch
+    /// its disk); velo drops the slot when the project is deleted.
+    #[arg(long, requires = "follow")]
+    slot: bool,
     /// Parallel jobs of pg_dump and pg_restore (default: the cores, at most 4).
     #[arg(long, value_name = "N", requires = "source")]
     jobs: Option<u32>,
@@ -153,6 +158,7 @@ impl ImportArgs {
             physical: self.physical || self.follow,
             follow: self.follow,
             source_wal: self.source_wal,
+            slot: self.slot,
             jobs: self.jobs,
             after_import: self.after_import,
         })

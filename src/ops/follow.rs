@@ -101,6 +101,9 @@ pub fn standby_settings(
         ("primary_conninfo".to_string(), conninfo),
         ("hot_standby".to_string(), "on".to_string()),
     ];
+    if let Some(slot) = project.imported.as_ref().and_then(|i| i.slot.as_ref()) {
+        settings.push(("primary_slot_name".into(), slot.clone()));
+    }
     if let Some(wal) = &view.source_wal {
         let dir = wal.display().to_string();
         settings.push(("restore_command".into(), archive::restore_from(&dir)));

@@ -295,6 +295,7 @@ fn imported_json(i: &Imported) -> serde_json::Value {
         "physical": i.physical,
         "follow": i.follow,
         "source_wal": i.source_wal,
+        "slot": i.slot,
         "with_roles": i.with_roles,
         "role_passwords": i.role_passwords,
         "jobs": i.jobs,
@@ -475,6 +476,14 @@ pub async fn forget_held(ctx: &Ctx, name: &ProjectName, undo: &Undo) -> Result<(
         .await?;
     for b in project.branches.values() {
         remove_dir(&server::socket_dir(ctx, b.port))?;
+    }
+    if let (Some(url), Some(slot)) = (
+        project.followed(),
+        project.imported.as_ref().and_then(|i| i.slot.as_ref()),
+    ) {
+        let main = BranchRef::new(name.clone(), BranchName::main());
+        let secrets = super::follow::secrets_dir(ctx, name);
+        import::drop_slot(ctx, project, &main, url, slot, secrets).await;
     }
     undo.step(ctx, "delete-forget").await?;
     ctx.store.update(|s| {

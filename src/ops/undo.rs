@@ -5,7 +5,7 @@
 use anyhow::{Context as _, Result, anyhow};
 
 use super::{Ctx, server};
-use crate::names::{self, BranchRef, SnapshotRef, VolumeId};
+use crate::names::{self, BranchName, BranchRef, SnapshotRef, VolumeId};
 use crate::state::UndoStep;
 
 pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
@@ -84,6 +84,16 @@ pub(super) async fn run(ctx: &Ctx, op: &str, step: &UndoStep) -> Result<()> {
             if let Some(b) = project.branch(branch) {
                 super::import::clear(ctx, &r, b.port)?;
             }
+        }
+        UndoStep::DropSlot { slot, url } => {
+            let r = at(&BranchName::main());
+            // The follower's own password file once the copy has made it, else the import's.
+            let kept = super::follow::secrets_dir(ctx, &project_name);
+            let secrets = match kept.join(super::import::PASSFILE).exists() {
+                true => kept,
+                false => super::import::secrets_dir(ctx, &r),
+            };
+            super::import::drop_slot(ctx, project, &r, url, slot, secrets).await;
         }
         UndoStep::RestoreServer { branch, start } => {
             let r = at(branch);

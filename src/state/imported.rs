@@ -31,6 +31,10 @@ pub struct Imported {
     /// cannot stream (`--source-wal`).
     #[serde(default)]
     pub source_wal: Option<PathBuf>,
+    /// The replication slot a follower's main streams through on the source (`--slot`), which
+    /// keeps the source's WAL until main has it; dropped with the project.
+    #[serde(default)]
+    pub slot: Option<String>,
     /// Parallel jobs of pg_dump and pg_restore.
     pub jobs: u32,
     /// SQL run on main after each import, before any branch sees the data.

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::history::Origin;
 use super::records::StorageRecord;
 use crate::names::{BranchName, ProjectName, SnapshotId};
+use crate::source::SourceUrl;
 
 /// The operations in flight, in the order they began.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -308,6 +309,11 @@ pub enum UndoStep {
         from: BranchName,
         to: BranchName,
     },
+    /// Drops the replication slot `slot` that a follower's copy made on its source `url`.
+    DropSlot {
+        slot: String,
+        url: SourceUrl,
+    },
 }
 
 impl UndoStep {
@@ -323,7 +329,9 @@ impl UndoStep {
             UndoStep::RenameVolume { from, to, .. } | UndoStep::RenameArchive { from, to } => {
                 from == branch || to == branch
             }
-            UndoStep::DestroyProject | UndoStep::DestroyPrepared { .. } => false,
+            UndoStep::DestroyProject
+            | UndoStep::DestroyPrepared { .. }
+            | UndoStep::DropSlot { .. } => false,
         }
     }
 }

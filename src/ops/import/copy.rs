@@ -51,6 +51,13 @@ pub async fn load(
     .await?;
     if rec.follow {
         // A standby cannot be written: no import server, no masking, no password to set.
+        if let (Some(slot), Some(url)) = (&rec.slot, checked.plan.url()) {
+            let step = UndoStep::DropSlot {
+                slot: slot.clone(),
+                url: url.clone(),
+            };
+            undo.intend(ctx, "slot", step).await?;
+        }
         undo.step(ctx, "copy").await?;
         physical::copy(ctx, project, r, branch, root, checked).await?;
         physical::make_standby(ctx, project, r, branch, root, checked).await?;

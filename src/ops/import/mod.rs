@@ -27,7 +27,8 @@ use chrono::Utc;
 
 pub use check::{Checked, check, server_check};
 pub use copy::load;
-pub use physical::empty_volume;
+pub use physical::{drop_slot, empty_volume};
+pub use space::secrets_dir;
 pub use space::{PASSFILE, clear, write_passfile};
 
 use super::{Ctx, UsageError};
@@ -57,6 +58,8 @@ pub struct Request {
     pub follow: bool,
     /// `--source-wal DIR`.
     pub source_wal: Option<PathBuf>,
+    /// `--slot`.
+    pub slot: bool,
     pub jobs: Option<u32>,
     pub after_import: Option<PathBuf>,
 }
@@ -106,6 +109,9 @@ impl Plan {
             physical: req.physical || req.follow,
             follow: req.follow,
             source_wal: req.source_wal.as_deref().map(source_wal_dir).transpose()?,
+            slot: req
+                .slot
+                .then(|| format!("velo_{:016x}", rand::random::<u64>())),
             jobs,
             after_import: req
                 .after_import

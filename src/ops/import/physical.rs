@@ -79,7 +79,7 @@ pub async fn copy(
     // The data directory itself: the volume's root may be closed to the server's user.
     jobs.dirs.work = Some(root.join("pgdata"));
     jobs.dirs.secrets = checked.secrets.clone();
-    let args = vec![
+    let mut args = vec![
         format!("--pgdata={}", jobs.in_work("")),
         "--wal-method=stream".into(),
         "--checkpoint=fast".into(),
@@ -88,6 +88,9 @@ pub async fn copy(
         "--verbose".into(),
         format!("--dbname={}", url.conninfo(&url.database)),
     ];
+    if let Some(slot) = &checked.plan.record.slot {
+        args.extend(["--create-slot".into(), format!("--slot={slot}")]);
+    }
     let place = url.place();
     let source = at("pg_basebackup", url, &place, &url.database, true);
     let progress = ctx.shell.progress("Copy", "kB", checked.kilobytes);
@@ -165,6 +168,63 @@ async fn config_file(
         .signal_file(&spec, CONF, server::server_user(project))
         .await
         .with_context(|| format!("making an empty {CONF} in {}", data.display()))
+}
+
+/// Drops replication slot `slot` on the source `url` if it is there, reading the source's
+/// password from the pgpass file in `secrets` (as the server's user, who owns it). A source
+/// that cannot be reached is a warning naming the SQL to run there: the slot keeps the
+/// source's WAL until it is dropped.
+pub async fn drop_slot(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    url: &SourceUrl,
+    slot: &str,
+    secrets: PathBuf,
+) {
+    if !slot
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        ctx.shell.warn(&format!(
+            "not dropping `{slot}` on {}: not a slot name velo makes",
+            url.redacted()
+        ));
+        return;
+    }
+    // The walsender of a main just removed may hold the slot for a moment yet.
+    let sql = format!(
+        "DO $$ BEGIN FOR i IN 1..100 LOOP \
+           EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = '{slot}' AND active); \
+           PERFORM pg_sleep(0.1); END LOOP; END $$; \
+         SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+    );
+    let dropped = async {
+        let port = project.branch(&r.branch).map_or(0, |b| b.port);
+        let mut jobs = Jobs::new(ctx, project, r, port)?;
+        jobs.user = server::server_user(project);
+        jobs.dirs.secrets = Some(secrets);
+        let args = vec![
+            "-X".into(),
+            "-q".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "-c".into(),
+            sql.clone(),
+            url.conninfo(&url.database),
+        ];
+        let place = url.place();
+        let source = at("psql", url, &place, &url.database, false);
+        jobs.run("psql", args, Reach::Source, Some(source), &|_| {})
+            .await
+            .map(drop)
+    };
+    if let Err(e) = ctx.shell.step("Drop replication slot", dropped).await {
+        ctx.shell.warn(&format!(
+            "could not drop the replication slot `{slot}` on {} ({e:#}): it keeps the source's WAL until you run there `{sql}`",
+            url.redacted()
+        ));
+    }
 }
 
 /// Makes the volume `volume` of a physical import: an empty data directory of the server's

@@ -189,7 +189,10 @@ fn a_follower_that_cannot_stream_replays_the_sources_wal_archive() {
     );
     let started = Instant::now();
     while src.sql("postgres", "SELECT count(*) FROM pg_stat_replication") != "0" {
-        assert!(started.elapsed() < Duration::from_secs(30), "main still streams");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "main still streams"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     src.sql("postgres", "INSERT INTO marks VALUES (2)");
@@ -201,4 +204,52 @@ fn a_follower_that_cannot_stream_replays_the_sources_wal_archive() {
     sb.ok(&["branch", "create", &dev]);
     assert_eq!(sb.sql(&dev, "SELECT count(*) FROM marks"), "2");
     sb.ok(&["project", "delete", &name, "--force"]);
+}
+
+#[test]
+fn a_follower_with_a_slot_catches_up_after_a_stop_and_drops_its_slot_when_deleted() {
+    let mut sb = sandbox();
+    let src = Source::start(&sb.rig.image);
+    src.sql("postgres", "CREATE TABLE marks (id int)");
+    let name = sb.project("slot");
+    sb.set_env("PGPASSWORD", &src.password);
+    let url = src.url("postgres");
+    let mut args = create_args(&sb, &name);
+    args.extend(["--from", &url, "--follow", "--slot"]);
+    let out = sb.run(&args);
+    sb.clear_env();
+    assert!(out.status.success(), "follow failed:\n{}", text(&out));
+    let slots = "SELECT string_agg(slot_name || ':' || active, ',') FROM pg_replication_slots";
+    let slot = src.sql("postgres", slots);
+    assert!(
+        slot.starts_with("velo_") && slot.ends_with(":true"),
+        "{slot}"
+    );
+    let got = sb.json(&["project", "get", &name]);
+    assert_eq!(
+        got["imported"]["slot"]
+            .as_str()
+            .map(|s| format!("{s}:true")),
+        Some(slot.clone()),
+        "{got}"
+    );
+
+    // Main stopped: the slot keeps the source's WAL across segment switches and checkpoints,
+    // so main catches up when it starts again.
+    let main = format!("{name}/main");
+    sb.ok(&["branch", "stop", &main]);
+    for id in 1..=3 {
+        src.sql("postgres", &format!("INSERT INTO marks VALUES ({id})"));
+        src.sql("postgres", "SELECT pg_switch_wal()");
+        src.sql("postgres", "CHECKPOINT");
+    }
+    sb.ok(&["branch", "start", &main]);
+    until(&sb, &main, "SELECT count(*) FROM marks", "3");
+
+    sb.ok(&["project", "delete", &name]);
+    assert_eq!(
+        src.sql("postgres", slots),
+        "",
+        "the slot was left on the source"
+    );
 }
