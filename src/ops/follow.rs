@@ -101,6 +101,10 @@ pub fn standby_settings(
         ("primary_conninfo".to_string(), conninfo),
         ("hot_standby".to_string(), "on".to_string()),
     ];
+    if let Some(imported) = &project.imported {
+        // A hot standby refuses to run with less than its source's.
+        settings.extend(imported.standby_limits.clone());
+    }
     if let Some(slot) = project.imported.as_ref().and_then(|i| i.slot.as_ref()) {
         settings.push(("primary_slot_name".into(), slot.clone()));
     }

@@ -33,13 +33,15 @@ pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The client authentication file every branch's server uses (`hba_file`), in place of the
 /// `pg_hba.conf` in its data directory. The Unix socket, in a directory only velo's user (and
 /// the server) can enter, is trusted: that is how velo itself connects, with no password on
-/// any wire. Every TCP connection needs the password; `md5` does SCRAM for SCRAM-hashed
-/// passwords (which velo sets), and still accepts an older image's MD5 hashes.
+/// any wire. Every TCP connection needs the password, by SCRAM only: velo sets SCRAM
+/// verifiers, and an MD5 hash a branch's superuser can read (a physical import copies every
+/// source role's) would let anyone who has it log in to another server with `md5` challenges,
+/// main among them, without knowing the password.
 const HBA: &str = "\
 # Written by velo; every branch server reads it (hba_file). Edits are overwritten.
 local all all trust
-host all all all md5
-host replication all all md5
+host all all all scram-sha-256
+host replication all all scram-sha-256
 ";
 
 /// What PostgreSQL logs when another program holds its port.

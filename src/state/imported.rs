@@ -2,6 +2,7 @@
 //! that `velo project refresh` can import it again. Never a password: the source's address is
 //! kept as [`SourceUrl`], which has no field for one.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use chrono::{DateTime, Utc};
@@ -35,6 +36,10 @@ pub struct Imported {
     /// keeps the source's WAL until main has it; dropped with the project.
     #[serde(default)]
     pub slot: Option<String>,
+    /// The source's settings a standby must match or exceed (`max_connections` and the like),
+    /// as it said when the follower was made: a follower's main runs with them.
+    #[serde(default)]
+    pub standby_limits: BTreeMap<String, String>,
     /// Parallel jobs of pg_dump and pg_restore.
     pub jobs: u32,
     /// SQL run on main after each import, before any branch sees the data.

@@ -3,6 +3,7 @@
 //! all) for its version, its databases and how many tables it has; a dump is listed. A source
 //! newer than the client programs is refused here, with the fix.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{Context as _, Result, anyhow};
@@ -50,6 +51,9 @@ pub(super) struct Facts {
     pub kilobytes: u64,
     /// Whether the project's superuser is a superuser role in the source (none: no such role).
     pub superuser: Option<bool>,
+    /// The settings a hot standby of the source must match or exceed.
+    #[serde(default)]
+    pub standby_limits: BTreeMap<String, String>,
 }
 
 /// One query, one line of JSON: the source's version, the tables of the URL's database, the
@@ -68,7 +72,10 @@ fn facts_sql(superuser: &str) -> String {
     'wal_senders', current_setting('max_wal_senders')::int, \
     'tablespaces', (SELECT count(*) FROM pg_tablespace WHERE spcname NOT IN ('pg_default', 'pg_global')), \
     'kilobytes', (SELECT (sum(pg_database_size(oid)) / 1024)::bigint FROM pg_database WHERE datallowconn), \
-    'superuser', (SELECT rolsuper FROM pg_roles WHERE rolname = {}))",
+    'superuser', (SELECT rolsuper FROM pg_roles WHERE rolname = {}), \
+    'standby_limits', (SELECT json_object_agg(name, setting) FROM pg_settings WHERE name IN \
+        ('max_connections', 'max_worker_processes', 'max_wal_senders', \
+         'max_prepared_transactions', 'max_locks_per_transaction')))",
         quote_literal(superuser)
     )
 }
@@ -148,8 +155,18 @@ pub async fn check(
                 .await?;
             let facts: Facts = serde_json::from_str(out.stdout.trim())
                 .with_context(|| format!("reading what the source said: {}", out.stdout.trim()))?;
+            let mut plan = plan.clone();
             if rec.physical {
                 physical::source_check(&facts, &version, project, url)?;
+                if rec.follow {
+                    // Numbers only: each goes on main's command line.
+                    plan.record.standby_limits = facts
+                        .standby_limits
+                        .iter()
+                        .filter(|(_, v)| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                }
             } else {
                 newer_check(facts.num / 10000, &version, project)?;
             }
@@ -158,7 +175,7 @@ pub async fn check(
                 databases.extend(facts.databases.into_iter().filter(|d| *d != url.database));
             }
             Checked {
-                plan: plan.clone(),
+                plan,
                 source_version: Some(facts.version),
                 databases,
                 tables: Some(facts.tables),

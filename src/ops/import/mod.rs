@@ -112,6 +112,7 @@ impl Plan {
             slot: req
                 .slot
                 .then(|| format!("velo_{:016x}", rand::random::<u64>())),
+            standby_limits: Default::default(),
             jobs,
             after_import: req
                 .after_import

@@ -5,7 +5,6 @@
 //! own major can be copied this way; [`source_check`] says what else it needs, before any
 //! volume is made.
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
@@ -14,7 +13,6 @@ use super::super::server;
 use super::super::{Ctx, follow};
 use super::check::{Checked, Facts, major_of};
 use super::jobs::{Jobs, Reach, at};
-use crate::fsx;
 use crate::names::{BranchRef, VolumeId};
 use crate::source::{SourceError, SourceUrl};
 use crate::state::{Branch, Project};
@@ -109,7 +107,7 @@ pub async fn copy(
         .await;
     progress.finish(out.is_ok());
     out?;
-    config_file(ctx, project, r, branch, root).await
+    own_settings(ctx, project, r, branch, root).await
 }
 
 /// pg_basebackup's progress line (`12345/67890 kB (18%), 0/1 tablespace`): kB copied.
@@ -145,29 +143,43 @@ pub async fn make_standby(
     Ok(())
 }
 
-/// A source whose `postgresql.conf` lives outside its data directory (Debian's, in /etc)
-/// leaves none in the copy, and PostgreSQL will not start without one: an empty one, made as
-/// the server's user. velo's own settings come on the server's command line either way.
-async fn config_file(
+/// The source's own settings files are not kept: a copy runs with PostgreSQL's defaults and
+/// velo's settings (on its command line), as every branch does. The source's may not suit this
+/// host (a production `shared_buffers`, `huge_pages`, SSL key files that were not copied), may
+/// load libraries or run commands (`shared_preload_libraries`, `ssl_passphrase_command`) as the
+/// server's user, and `postgresql.auto.conf` may hold the source's own `primary_conninfo`, with
+/// a password, which every branch would carry. Each is replaced by an empty file (Debian's
+/// `postgresql.conf` lives in /etc, and the copy has none: PostgreSQL will not start without
+/// one), and a copied `standby.signal` or `recovery.signal` (the source was itself a standby)
+/// is removed: a follower gets its own. All as the server's user, never following a link.
+async fn own_settings(
     ctx: &Ctx,
     project: &Project,
     r: &BranchRef,
     branch: &Branch,
     root: &Path,
 ) -> Result<()> {
-    const CONF: &str = "postgresql.conf";
-    let data = root.join("pgdata");
-    let dir = fsx::open_dir(&data).with_context(|| format!("opening {}", data.display()))?;
-    let there = rustix::fs::statat(dir.as_fd(), CONF, rustix::fs::AtFlags::SYMLINK_NOFOLLOW);
-    if there.is_ok() {
-        return Ok(());
-    }
     let runtime = ctx.runtime(project)?;
     let spec = server::spec(ctx, project, r, branch, root, runtime.as_ref(), None)?;
-    runtime
-        .signal_file(&spec, CONF, server::server_user(project))
+    let user = server::server_user(project);
+    let data = &spec.paths.data_dir;
+    ctx.shell
+        .step("Settings", async {
+            for conf in ["postgresql.conf", "postgresql.auto.conf"] {
+                runtime
+                    .signal_file(&spec, conf, user)
+                    .await
+                    .with_context(|| format!("emptying {}", data.join(conf).display()))?;
+            }
+            for signal in ["standby.signal", "recovery.signal"] {
+                runtime
+                    .remove_file(&spec, signal, user)
+                    .await
+                    .with_context(|| format!("removing {}", data.join(signal).display()))?;
+            }
+            Ok::<_, anyhow::Error>(())
+        })
         .await
-        .with_context(|| format!("making an empty {CONF} in {}", data.display()))
 }
 
 /// Drops replication slot `slot` on the source `url` if it is there, reading the source's

@@ -77,6 +77,8 @@ impl Source {
             .args(["-c", "listen_addresses=127.0.0.1"])
             .args(["-c", "hba_file=/etc/velo-it-hba.conf"])
             .args(["-c", "wal_level=replica", "-c", "max_wal_senders=5"])
+            // Above PostgreSQL's default: a follower must run with at least the source's.
+            .args(["-c", "max_connections=120"])
             .args(&settings)
             .output()
             .expect("docker runs");

@@ -53,6 +53,7 @@ fn a_follower_streams_and_its_branches_are_fresh_promoted_copies() {
     assert!(out.status.success(), "follow failed:\n{}", text(&out));
     let main = format!("{name}/main");
     assert_eq!(on_socket(&sb, &main, "SELECT pg_is_in_recovery()"), "t");
+    assert_eq!(on_socket(&sb, &main, "SHOW max_connections"), "120");
     let system_id = "SELECT system_identifier FROM pg_control_system()";
     assert_eq!(
         on_socket(&sb, &main, system_id),

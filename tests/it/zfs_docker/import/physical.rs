@@ -25,6 +25,12 @@ fn a_physical_import_under_load_is_an_exact_masked_copy_and_refreshes() {
          CREATE ROLE reader LOGIN PASSWORD 'reader-pw';",
     );
     src.sql("postgres", "CREATE DATABASE other");
+    // Settings of the source's that must not come along: one that would not even start here.
+    src.sql(
+        "postgres",
+        "ALTER SYSTEM SET shared_preload_libraries = 'no_such_library'",
+    );
+    src.sql("postgres", "ALTER SYSTEM SET work_mem = '77MB'");
     src.sql(
         "other",
         "CREATE TABLE notes AS SELECT g AS id FROM generate_series(1, 300) g",
@@ -68,6 +74,11 @@ fn a_physical_import_under_load_is_an_exact_masked_copy_and_refreshes() {
     );
     let unmasked = "SELECT count(*) FROM people WHERE email NOT LIKE '%@masked.invalid'";
     assert_eq!(sb.sql(&main, unmasked), "0");
+    assert_eq!(
+        sb.sql(&main, "SHOW work_mem"),
+        "4MB",
+        "the source's settings came along"
+    );
     // velo's password works; the source's is nowhere in the home.
     assert_eq!(sb.sql(&main, "SELECT current_user"), "postgres");
     assert_eq!(
