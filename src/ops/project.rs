@@ -197,16 +197,25 @@ pub async fn create_with(
         "Project `{name}` is ready ({}); its main branch is `{main_ref}`.",
         choice.why
     ));
-    if let (Some(plan), Some(imported)) = (plan, &imported) {
-        ctx.shell.note(&format!(
+    match (plan, &imported) {
+        (Some(plan), Some(imported)) if imported.follow => ctx.shell.note(&format!(
+            "Main follows {}: `velo status` shows how far behind it is.",
+            plan.describe()
+        )),
+        (Some(plan), Some(imported)) => ctx.shell.note(&format!(
             "Imported {} as of {} UTC; `velo project refresh {name}` imports it again.",
             plan.describe(),
             imported.imported_at.format("%Y-%m-%d %H:%M:%S")
-        ));
+        )),
+        _ => {}
     }
-    ctx.shell.note(&format!(
-        "The password is shown by `velo branch password {main_ref}`."
-    ));
+    let password = match imported.as_ref().is_some_and(|i| i.follow) {
+        true => format!(
+            "Main follows its source: its roles and passwords are the source's (`velo branch psql {main_ref}` needs none). Each branch gets the project's: `velo branch password {name}/BRANCH`."
+        ),
+        false => format!("The password is shown by `velo branch password {main_ref}`."),
+    };
+    ctx.shell.note(&password);
     Ok(())
 }
 

@@ -312,6 +312,20 @@ impl Runtime for DockerRuntime {
         Ok(self.engine.run_helper(&helper).await?)
     }
 
+    async fn hand_over(&self, dir: &Path, name: &str, user: ServerUser) -> Result<()> {
+        self.ensure_image().await?;
+        let root = ServerUser { uid: 0, gid: 0 };
+        let mut helper = self.helper(
+            root,
+            vec![bind(dir, PREPARE, false)],
+            "exec chown -h \"$1\" \"$0/$2\"",
+            &[PREPARE, &format!("{}:{}", user.uid, user.gid), name],
+        );
+        // To enter velo's user's private directory, and to chown in it.
+        helper.cap_add = vec!["CHOWN".into(), "DAC_READ_SEARCH".into()];
+        Ok(self.engine.run_helper(&helper).await?)
+    }
+
     fn client_view(&self, dirs: &ClientDirs) -> ClientDirs {
         let at = |p: &Option<PathBuf>, target: &str| p.as_ref().map(|_| PathBuf::from(target));
         ClientDirs {

@@ -150,6 +150,10 @@ impl Runtime for FakeRuntime {
         self.run("remove_file").map(drop)
     }
 
+    async fn hand_over(&self, _: &Path, _: &str, _: ServerUser) -> Result<()> {
+        self.run("hand_over").map(drop)
+    }
+
     fn client_view(&self, dirs: &ClientDirs) -> ClientDirs {
         dirs.clone()
     }

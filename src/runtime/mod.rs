@@ -246,6 +246,11 @@ pub trait Runtime: Send + Sync + std::fmt::Debug {
     /// server's user, as [`Runtime::signal_file`] makes one. Missing is success.
     async fn remove_file(&self, spec: &ServerSpec, name: &str, user: ServerUser) -> Result<()>;
 
+    /// Gives the file `name` in the host directory `dir` to the server's user `user` (a
+    /// password file its programs read, which libpq reads only if no one else may), where
+    /// velo's user is another and not root. Never follows a link.
+    async fn hand_over(&self, dir: &Path, name: &str, user: ServerUser) -> Result<()>;
+
     /// Where a client program sees each host path of `dirs`.
     fn client_view(&self, dirs: &ClientDirs) -> ClientDirs;
 

@@ -209,12 +209,17 @@ async fn replace_generation(
     create_server(ctx, runtime.as_ref(), &spec, r, undo).await?;
     let promoted = follow::promote_clone(ctx, project, r, &spec).await?;
     let launch = async {
-        if new.desired == RunState::Running {
+        // A promoted copy of a follower's main has the source's passwords until it runs once
+        // and gets the project's: a stopped branch is started for that, then stopped again.
+        if new.desired == RunState::Running || promoted {
             undo.step(ctx, "start").await?;
             server::start_and_wait(ctx, project, r, &new, BRANCH_READY).await?;
-            if promoted {
-                follow::own_password(ctx, project, &new).await?;
-            }
+        }
+        if promoted {
+            follow::own_password(ctx, project, &new).await?;
+        }
+        if new.desired != RunState::Running && promoted {
+            runtime.stop(&spec.name, server::STOP_TIMEOUT).await?;
         }
         Ok::<_, anyhow::Error>(())
     };

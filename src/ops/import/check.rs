@@ -129,7 +129,11 @@ pub async fn check(
         .as_ref()
         .map(|p| space::write_password(ctx, r, &p.secret, reader))
         .transpose()?;
+    if let Some(dir) = &secrets {
+        space::give_passfile(ctx, project, dir, reader).await?;
+    }
     let mut jobs = Jobs::new(ctx, project, r, port)?;
+    jobs.user = reader;
     jobs.dirs.secrets = secrets.clone();
     let checked = match &rec.from {
         ImportFrom::Server { url } => {

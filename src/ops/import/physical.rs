@@ -13,6 +13,7 @@ use super::super::server;
 use super::super::{Ctx, follow};
 use super::check::{Checked, Facts, major_of};
 use super::jobs::{Jobs, Reach, at};
+use super::space;
 use crate::names::{BranchRef, VolumeId};
 use crate::source::{SourceError, SourceUrl};
 use crate::state::{Branch, Project};
@@ -132,6 +133,7 @@ pub async fn make_standby(
     let user = server::server_user(project);
     let secret = checked.plan.password.as_ref().map(|p| p.secret.as_str());
     follow::write_secrets(ctx, &r.project, secret, user)?;
+    space::give_passfile(ctx, project, &follow::secrets_dir(ctx, &r.project), user).await?;
     let runtime = ctx.runtime(project)?;
     let spec = server::spec(ctx, project, r, branch, root, runtime.as_ref(), None)?;
     ctx.shell

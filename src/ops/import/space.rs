@@ -15,6 +15,7 @@ use crate::hostdir::{self, Access};
 use crate::names::BranchRef;
 use crate::runtime::ServerUser;
 use crate::source::password::passfile_line;
+use crate::state::Project;
 
 /// The password file's name in its directory.
 pub const PASSFILE: &str = "pgpass";
@@ -74,6 +75,30 @@ pub fn write_passfile(dir: &Path, secret: Option<&str>, reader: ServerUser) -> i
         ),
         None => Ok(()),
     }
+}
+
+/// Gives the password file in `dir` to `reader` where velo's user is neither root (which
+/// wrote it as `reader`'s) nor `reader`: a user of the docker group whose servers run as the
+/// image's postgres uid. The runtime does it (a Docker helper may chown).
+pub async fn give_passfile(
+    ctx: &Ctx,
+    project: &Project,
+    dir: &Path,
+    reader: ServerUser,
+) -> Result<()> {
+    let me = rustix::process::geteuid();
+    if me.is_root() || me.as_raw() == reader.uid || !dir.join(PASSFILE).exists() {
+        return Ok(());
+    }
+    ctx.runtime(project)?
+        .hand_over(dir, PASSFILE, reader)
+        .await
+        .with_context(|| {
+            format!(
+                "giving the password file in {} to its reader",
+                dir.display()
+            )
+        })
 }
 
 /// Makes the dump's directory in the new volume.

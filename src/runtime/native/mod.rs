@@ -346,6 +346,11 @@ impl Runtime for NativeRuntime {
         })
     }
 
+    async fn hand_over(&self, _dir: &Path, _name: &str, _user: ServerUser) -> Result<()> {
+        // Its servers and programs run as velo's own user, who has the file already.
+        Ok(())
+    }
+
     fn client_view(&self, dirs: &ClientDirs) -> ClientDirs {
         dirs.clone()
     }

@@ -92,6 +92,12 @@ fn a_follower_streams_and_its_branches_are_fresh_promoted_copies() {
         ),
         "1,2"
     );
+    // A stopped branch reset stays stopped, and has the project's password when it starts.
+    sb.ok(&["branch", "stop", &dev]);
+    sb.ok(&["branch", "reset", &dev]);
+    assert_eq!(sb.json(&["branch", "get", &dev])["container"], "stopped");
+    sb.ok(&["branch", "start", &dev]);
+    assert_eq!(sb.sql(&dev, "SELECT count(*) FROM marks"), "2");
 
     // The source's password: a file only main's server reads, mounted into main alone.
     let leaks = seen.finish();

@@ -1,14 +1,17 @@
 //! A physical import (`--physical`, pg_basebackup): an exact copy of the source taken while
 //! pgbench writes to it (every database and role, the source's own system identifier), masked
-//! before any branch sees it, branched and refreshed; and the sources it cannot copy.
+//! before any branch sees it, branched and refreshed; the sources it cannot copy; and a user of
+//! the docker group who is not root.
 
 use std::path::PathBuf;
+use std::process::Command;
 
 use super::{
     MASK, PGBENCH_CONSISTENT, assert_no_trace, create_args, fails_with, files_holding, sandbox,
     text, watch,
 };
 use crate::util::rig::image_for;
+use crate::util::sh;
 use crate::util::source::Source;
 
 const SYSTEM_ID: &str = "SELECT system_identifier FROM pg_control_system()";
@@ -200,4 +203,96 @@ fn sources_a_physical_import_cannot_copy_fail_clearly_and_leave_nothing_behind()
         ],
     );
     assert!(usage.contains("--with-roles"), "{usage}");
+}
+
+/// A user who is not root but may use Docker (the docker group, as `velo setup` makes them):
+/// the programs that read the source, and main's server, run as the image's postgres uid,
+/// which must be able to read the password file velo's user wrote.
+#[test]
+fn a_docker_group_user_copies_and_follows_with_a_password() {
+    let _sb = sandbox();
+    let src = Source::start(&image_for(15));
+    src.sql("postgres", "CREATE TABLE t AS SELECT 42 AS x");
+    let dir = tempfile::Builder::new()
+        .prefix("velo-it-")
+        .tempdir_in(crate::util::rig::var("VELO_TEST_BTRFS_DIR"))
+        .unwrap();
+    let chown = Command::new("chown")
+        .arg("velo-ci:velo-ci")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(chown.status.success());
+    let docker_gid = sh("getent", &["group", "docker"])
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .to_string();
+    let home = dir.path();
+    let velo = |args: &[&str], password: bool| {
+        let mut cmd = Command::new("setpriv");
+        cmd.args([
+            "--reuid",
+            "velo-ci",
+            "--regid",
+            "velo-ci",
+            "--groups",
+            &docker_gid,
+        ])
+        .arg(env!("CARGO_BIN_EXE_velo"))
+        .args(args)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", home)
+        .env("VELO_HOME", home.join("velo"))
+        .env("VELO_BACKGROUND", "0");
+        if password {
+            cmd.env("PGPASSWORD", &src.password);
+        }
+        cmd.output().unwrap()
+    };
+    let data = home.join("data").display().to_string();
+    let url = src.url("postgres");
+    for (name, how) in [("phys", "--physical"), ("fol", "--follow")] {
+        let args = [
+            "project",
+            "create",
+            name,
+            "--storage",
+            "btrfs",
+            "--data-dir",
+            &data,
+            "--runtime",
+            "docker",
+            "--image",
+            &image_for(15),
+            "--from",
+            &url,
+            how,
+        ];
+        let out = velo(&args, true);
+        assert!(out.status.success(), "{how}:\n{}", text(&out));
+        let main = format!("{name}/main");
+        let out = velo(
+            &[
+                "branch",
+                "psql",
+                &main,
+                "--",
+                "-A",
+                "-t",
+                "-c",
+                "SELECT x FROM t",
+            ],
+            false,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "42",
+            "{}",
+            text(&out)
+        );
+        let out = velo(&["project", "delete", name, "--force"], false);
+        assert!(out.status.success(), "{}", text(&out));
+    }
 }
