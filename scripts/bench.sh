@@ -12,8 +12,8 @@
 #      directory so that a concurrent build cannot change it mid-run;
 #   4. benches/bench/ (cargo bench), which prints each figure and writes
 #      $VELO_BENCH_OUT/bench.json and bench.md (default target/bench/).
-# Arguments go to the bench (docs/benchmarks.md lists them): --quick, --backends, --sizes,
-# --backend-sizes, --runs, --before FILE, --keep-data, ...
+# Arguments go to the bench (docs/benchmarks.md lists them): --quick, --parts, --backends,
+# --sizes, --backend-sizes, --import-size, --runs, --before FILE, --keep-data, ...
 # Runs as root, like the tests. Not part of scripts/test.sh or CI.
 set -euo pipefail
 

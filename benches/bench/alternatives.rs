@@ -11,7 +11,9 @@ use crate::opts::Backend;
 use crate::pg::{self, Conn};
 
 impl Bench {
-    pub fn alternatives(&mut self, main: &Conn, label: &str, bytes: f64) -> Result<()> {
+    /// How often to run a slow copy of `bytes` (`--alt-runs-large` from 1 GB on, else
+    /// `--runs`), and the note that says so when it is fewer.
+    pub fn slow_runs(&self, bytes: f64) -> (usize, String) {
         let runs = if bytes >= 0.9e9 {
             self.o.alt_runs_large.min(self.o.runs)
         } else {
@@ -22,11 +24,16 @@ impl Bench {
         } else {
             String::new()
         };
+        (runs, note)
+    }
+
+    pub fn alternatives(&mut self, main: &Conn, label: &str, bytes: f64) -> Result<()> {
+        let (runs, note) = self.slow_runs(bytes);
         let admin = main.with_db("template1");
         let (mut dump, mut template) = (vec![], vec![]);
         for _ in 0..runs {
             pg::psql(&admin, "DROP DATABASE IF EXISTS bench_copy")?;
-            dump.push(self.dump_restore(main, &admin)?);
+            dump.push(self.dump_restore(main, &main.with_db("bench_copy"))?);
             pg::psql(&admin, "DROP DATABASE bench_copy")?;
             template.push(self.template_copy(main, &admin)?);
             pg::psql(&admin, "DROP DATABASE bench_copy")?;
@@ -40,13 +47,14 @@ impl Bench {
         Ok(())
     }
 
-    /// Seconds to copy main's database into `bench_copy` through pg_dump and pg_restore.
-    fn dump_restore(&self, main: &Conn, admin: &Conn) -> Result<f64> {
-        let copy = main.with_db("bench_copy");
+    /// Seconds to copy the database of `source` into `copy`'s new database (on any server)
+    /// through `pg_dump -Fc | pg_restore`: CREATE DATABASE, the pipe, and `SELECT 1` on it.
+    pub fn dump_restore(&self, source: &Conn, copy: &Conn) -> Result<f64> {
         let start = Instant::now();
-        pg::psql(admin, "CREATE DATABASE bench_copy")?;
+        let create = format!("CREATE DATABASE {}", copy.database);
+        pg::psql(&copy.with_db("template1"), &create)?;
         let mut d = Command::new("pg_dump");
-        main.env(&mut d);
+        source.env(&mut d);
         let mut dumper = d
             .args(["-Fc"])
             .stdout(Stdio::piped())
@@ -55,7 +63,7 @@ impl Bench {
         let mut r = Command::new("pg_restore");
         copy.env(&mut r);
         let restored = r
-            .args(["--no-owner", "-d", "bench_copy"])
+            .args(["--no-owner", "-d", &copy.database])
             .stdin(dumper.stdout.take().expect("piped"))
             .output()
             .context("running pg_restore")?;
@@ -66,7 +74,7 @@ impl Bench {
                 String::from_utf8_lossy(&restored.stderr)
             );
         }
-        self.select1(&copy)?;
+        self.select1(copy)?;
         Ok(start.elapsed().as_secs_f64())
     }
 

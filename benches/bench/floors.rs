@@ -271,7 +271,7 @@ impl Bench {
 }
 
 /// Destroys a dataset or snapshot an earlier, stopped run left, if there is one.
-fn drop_leftover(name: &str) -> Result<()> {
+pub fn drop_leftover(name: &str) -> Result<()> {
     if host::run("zfs", &["list", "-H", "-o", "name", name]).is_ok() {
         host::zfs_destroy(name)?;
     }

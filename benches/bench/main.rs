@@ -1,4 +1,4 @@
-//! velo's benchmark (issues 6, 12 and 13); run it with `scripts/bench.sh`, which sets up the
+//! velo's benchmark (issues 6, 12, 13 and 14); run it with `scripts/bench.sh`, which sets up the
 //! rig, a bench pool and file systems of its own, builds velo in release mode and passes its
 //! arguments here.
 //!
@@ -6,7 +6,7 @@
 //! connection to the branch answers `SELECT 1` (what a user's `velo … && psql` waits for).
 //! Branch creates and resets are also split into the steps velo prints. The alternatives
 //! (pg_dump | pg_restore, CREATE DATABASE … TEMPLATE) are timed the same way, to a connection
-//! to the new database. Results go to `<out>/bench.json` and `<out>/bench.md`
+//! to the new database, and so are imports of a running server (issue 14: `import.rs`). Results go to `<out>/bench.json` and `<out>/bench.md`
 //! (docs/benchmarks.md says what each row means).
 
 mod alternatives;
@@ -14,6 +14,7 @@ mod branches;
 mod figure;
 mod floors;
 mod host;
+mod import;
 mod list;
 mod native;
 mod opts;
@@ -132,6 +133,10 @@ impl Bench {
         }
         if self.o.runs_part(Part::List) {
             self.list_suite()?;
+            self.write()?;
+        }
+        if self.o.runs_part(Part::Import) {
+            self.import_suite()?;
             self.write()?;
         }
         Ok(())

@@ -88,16 +88,20 @@ pub enum Part {
     List,
     /// The native backends at each of `--backend-sizes`.
     Backends,
+    /// Project create from a running server (logical and physical) against a plain
+    /// pg_dump | pg_restore, and branch create from a follower under load (issue 14).
+    Import,
 }
 
 impl Part {
-    pub const ALL: [Part; 6] = [
+    pub const ALL: [Part; 7] = [
         Part::Project,
         Part::Sizes,
         Part::Alternatives,
         Part::Tps,
         Part::List,
         Part::Backends,
+        Part::Import,
     ];
 
     fn arg(self) -> &'static str {
@@ -108,6 +112,7 @@ impl Part {
             Part::Tps => "tps",
             Part::List => "list",
             Part::Backends => "backends",
+            Part::Import => "import",
         }
     }
 }
@@ -136,6 +141,8 @@ pub struct Opts {
     pub sizes: Vec<String>,
     /// Data sizes of the native backends' suite.
     pub backend_sizes: Vec<String>,
+    /// The size of the source server's data in the import part (pgbench data).
+    pub import_size: String,
     pub runs: usize,
     /// Runs of the slow alternatives at sizes of 1 GB and more.
     pub alt_runs_large: usize,
@@ -159,11 +166,13 @@ pub struct Opts {
 const USAGE: &str = "usage: bench --velo PATH --home DIR --pool POOL --image IMAGE --out DIR
   --native-user USER --btrfs-dir DIR --reflink-dir DIR --copy-dir DIR
   [--backends zfs-docker,btrfs-native,reflink-native,copy-native]
-  [--parts project,sizes,alternatives,tps,list,backends] [--sizes 100M,1G,5G|none]
-  [--backend-sizes 100M,1G|none] [--runs 5] [--alt-runs-large 1] [--copy-runs-large 1]
+  [--parts project,sizes,alternatives,tps,list,backends,import] [--sizes 100M,1G,5G|none]
+  [--backend-sizes 100M,1G|none] [--import-size 1G] [--runs 5] [--alt-runs-large 1]
+  [--copy-runs-large 1]
   [--list 1,10,50] [--concurrency 10,20] [--pgbench-secs 10] [--before bench.json|benchmarks.md]
   [--commit ID] [--keep-data] [--quick]
-  --quick = --sizes 15M --backend-sizes 15M --runs 2 --list 1,10 --concurrency 5 --pgbench-secs 3";
+  --quick = --sizes 15M --backend-sizes 15M --import-size 15M --runs 2 --list 1,10
+            --concurrency 5 --pgbench-secs 3";
 
 impl Opts {
     fn defaults() -> Opts {
@@ -177,6 +186,7 @@ impl Opts {
             parts: Part::ALL.to_vec(),
             sizes: vec!["100M".into(), "1G".into(), "5G".into()],
             backend_sizes: vec!["100M".into(), "1G".into()],
+            import_size: "1G".into(),
             runs: 5,
             alt_runs_large: 1,
             copy_runs_large: 1,
@@ -196,6 +206,7 @@ impl Opts {
     fn quick(&mut self) {
         self.sizes = vec!["15M".into()];
         self.backend_sizes = vec!["15M".into()];
+        self.import_size = "15M".into();
         self.runs = 2;
         self.list_counts = vec![1, 10];
         self.concurrency = vec![5];
@@ -235,6 +246,7 @@ impl Opts {
             "--parts" => self.parts = list(&v)?,
             "--sizes" => self.sizes = sizes(&v),
             "--backend-sizes" => self.backend_sizes = sizes(&v),
+            "--import-size" => self.import_size = v.trim().to_string(),
             "--runs" => self.runs = number(name, &v)?,
             "--alt-runs-large" => self.alt_runs_large = number(name, &v)?,
             "--copy-runs-large" => self.copy_runs_large = number(name, &v)?,
@@ -271,6 +283,9 @@ impl Opts {
         }
         for s in self.sizes.iter().chain(&self.backend_sizes) {
             bytes_of(s)?;
+        }
+        if self.runs_part(Part::Import) {
+            bytes_of(&self.import_size)?;
         }
         if let Some(before) = self.before.as_ref().filter(|b| !b.is_file()) {
             bail!(

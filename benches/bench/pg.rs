@@ -101,3 +101,17 @@ pub fn database_bytes(c: &Conn) -> Result<f64> {
         .parse()
         .context("pg_database_size")
 }
+
+/// `pgbench -i -q -s scale` on the connection's database.
+pub fn pgbench_init(c: &Conn, scale: u32) -> Result<()> {
+    let mut cmd = Command::new("pgbench");
+    c.env(&mut cmd);
+    let out = cmd
+        .args(["-i", "-q", "-s", &scale.to_string()])
+        .output()
+        .context("running pgbench -i")?;
+    if !out.status.success() {
+        bail!("pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}

@@ -30,12 +30,7 @@ const NOTE: &str = "includes `velo branch password` to learn the password";
 impl Bench {
     pub fn project_create(&mut self) -> Result<()> {
         self.first_of_image()?;
-        // The image's prepared cluster in the bench's home: made now if an earlier run did
-        // not, and not measured.
-        self.velo.drop_project("bench-pc")?;
-        self.create_project(&self.velo, "bench-pc", &self.o.image)?;
-        self.velo
-            .run(&["project", "delete", "bench-pc", "--force"])?;
+        self.ensure_prepared("bench-pc")?;
         let (mut samples, mut steps) = (Vec::new(), Breakdown::default());
         for i in 0..self.o.runs {
             let name = format!("bench-pc{i}");
@@ -48,6 +43,15 @@ impl Bench {
         let z = Backend::ZfsDocker;
         self.add(z, PROJECT_CREATE, "empty", "s", samples, PROJECT_NOTE);
         self.add_breakdown(z, PROJECT_CREATE, "empty", steps);
+        Ok(())
+    }
+
+    /// The image's prepared cluster in the bench's home, made now (by a project `name`, made
+    /// and deleted) if an earlier run did not, so that no timed run initialises it.
+    pub fn ensure_prepared(&self, name: &str) -> Result<()> {
+        self.velo.drop_project(name)?;
+        self.create_project(&self.velo, name, &self.o.image)?;
+        self.velo.run(&["project", "delete", name, "--force"])?;
         Ok(())
     }
 

@@ -12,7 +12,11 @@ use crate::branches::{
 };
 use crate::figure::{Figure, Floor, fmt_value, size_key};
 use crate::floors::{BARE_START, BARE_STOP, CLONE_RUN, DOCKER_INITDB, DOCKER_RM, ZFS_SNAPSHOT};
-use crate::opts::{Backend, Opts};
+use crate::import::{
+    FOLLOWER_CREATE, FOLLOWER_LAG, IMPORT_FOLLOW, IMPORT_LOGICAL, IMPORT_PHYSICAL, PLAIN_JOBS,
+    PLAIN_PIPE,
+};
+use crate::opts::{Backend, Opts, Part};
 use crate::past::{self, Past};
 use crate::project::{FIRST, PROJECT_CREATE};
 use crate::{Bench, host, steps};
@@ -107,6 +111,7 @@ impl Bench {
             "backends": backends,
             "sizes": self.o.sizes,
             "backend_sizes": self.o.backend_sizes,
+            "import_size": self.o.runs_part(Part::Import).then_some(&self.o.import_size),
             "before": self.o.before.as_ref().map(|p| p.display().to_string()),
             "figures": self.figures,
         });
@@ -120,7 +125,16 @@ impl Bench {
         let mut md = self.header();
         md.push_str(&self.targets());
         md.push_str(&self.per_backend());
-        for op in [PROJECT_CREATE, CREATE, RESET] {
+        md.push_str(&self.imports());
+        let ops = [
+            PROJECT_CREATE,
+            CREATE,
+            RESET,
+            IMPORT_LOGICAL,
+            IMPORT_PHYSICAL,
+            FOLLOWER_CREATE,
+        ];
+        for op in ops {
             md.push_str(&self.step_table(op));
         }
         md.push_str(&self.all_rows());
@@ -142,6 +156,9 @@ impl Bench {
             self.o.sizes.join(", "),
             self.o.backend_sizes.join(", ")
         );
+        if self.o.runs_part(Part::Import) {
+            let _ = write!(md, "; import {}", self.o.import_size);
+        }
         if let Some(before) = &self.o.before {
             let _ = write!(md, "; before = {}", before.display());
         }
@@ -233,6 +250,45 @@ impl Bench {
         md.push_str(
             "\nzfs+native cannot run on this rig: zfs-fuse has no delegation (`zfs allow`), so only root can make datasets, and the native runtime refuses root.\n",
         );
+        md
+    }
+
+    /// Issue 14's rows: imports of a running server against the plain way, and branch create
+    /// from a follower under load; none if the import part did not run.
+    fn imports(&self) -> String {
+        let names = [
+            IMPORT_LOGICAL,
+            IMPORT_PHYSICAL,
+            PLAIN_PIPE,
+            PLAIN_JOBS,
+            IMPORT_FOLLOW,
+            FOLLOWER_CREATE,
+            FOLLOWER_LAG,
+        ];
+        let rows: Vec<&Figure> = names
+            .iter()
+            .flat_map(|n| self.figures.iter().filter(move |f| f.name == *n))
+            .collect();
+        if rows.is_empty() {
+            return String::new();
+        }
+        let mut md = String::from(
+            "\n### Issue 14: import of a running server, and branch create from a follower under load\n\n\
+             | operation | data | runs | median | min | max |\n|---|---|---:|---:|---:|---:|\n",
+        );
+        for f in rows {
+            let v = |x: f64| fmt_value(x, f.unit);
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} |",
+                cell(&f.name),
+                f.size,
+                f.samples.len(),
+                v(f.median),
+                v(f.min),
+                v(f.max)
+            );
+        }
         md
     }
 

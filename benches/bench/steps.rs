@@ -27,8 +27,25 @@ pub fn parse(line: &str) -> Option<(String, f64)> {
         Some(ms) => ms.parse::<u64>().ok()? as f64 / 1000.0,
         None => time.strip_suffix('s')?.parse::<f64>().ok()?,
     };
-    let label = label.trim();
-    (!label.is_empty()).then(|| (label.to_string(), secs))
+    let label = general(label.trim());
+    (!label.is_empty()).then_some((label, secs))
+}
+
+/// A label without the counts of a progress line (`Copy 122120/122120 kB`, `Dump postgres
+/// 4/4 tables`), which differ from run to run and size to size: `Copy N/N kB`.
+fn general(label: &str) -> String {
+    let count = |w: &str| {
+        w.split_once('/').is_some_and(|(a, b)| {
+            [a, b]
+                .iter()
+                .all(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+        })
+    };
+    label
+        .split(' ')
+        .map(|w| if count(w) { "N/N" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The seconds covered by at least one step, up to `until`.

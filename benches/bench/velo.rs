@@ -19,6 +19,8 @@ pub struct Velo {
     home: PathBuf,
     /// The user it runs as, with that user's home directory; root if none.
     user: Option<(String, String)>,
+    /// Variables set in its environment besides VELO_HOME (PGPASSWORD for an import).
+    env: Vec<(String, String)>,
 }
 
 /// What a velo command printed, and when.
@@ -37,6 +39,7 @@ impl Velo {
             bin: bin.into(),
             home: home.into(),
             user: None,
+            env: Vec::new(),
         }
     }
 
@@ -55,7 +58,15 @@ impl Velo {
             bin: bin.into(),
             home: home.into(),
             user: Some((user.into(), user_home.into())),
+            env: Vec::new(),
         })
+    }
+
+    /// The same velo with `name=value` in its environment.
+    pub fn with_env(&self, name: &str, value: &str) -> Velo {
+        let mut v = self.clone();
+        v.env.push((name.into(), value.into()));
+        v
     }
 
     pub fn home(&self) -> &Path {
@@ -66,7 +77,7 @@ impl Velo {
         let mut cmd = match &self.user {
             None => {
                 let mut cmd = Command::new(&self.bin);
-                cmd.env("VELO_HOME", &self.home);
+                cmd.env("VELO_HOME", &self.home).envs(self.env.clone());
                 cmd
             }
             Some((user, user_home)) => {
@@ -74,6 +85,7 @@ impl Velo {
                 cmd.args(["env", "-i", "PATH=/usr/local/bin:/usr/bin:/bin"])
                     .arg(format!("HOME={user_home}"))
                     .arg(format!("VELO_HOME={}", self.home.display()))
+                    .args(self.env.iter().map(|(k, v)| format!("{k}={v}")))
                     .arg(&self.bin);
                 cmd
             }

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{Context as _, Result, anyhow, bail};
+use anyhow::{Context as _, Result, anyhow};
 
 use crate::Bench;
 use crate::branches::{RESTORE, Space, Subject};
@@ -55,15 +55,7 @@ impl Bench {
         let main = self.velo.conn(&format!("{project}/main"))?;
         self.say(format!("{project}: pgbench -i -s {scale} (~{size})"));
         let start = Instant::now();
-        let mut cmd = Command::new("pgbench");
-        main.env(&mut cmd);
-        let out = cmd
-            .args(["-i", "-q", "-s", &scale.to_string()])
-            .output()
-            .context("running pgbench -i")?;
-        if !out.status.success() {
-            bail!("pgbench -i: {}", String::from_utf8_lossy(&out.stderr));
-        }
+        pg::pgbench_init(&main, scale)?;
         let secs = start.elapsed().as_secs_f64();
         self.say(format!("{project}: data made in {secs:.0} s"));
         Ok((project, main))
