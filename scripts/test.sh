@@ -158,6 +158,8 @@ done
 for _ in "${!PIDS[@]}"; do
 	wait -n -p done_pid "${!NAMES[@]}" || true
 	name=${NAMES[$done_pid]}
+	# Only the suites still running are waited for next (bash says "no such job" otherwise).
+	unset "NAMES[$done_pid]"
 	read -r rc secs <"$LOGS/$name.status"
 	step "$name: $([ "$rc" = 0 ] && echo ok || echo FAILED) in $secs s"
 done

@@ -139,19 +139,17 @@ pub async fn promote_clone(
     if project.followed().is_none() || r.branch.is_main() {
         return Ok(false);
     }
+    // Removed through a handle on the data directory (opened without following a link):
+    // `unlinkat` removes the name itself, whatever it is, and never follows it, so root may do
+    // it where the server's superuser can write. A directory velo's user cannot enter (a Docker
+    // server's, for a user who is not root) is left to the runtime, as the server's user.
     let data = &spec.paths.data_dir;
-    // Looked at without following a link; a directory velo's user cannot search (a Docker
-    // server's, for a user who is not root) is asked of the runtime anyway.
-    let there = fsx::open_dir(data).map(|dir| {
-        rustix::fs::statat(
-            dir.as_fd(),
-            STANDBY_SIGNAL,
-            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
-        )
-        .is_ok()
-    });
-    if there.is_ok_and(|t| !t) {
-        return Ok(false);
+    if let Ok(dir) = fsx::open_dir(data) {
+        match rustix::fs::unlinkat(dir.as_fd(), STANDBY_SIGNAL, rustix::fs::AtFlags::empty()) {
+            Ok(()) => return Ok(true),
+            Err(rustix::io::Errno::NOENT) => return Ok(false),
+            Err(_) => {}
+        }
     }
     let runtime = ctx.runtime(project)?;
     ctx.shell
