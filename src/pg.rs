@@ -429,15 +429,34 @@ impl BackupSession for Backup {
     }
 }
 
-/// The WAL segment of the last checkpoint's redo point.
+/// The WAL segment of the last checkpoint's redo point. Named here, not by
+/// `pg_walfile_name`, which a standby refuses while it is in recovery.
 async fn redo_segment(client: &Client) -> Result<String, tokio_postgres::Error> {
     let row = client
         .query_one(
-            "SELECT pg_walfile_name(redo_lsn) FROM pg_control_checkpoint()",
+            "SELECT timeline_id::bigint, redo_lsn::text, \
+             (SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size') \
+             FROM pg_control_checkpoint()",
             &[],
         )
         .await?;
-    Ok(row.get(0))
+    let (timeline, lsn, segment): (i64, String, i64) = (row.get(0), row.get(1), row.get(2));
+    Ok(wal_file_name(timeline, &lsn, segment).unwrap_or_default())
+}
+
+/// The name of the WAL segment holding `lsn` (`X/Y`, as PostgreSQL prints it) on `timeline`,
+/// for segments of `segment_bytes`: what `pg_walfile_name` says.
+fn wal_file_name(timeline: i64, lsn: &str, segment_bytes: i64) -> Option<String> {
+    let (hi, lo) = lsn.split_once('/')?;
+    let lsn = (u64::from_str_radix(hi, 16).ok()? << 32) | u64::from_str_radix(lo, 16).ok()?;
+    let size = u64::try_from(segment_bytes).ok().filter(|s| *s > 0)?;
+    let per_log = (1u64 << 32) / size;
+    let number = lsn / size;
+    Some(format!(
+        "{timeline:08X}{:08X}{:08X}",
+        number / per_log,
+        number % per_log
+    ))
 }
 
 async fn server_major(client: &Client) -> Result<u32, tokio_postgres::Error> {
@@ -449,4 +468,27 @@ async fn server_major(client: &Client) -> Result<u32, tokio_postgres::Error> {
 /// Quotes an SQL identifier.
 pub fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wal_file_names_are_pg_walfile_names() {
+        assert_eq!(
+            wal_file_name(1, "0/A000028", 16 << 20).as_deref(),
+            Some("00000001000000000000000A")
+        );
+        assert_eq!(
+            wal_file_name(2, "1/FF000000", 16 << 20).as_deref(),
+            Some("0000000200000001000000FF")
+        );
+        // 1 MB segments: 4096 to a log id.
+        assert_eq!(
+            wal_file_name(1, "0/FFF00010", 1 << 20).as_deref(),
+            Some("000000010000000000000FFF")
+        );
+        assert_eq!(wal_file_name(1, "nonsense", 16 << 20), None);
+    }
 }

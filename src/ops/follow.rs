@@ -27,6 +27,9 @@ use crate::state::Project;
 
 /// The file that keeps a server a standby.
 pub const STANDBY_SIGNAL: &str = "standby.signal";
+/// How long a promoted clone of a follower's main may take to answer: it replays all the WAL
+/// since the source's last checkpoint (up to `checkpoint_timeout` of it, under load).
+pub const CLONE_READY: Duration = Duration::from_secs(600);
 /// Behind by more than this, `branch create` of a follower's main warns.
 const WARN_LAG: Duration = Duration::from_secs(30);
 
@@ -146,7 +149,7 @@ pub async fn promote_clone(
     let data = &spec.paths.data_dir;
     if let Ok(dir) = fsx::open_dir(data) {
         match rustix::fs::unlinkat(dir.as_fd(), STANDBY_SIGNAL, rustix::fs::AtFlags::empty()) {
-            Ok(()) => return Ok(true),
+            Ok(()) => return Ok(replays(ctx, r)),
             Err(rustix::io::Errno::NOENT) => return Ok(false),
             Err(_) => {}
         }
@@ -158,7 +161,15 @@ pub async fn promote_clone(
             runtime.remove_file(spec, STANDBY_SIGNAL, server::server_user(project)),
         )
         .await?;
-    Ok(true)
+    Ok(replays(ctx, r))
+}
+
+/// Says why the promoted clone `r` may take a while; returns true.
+fn replays(ctx: &Ctx, r: &BranchRef) -> bool {
+    ctx.shell.note(&format!(
+        "`{r}` replays the WAL main received since the source's last checkpoint before it answers"
+    ));
+    true
 }
 
 /// After a promoted clone answers: its superuser gets the project's password.

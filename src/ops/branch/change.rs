@@ -213,7 +213,11 @@ async fn replace_generation(
         // and gets the project's: a stopped branch is started for that, then stopped again.
         if new.desired == RunState::Running || promoted {
             undo.step(ctx, "start").await?;
-            server::start_and_wait(ctx, project, r, &new, BRANCH_READY).await?;
+            let deadline = match promoted {
+                true => follow::CLONE_READY,
+                false => BRANCH_READY,
+            };
+            server::start_and_wait(ctx, project, r, &new, deadline).await?;
         }
         if promoted {
             follow::own_password(ctx, project, &new).await?;

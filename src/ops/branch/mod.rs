@@ -172,10 +172,10 @@ async fn create_once(
         let root = new_generation(ctx, &project, r, &branch, &origin, &mut undo).await?;
         let how = Launch {
             root: &root,
-            deadline: if pitr.is_some() {
-                PITR_READY
-            } else {
-                BRANCH_READY
+            deadline: match (&pitr, project.followed()) {
+                (Some(_), _) => PITR_READY,
+                (None, Some(_)) => follow::CLONE_READY,
+                (None, None) => BRANCH_READY,
             },
             recovery: pitr.as_ref(),
         };

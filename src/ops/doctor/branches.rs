@@ -105,6 +105,22 @@ async fn one_branch(
         // Over the branch's private socket: nothing is sent that another program could take.
         let sql = crate::ops::server::sql(ctx, p, b);
         let answered = tokio::time::timeout(probe_timeout, sql.probe()).await;
+        if let (Ok(Ok(false)), Some((_, words))) =
+            (&answered, crate::ops::follow::observed(ctx, p, &r).await)
+        {
+            // A follower's main stays in recovery: what matters is whether it streams.
+            let streams = !words.contains("not streaming");
+            checks.push(match streams {
+                true => Check::ok(G, format!("{r} server answers"), words),
+                false => Check::warn(
+                    G,
+                    format!("{r} server answers"),
+                    words,
+                    "check that the source runs and lets main replicate; its log says why not",
+                ),
+            });
+            return checks;
+        }
         checks.push(match answered {
             Ok(Ok(true)) => Check::ok(G, format!("{r} server answers"), "PostgreSQL answers"),
             Ok(Ok(false)) => Check::warn(

@@ -73,6 +73,15 @@ fn a_follower_streams_and_its_branches_are_fresh_promoted_copies() {
     assert_eq!(sb.sql(&dev, "SELECT pg_is_in_recovery()"), "f");
     assert_eq!(sb.sql(&dev, PGBENCH_CONSISTENT), "t");
     sb.sql(&dev, "INSERT INTO marks VALUES (-1)");
+    let doctor = text(&sb.run(&["doctor"]));
+    let line = doctor
+        .lines()
+        .find(|l| l.contains(&format!("{main} server answers")))
+        .unwrap_or_default();
+    assert!(
+        line.contains("follows") && line.contains("streaming"),
+        "{doctor}"
+    );
 
     // Main goes on following; a reset brings the branch its new data.
     src.sql("postgres", "INSERT INTO marks VALUES (2)");
