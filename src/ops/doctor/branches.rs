@@ -106,7 +106,7 @@ async fn one_branch(
         let sql = crate::ops::server::sql(ctx, p, b);
         let answered = tokio::time::timeout(probe_timeout, sql.probe()).await;
         if let (Ok(Ok(false)), Some((_, words))) =
-            (&answered, crate::ops::follow::observed(ctx, p, &r).await)
+            (&answered, crate::ops::follow::observed(ctx, p, r).await)
         {
             // A follower's main stays in recovery: what matters is whether it streams.
             let streams = !words.contains("not streaming");
