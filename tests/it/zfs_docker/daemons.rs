@@ -29,7 +29,8 @@ impl Drop for RigRestore<'_> {
                 let _ = Command::new("umount").args(["-l", path]).status();
             }
         }
-        let _ = Command::new("zfs").args(["mount", "-a"]).status();
+        // rig-up mounts what is not mounted, parents first (zfs-fuse's `mount -a` does not
+        // order them, and a child mounted first blocks its parent for every later test).
         if !std::thread::panicking() {
             self.0.rig_up();
             return;
