@@ -381,6 +381,27 @@ fn a_port_taken_meanwhile_moves_a_new_branch_to_another() {
     });
 }
 
+#[test]
+fn a_port_taken_during_a_reset_moves_the_branch_to_another() {
+    tokio().block_on(async {
+        let w = World::with_project().await;
+        let port = |w: &World| {
+            w.ctx.store.read().unwrap().projects[&"demo".parse().unwrap()].branches
+                [&"dev".parse().unwrap()]
+                .port
+        };
+        let before = port(&w);
+        w.runtime.next_start_dies(
+            "LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use",
+        );
+        branch::reset(&w.ctx, &r("demo/dev")).await.unwrap();
+        assert!(w.ctx.shell.output().contains("was taken meanwhile"));
+        assert_ne!(port(&w), before, "the branch moved");
+        assert!(w.runtime.servers()["velo-demo.dev"].1, "it runs");
+        assert!(w.ctx.store.read().unwrap().journal.iter().next().is_none());
+    });
+}
+
 /// Makes every open operation's owner a process that is gone, as after the command exits.
 fn orphan_all(w: &World) {
     use crate::state::Owner;

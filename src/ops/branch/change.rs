@@ -6,9 +6,9 @@ use super::super::background::tidy;
 use super::super::generation::{new_generation, take_snapshot};
 use super::super::journal::Intent;
 use super::super::launch::create_server;
-use super::super::server::{self, BRANCH_READY};
+use super::super::server::{self, BRANCH_READY, PortTaken};
 use super::super::{
-    Ctx, Undo, branch_mut, claim, follow, get_branch, get_project, get_project_mut,
+    Ctx, Undo, allocate_port, branch_mut, claim, follow, get_branch, get_project, get_project_mut,
 };
 use crate::names::{self, BranchRef, SnapshotId};
 use crate::runtime::ServerStatus;
@@ -209,6 +209,7 @@ async fn replace_generation(
     create_server(ctx, runtime.as_ref(), &spec, r, undo).await?;
     let promoted = follow::promote_clone(ctx, project, r, &spec).await?;
     let launch = async {
+        let mut new = new.clone();
         // A promoted copy of a follower's main has the source's passwords until it runs once
         // and gets the project's: a stopped branch is started for that, then stopped again.
         if new.desired == RunState::Running || promoted {
@@ -217,7 +218,7 @@ async fn replace_generation(
                 true => follow::CLONE_READY,
                 false => BRANCH_READY,
             };
-            server::start_and_wait(ctx, project, r, &new, deadline).await?;
+            new = start_new(ctx, project, r, new, &root, deadline).await?;
         }
         if promoted {
             follow::own_password(ctx, project, &new).await?;
@@ -225,13 +226,51 @@ async fn replace_generation(
         if new.desired != RunState::Running && promoted {
             runtime.stop(&spec.name, server::STOP_TIMEOUT).await?;
         }
-        Ok::<_, anyhow::Error>(())
+        Ok::<_, anyhow::Error>(new)
     };
     let (launched, removed) = tokio::join!(launch, runtime.remove(&retired));
-    launched?;
+    let new = launched?;
     removed?;
     undo.step(ctx, "commit").await?;
     Ok(new)
+}
+
+/// Starts the new generation's server and waits until it answers. If another program (another
+/// velo home's new branch, say) took the port in the moment the old server had let it go, the
+/// branch moves to a free port, as a create does, and says so: better than a failed reset.
+async fn start_new(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    mut branch: Branch,
+    root: &std::path::Path,
+    deadline: std::time::Duration,
+) -> Result<Branch> {
+    const ATTEMPTS: usize = 5;
+    let runtime = ctx.runtime(project)?;
+    let mut tried = Vec::new();
+    loop {
+        match server::start_and_wait(ctx, project, r, &branch, deadline).await {
+            Ok(()) => return Ok(branch),
+            Err(e) if tried.len() < ATTEMPTS && e.downcast_ref::<PortTaken>().is_some() => {
+                let taken = branch.port;
+                tried.push(taken);
+                runtime.remove(&names::server_name(r)).await?;
+                branch.port = ctx.store.update(|s| {
+                    let port = allocate_port(s, &tried)?;
+                    branch_mut(s, r)?.port = port;
+                    Ok::<_, anyhow::Error>(port)
+                })?;
+                let spec = server::spec(ctx, project, r, &branch, root, runtime.as_ref(), None)?;
+                runtime.create(&spec).await?;
+                ctx.shell.note(&format!(
+                    "port {taken} was taken meanwhile; `{r}` is on {} now",
+                    branch.port
+                ));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Records a replaced generation (the old one is retired, then tidied away if nothing needs
