@@ -159,21 +159,22 @@ health="$(zpool list -H -o health "$POOL")"
 # zfs-fuse, velo's datasets); only when something is unmounted, so a healthy rig is left
 # alone. Parents before children: zfs-fuse's `zfs mount -a` does not order them, and a child
 # mounted first fills its parent's mountpoint, which then cannot be mounted ("directory is
-# not empty"), nor anything velo makes below it. So what is mounted below the root dataset
-# is unmounted first (deepest first), then everything is mounted in name order, each after
-# the empty directories left in its mountpoint (mountpoints of children, made while it was
-# not mounted) are removed: only empty directories, on its parent's file system.
+# not empty"), nor anything velo makes below it. So a child mounted below a parent that is
+# not is unmounted first; then what is not mounted is mounted in name order, each after the
+# empty directories left in its mountpoint (children's mountpoints, made while it was not
+# mounted) are removed: only empty directories, on its parent's file system.
 # (zfs-fuse's `zfs get` has no -t, and its `zfs list` has no -p.)
 if zfs list -H -o mounted,canmount,mountpoint -r -t filesystem "$POOL" |
 	awk '$1 == "no" && $2 == "on" && $3 ~ /^\// { found = 1 } END { exit !found }'; then
 	log "mounting datasets of $POOL, parents first"
-	zfs list -H -o name,mounted -r -t filesystem "$POOL" |
-		awk -v pool="$POOL" '$2 == "yes" && $1 != pool { print $1 }' | sort -r |
+	zfs list -H -o name,mounted,canmount,mountpoint -r -t filesystem "$POOL" |
+		awk '{ name[NR] = $1; down[$1] = ($2 == "no" && $3 == "on" && $4 ~ /^\//); up[$1] = ($2 == "yes") }
+			END { for (i = 1; i <= NR; i++) { n = name[i]; if (!up[n]) continue; p = n
+				while (sub(/\/[^\/]*$/, "", p)) if (down[p]) { print n; break } } }' | sort -r |
 		while read -r ds; do zfs unmount "$ds" </dev/null 2>/dev/null || true; done
-	zfs list -H -o name,canmount,mountpoint -r -t filesystem "$POOL" |
-		awk '$2 == "on" && $3 ~ /^\// { print $1 "\t" $3 }' | sort |
+	zfs list -H -o name,mounted,canmount,mountpoint -r -t filesystem "$POOL" |
+		awk '$2 == "no" && $3 == "on" && $4 ~ /^\// { print $1 "\t" $4 }' | sort |
 		while IFS=$'\t' read -r ds mp; do
-			[ "$(zfs get -H -o value mounted "$ds" </dev/null)" != yes ] || continue
 			[ ! -d "$mp" ] || find "$mp" -xdev -mindepth 1 -depth -type d -empty -delete 2>/dev/null || true
 			zfs mount "$ds" </dev/null 2>/dev/null || true
 		done
