@@ -29,6 +29,9 @@ use crate::zfs::{
 /// called an orphan.
 pub const HOME_PROPERTY: &str = "dev.velo:home";
 
+/// The host-wide lock root's velo holds while it makes the chain of base datasets.
+const PREPARE_LOCK: &str = "/run/velo-zfs-prepare.lock";
+
 #[derive(Debug)]
 pub struct ZfsStorage {
     zfs: Arc<Zfs>,
@@ -79,6 +82,23 @@ impl ZfsStorage {
         match self.layout {
             ZfsLayout::Flat => name.starts_with(&format!("{}/{project}.", self.base)),
             ZfsLayout::Nested => name.starts_with(&format!("{}/{project}/", self.base)),
+        }
+    }
+
+    /// Mounts `dataset` if it is not mounted (its parent is).
+    async fn ensure_mounted(&self, dataset: &str) -> Result<()> {
+        let props = self.zfs.get(&[dataset], &["mounted"]).await?;
+        let mounted = props
+            .get(dataset)
+            .and_then(|p| p.get("mounted"))
+            .cloned()
+            .flatten();
+        if mounted.as_deref() == Some("yes") {
+            return Ok(());
+        }
+        match self.zfs.mount(dataset).await {
+            Err(e) if e.kind() != ZfsErrorKind::AlreadyMounted => Err(e.into()),
+            _ => Ok(()),
         }
     }
 
@@ -208,12 +228,32 @@ impl Storage for ZfsStorage {
                 self.base
             )));
         }
+        // One root process at a time, host-wide: zfs-fuse mounts a new dataset only after
+        // `zfs create` returns, so a second velo making the same chain at once could create a
+        // child before its parent is mounted. The child's mountpoint then fills the parent's,
+        // which can never be mounted again ("directory is not empty").
+        // (Best effort: a host without a writable /run makes the chain unlocked, as before.)
+        let _lock = match std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(PREPARE_LOCK)
+        {
+            Ok(file) => {
+                tokio::task::spawn_blocking(move || fs4::FileExt::lock(&file).map(|()| file))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            Err(_) => None,
+        };
         let compression = self.zfs.best_compression(&self.pool).await;
         let mut props = BASE_PROPERTIES.to_vec();
         props.extend_from_slice(SECURITY_PROPERTIES);
         props.push(("compression", compression));
         for dataset in Self::chain(&self.base).into_iter().skip(1) {
             self.zfs.ensure(dataset, &props).await?;
+            self.ensure_mounted(dataset).await?;
         }
         Ok(())
     }

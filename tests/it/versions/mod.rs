@@ -53,6 +53,11 @@ fn short_suite(backend: Backend, major: u32) {
         out.status.success() && said.contains("rolling it back"),
         "{said}"
     );
+    let open = sb.state()["journal"].clone();
+    assert!(
+        open.as_array().is_none_or(Vec::is_empty),
+        "the roll-back left {open}; it said:\n{said}"
+    );
     sb.assert_consistent(&p);
     sb.ok(&["branch", "start", &dev]);
     assert_eq!(sb.users(&dev), "Alice,Bob,Kept");
