@@ -197,6 +197,14 @@ pub trait Sql: Send + Sync {
 
     /// How a standby stands: whether it streams, and how far behind it is.
     async fn replication(&self) -> Result<Replication, PgError>;
+
+    /// For a standby: the bytes of WAL it replayed since its last restartpoint, which a
+    /// server started on a snapshot of it replays again.
+    async fn since_restartpoint(&self) -> Result<u64, PgError>;
+
+    /// For a standby: waits (up to `deadline`) until it has replayed the WAL up to `lsn`
+    /// (`X/Y`, as PostgreSQL prints it); false if it did not get there in time.
+    async fn replayed_to(&self, lsn: &str, deadline: Duration) -> Result<bool, PgError>;
 }
 
 /// What a standby says of its replication.
@@ -274,6 +282,40 @@ impl Sql for Endpoint {
             replay_bytes: row.get::<_, i64>(1).max(0),
             since_last_commit: seconds.map(|s| Duration::from_secs_f64(s.max(0.0))),
         })
+    }
+
+    async fn since_restartpoint(&self) -> Result<u64, PgError> {
+        let client = self.connect().await?;
+        let row = client
+            .query_one(
+                "SELECT coalesce(pg_wal_lsn_diff(pg_last_wal_replay_lsn(), redo_lsn), 0)::bigint \
+                 FROM pg_control_checkpoint()",
+                &[],
+            )
+            .await
+            .map_err(self.query_err("reading the last restartpoint"))?;
+        Ok(row.get::<_, i64>(0).unsigned_abs())
+    }
+
+    async fn replayed_to(&self, lsn: &str, deadline: Duration) -> Result<bool, PgError> {
+        let client = self.connect().await?;
+        let start = Instant::now();
+        loop {
+            let row = client
+                .query_one(
+                    "SELECT coalesce(pg_last_wal_replay_lsn() >= $1::text::pg_lsn, false)",
+                    &[&lsn],
+                )
+                .await
+                .map_err(self.query_err("reading how far the standby replayed"))?;
+            if row.get::<_, bool>(0) {
+                return Ok(true);
+            }
+            if start.elapsed() >= deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     async fn probe(&self) -> Result<bool, PgError> {

@@ -4,8 +4,8 @@
 //! for a sample of steps and for kill -9; this covers every step without them.
 
 use std::collections::BTreeSet;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -29,6 +29,15 @@ struct FakeSql {
     endpoint: Endpoint,
     silent: Arc<AtomicBool>,
     clients: Arc<AtomicU64>,
+    standby: Arc<FakeStandby>,
+}
+
+/// What every fake server says of itself as a standby, and the positions it was asked to
+/// replay to.
+#[derive(Default)]
+pub(super) struct FakeStandby {
+    pub since_restartpoint: AtomicU64,
+    pub replayed_to: Mutex<Vec<String>>,
 }
 
 struct FakeBackup;
@@ -74,6 +83,17 @@ impl Sql for FakeSql {
             since_last_commit: None,
         })
     }
+    async fn since_restartpoint(&self) -> Result<u64, PgError> {
+        Ok(self.standby.since_restartpoint.load(Ordering::SeqCst))
+    }
+    async fn replayed_to(&self, lsn: &str, _: Duration) -> Result<bool, PgError> {
+        self.standby
+            .replayed_to
+            .lock()
+            .unwrap()
+            .push(lsn.to_string());
+        Ok(true)
+    }
 }
 
 pub(super) struct World {
@@ -83,6 +103,7 @@ pub(super) struct World {
     silent: Arc<AtomicBool>,
     /// The clients every server reports connected (`pg_stat_activity`).
     pub clients: Arc<AtomicU64>,
+    pub standby: Arc<FakeStandby>,
     _home: tempfile::TempDir,
 }
 
@@ -99,7 +120,13 @@ impl World {
         );
         let silent = Arc::new(AtomicBool::new(false));
         let clients = Arc::new(AtomicU64::new(0));
-        let (r, s, c) = (runtime.clone(), silent.clone(), clients.clone());
+        let standby = Arc::new(FakeStandby::default());
+        let (r, s, c, sb) = (
+            runtime.clone(),
+            silent.clone(),
+            clients.clone(),
+            standby.clone(),
+        );
         let fixed = Fixed {
             storage: storage.clone(),
             runtime: runtime.clone(),
@@ -109,6 +136,7 @@ impl World {
                     endpoint,
                     silent: s.clone(),
                     clients: c.clone(),
+                    standby: sb.clone(),
                 }) as Arc<dyn Sql>
             }),
         };
@@ -126,6 +154,7 @@ impl World {
             runtime,
             silent,
             clients,
+            standby,
             _home: home,
         }
     }

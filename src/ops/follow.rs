@@ -19,8 +19,8 @@ use super::Ctx;
 use super::server;
 use crate::archive;
 use crate::fsx;
-use crate::names::{BranchRef, ProjectName};
-use crate::pg::Replication;
+use crate::names::{BranchRef, ProjectName, SnapshotId};
+use crate::pg::{Replication, Sql};
 use crate::runtime::{ServerPaths, ServerSpec, ServerUser};
 use crate::source::SourceUrl;
 use crate::state::Project;
@@ -32,6 +32,12 @@ pub const STANDBY_SIGNAL: &str = "standby.signal";
 pub const CLONE_READY: Duration = Duration::from_secs(600);
 /// Behind by more than this, `branch create` of a follower's main warns.
 const WARN_LAG: Duration = Duration::from_secs(30);
+/// A snapshot of a follower's main asks the source for a checkpoint when main has replayed
+/// more WAL than this since its last restartpoint (replaying this much takes a clone a
+/// fraction of a second).
+const WORTH_A_CHECKPOINT: u64 = 16 << 20;
+/// How long a snapshot of main waits for main to replay the source's checkpoint.
+const CHECKPOINT_REPLAY: Duration = Duration::from_secs(10);
 
 /// Where follower `project` keeps the password its main reaches the source with.
 pub fn secrets_dir(ctx: &Ctx, project: &ProjectName) -> PathBuf {
@@ -164,10 +170,64 @@ pub async fn promote_clone(
     Ok(replays(ctx, r))
 }
 
+/// Before a snapshot of a follower's main, which is running: a server started on the
+/// snapshot replays the WAL since main's last restartpoint, and a standby makes one only
+/// where its source checkpointed (`checkpoint_timeout` apart, or more). When main has
+/// replayed much since then, the source is asked for a CHECKPOINT and main is given the time
+/// to replay it, so that the CHECKPOINT velo asks main for next is a restartpoint there.
+/// Never fails: what cannot be done is said, and the clone then replays more.
+pub async fn shorten_replay(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    main: &dyn Sql,
+    tag: &SnapshotId,
+) {
+    let Some(url) = project.followed() else {
+        return;
+    };
+    let behind = match main.since_restartpoint().await {
+        Ok(bytes) if bytes >= WORTH_A_CHECKPOINT => bytes,
+        Ok(_) => return,
+        Err(e) => {
+            let e = anyhow::Error::new(e);
+            ctx.shell
+                .warn(&format!("cannot tell main's last restartpoint: {e:#}"));
+            return;
+        }
+    };
+    let more = format!(
+        "a branch of main replays the {} MB of WAL main received since the source's last checkpoint",
+        behind >> 20
+    );
+    let secrets = secrets_dir(ctx, &r.project);
+    let tag = format!("checkpoint-{}", tag.as_str());
+    let asked = super::import::source_checkpoint(ctx, project, r, url, secrets, &tag);
+    let lsn = match ctx.shell.step("Checkpoint the source", asked).await {
+        Ok(lsn) => lsn,
+        Err(e) => return ctx.shell.warn(&format!("{e:#}; {more}")),
+    };
+    let replayed = main.replayed_to(&lsn, CHECKPOINT_REPLAY);
+    match ctx
+        .shell
+        .step("Replay the source's checkpoint", replayed)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => ctx.shell.warn(&format!(
+            "main had not replayed the source's checkpoint after {}; {more}",
+            humantime::format_duration(CHECKPOINT_REPLAY)
+        )),
+        Err(e) => ctx
+            .shell
+            .warn(&format!("{:#}; {more}", anyhow::Error::new(e))),
+    }
+}
+
 /// Says why the promoted clone `r` may take a while; returns true.
 fn replays(ctx: &Ctx, r: &BranchRef) -> bool {
     ctx.shell.note(&format!(
-        "`{r}` replays the WAL main received since the source's last checkpoint before it answers"
+        "`{r}` replays the WAL main received since its last restartpoint before it answers"
     ));
     true
 }

@@ -45,6 +45,9 @@ pub async fn take_snapshot(
     };
     let sql = server::sql(ctx, project, b);
     let atomic = storage.capabilities().atomic_snapshot;
+    if running && super::follow::is_standby(project, r) {
+        super::follow::shorten_replay(ctx, project, r, sql.as_ref(), id).await;
+    }
     let checkpointed = if running && atomic {
         checkpoint(ctx, r, sql.as_ref()).await
     } else {

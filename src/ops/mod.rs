@@ -28,6 +28,8 @@ pub mod drift;
 #[cfg(test)]
 mod fakes;
 #[cfg(test)]
+mod fakes_follow;
+#[cfg(test)]
 mod fakes_lifetimes;
 pub mod follow;
 pub mod gc;

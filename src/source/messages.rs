@@ -55,6 +55,14 @@ pub enum SourceError {
         "the storage is full ({detail}): free space (delete branches or snapshots you no longer need, or grow the pool or file system) and run the command again"
     )]
     StorageFull { detail: String },
+    #[error(
+        "the source at {place} does not let user `{user}` ask for a CHECKPOINT ({detail}): a superuser may, and from PostgreSQL 15 a member of pg_checkpoint (`GRANT pg_checkpoint TO {user}` there)"
+    )]
+    NoCheckpoint {
+        place: String,
+        user: String,
+        detail: String,
+    },
     #[error("{tool} failed: {detail}")]
     Other { tool: String, detail: String },
 }
@@ -89,6 +97,13 @@ pub fn classify(stderr: &str, at: &Context<'_>) -> SourceError {
     }
     if has("no pg_hba.conf entry") {
         return SourceError::NotAllowed {
+            place,
+            user: at.user.to_string(),
+            detail,
+        };
+    }
+    if has("CHECKPOINT") && (has("permission denied") || has("must be superuser")) {
+        return SourceError::NoCheckpoint {
             place,
             user: at.user.to_string(),
             detail,
@@ -268,6 +283,14 @@ mod tests {
             (
                 "psql: error: connection to server at \"h\", port 5432 failed: FATAL:  no pg_hba.conf entry for host \"1.2.3.4\", user \"app\", database \"shop\", no encryption",
                 "pg_hba.conf",
+            ),
+            (
+                "psql:<stdin>:1: ERROR:  permission denied to execute CHECKPOINT command\nDETAIL:  Only roles with privileges of the \"pg_checkpoint\" role may execute this command.",
+                "GRANT pg_checkpoint TO app",
+            ),
+            (
+                "ERROR:  must be superuser or have privileges of pg_checkpoint to do CHECKPOINT",
+                "ask for a CHECKPOINT",
             ),
         ];
         for (stderr, want) in cases {

@@ -37,6 +37,8 @@ pub struct Jobs<'a> {
     pub dirs: ClientDirs,
     /// Who the programs run as: velo's user, or the server's for one that writes its files.
     pub user: ServerUser,
+    /// What a program is called while it runs (a Docker helper's name): one at a time.
+    pub name: String,
 }
 
 impl<'a> Jobs<'a> {
@@ -54,6 +56,7 @@ impl<'a> Jobs<'a> {
             port,
             dirs: ClientDirs::default(),
             user: client_user(),
+            name: names::import_client_name(r),
         })
     }
 
@@ -139,7 +142,7 @@ impl<'a> Jobs<'a> {
             Reach::Target => dirs.secrets = None,
         }
         ClientJob {
-            name: names::import_client_name(self.r),
+            name: self.name.clone(),
             labels: Labels {
                 project: self.r.project.to_string(),
                 branch: self.r.branch.to_string(),

@@ -27,7 +27,7 @@ use chrono::Utc;
 
 pub use check::{Checked, check, server_check};
 pub use copy::load;
-pub use physical::{drop_slot, empty_volume};
+pub use physical::{drop_slot, empty_volume, source_checkpoint};
 pub use space::secrets_dir;
 pub use space::{PASSFILE, clear, write_passfile};
 

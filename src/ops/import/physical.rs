@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context as _, Result};
+use anyhow::{Context as _, Result, bail};
 
 use super::super::server;
 use super::super::{Ctx, follow};
@@ -15,6 +15,7 @@ use super::check::{Checked, Facts, major_of};
 use super::jobs::{Jobs, Reach, at};
 use super::space;
 use crate::names::{BranchRef, VolumeId};
+use crate::runtime::ClientOutput;
 use crate::source::{SourceError, SourceUrl};
 use crate::state::{Branch, Project};
 
@@ -213,27 +214,10 @@ pub async fn drop_slot(
            PERFORM pg_sleep(0.1); END LOOP; END $$; \
          SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'"
     );
-    let dropped = async {
-        let port = project.branch(&r.branch).map_or(0, |b| b.port);
-        let mut jobs = Jobs::new(ctx, project, r, port)?;
-        jobs.user = server::server_user(project);
-        jobs.dirs.secrets = Some(secrets);
-        let args = vec![
-            "-X".into(),
-            "-q".into(),
-            "-v".into(),
-            "ON_ERROR_STOP=1".into(),
-            "-c".into(),
-            sql.clone(),
-            url.conninfo(&url.database),
-        ];
-        let place = url.place();
-        let source = at("psql", url, &place, &url.database, false);
-        jobs.run("psql", args, Reach::Source, Some(source), &|_| {})
-            .await
-            .map(drop)
-    };
-    if let Err(e) = ctx.shell.step("Drop replication slot", dropped).await {
+    let sqls = [sql.as_str()];
+    let dropped = source_psql(ctx, project, r, url, secrets, None, &sqls);
+    let dropped = ctx.shell.step("Drop replication slot", dropped).await;
+    if let Err(e) = dropped {
         ctx.shell.warn(&format!(
             "could not drop the replication slot `{slot}` on {} ({e:#}): it keeps the source's WAL until you run there `{sql}`",
             url.redacted()
@@ -256,6 +240,58 @@ pub async fn empty_volume(ctx: &Ctx, project: &Project, volume: &VolumeId) -> Re
         )
         .await?;
     Ok(root)
+}
+
+/// Asks the source `url` for a CHECKPOINT, as a follower's main does (the source's password
+/// from the pgpass file in `secrets`); returns the source's WAL position after it (`X/Y`).
+/// `tag` names the helper, so that several may run at once.
+pub async fn source_checkpoint(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    url: &SourceUrl,
+    secrets: PathBuf,
+    tag: &str,
+) -> Result<String> {
+    let sqls = ["CHECKPOINT", "SELECT pg_current_wal_lsn()"];
+    let out = source_psql(ctx, project, r, url, secrets, Some(tag), &sqls).await?;
+    let lsn = out.stdout.trim();
+    let hex = |s: &str| !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    match lsn.split_once('/') {
+        Some((hi, lo)) if hex(hi) && hex(lo) => Ok(lsn.to_string()),
+        _ => bail!("the source answered {lsn:?} to `SELECT pg_current_wal_lsn()`"),
+    }
+}
+
+/// Runs each of `sqls` with psql on the source `url` as the server's user, who owns the password file
+/// in `secrets`; the helper is called after `tag` if there is one.
+async fn source_psql(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    url: &SourceUrl,
+    secrets: PathBuf,
+    tag: Option<&str>,
+    sqls: &[&str],
+) -> Result<ClientOutput> {
+    let port = project.branch(&r.branch).map_or(0, |b| b.port);
+    let mut jobs = Jobs::new(ctx, project, r, port)?;
+    jobs.user = server::server_user(project);
+    jobs.dirs.secrets = Some(secrets);
+    if let Some(tag) = tag {
+        jobs.name = format!("{}.{tag}", crate::names::server_name(r));
+    }
+    let mut args: Vec<String> = ["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"]
+        .map(String::from)
+        .into();
+    for sql in sqls {
+        args.extend(["-c".to_string(), sql.to_string()]);
+    }
+    args.push(url.conninfo(&url.database));
+    let place = url.place();
+    let source = at("psql", url, &place, &url.database, false);
+    jobs.run("psql", args, Reach::Source, Some(source), &|_| {})
+        .await
 }
 
 #[cfg(test)]

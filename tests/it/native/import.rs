@@ -161,6 +161,9 @@ fn a_user_imports_on_the_native_runtime_with_the_hosts_client_programs() {
     // A follower: main a standby of the source, run by the user; a branch of it is promoted.
     let out = create("fol", "15", &["--follow"]);
     assert!(out.status.success(), "follow failed:\n{}", text(&out));
+    let checkpoint = "SELECT checkpoint_lsn FROM pg_control_checkpoint()";
+    let before = src.sql("postgres", checkpoint);
+    src.sql("postgres", crate::util::source::FILLER);
     src.sql("postgres", "CREATE TABLE marks AS SELECT 7 AS id");
     let started = std::time::Instant::now();
     while sql_on(
@@ -174,8 +177,13 @@ fn a_user_imports_on_the_native_runtime_with_the_hosts_client_programs() {
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+    // Main replayed the filler since its last restartpoint: the source is asked for a
+    // checkpoint (the user reads the password file main reads), and main restartpoints there.
     let out = as_user(home, &[], &["branch", "create", "fol/dev"]);
     assert!(out.status.success(), "{}", text(&out));
+    let after = src.sql("postgres", checkpoint);
+    assert_ne!(before, after, "the source was not asked for a checkpoint");
+    assert_eq!(sql_on("fol/main", checkpoint), after);
     assert_eq!(sql_on("fol/dev", "SELECT pg_is_in_recovery()"), "f");
     assert_eq!(sql_on("fol/dev", "SELECT id FROM marks"), "7");
     let out = as_user(

@@ -17,6 +17,11 @@ pub struct Source {
     _hba: tempfile::NamedTempFile,
 }
 
+/// About 40 MB of WAL on the source: more than a snapshot of main replays before velo asks
+/// the source for a checkpoint.
+pub const FILLER: &str =
+    "CREATE TABLE filler AS SELECT repeat('x', 1000) AS x FROM generate_series(1, 40000)";
+
 /// A TCP port nothing listens on right now.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

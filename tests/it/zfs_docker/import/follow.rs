@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::{PGBENCH_CONSISTENT, create_args, fails_with, sandbox, text, watch};
 use crate::util::Sandbox;
-use crate::util::source::Source;
+use crate::util::source::{FILLER, Source};
 
 /// SQL on a branch through `velo branch psql` (velo's socket: no password, which a follower's
 /// main, whose passwords are the source's, needs).
@@ -61,7 +61,12 @@ fn a_follower_streams_and_its_branches_are_fresh_promoted_copies() {
     );
 
     // A row committed on the source reaches main, and a branch cut then has it: promoted,
-    // writable, consistent, with the project's password.
+    // writable, consistent, with the project's password. Main has replayed much WAL since its
+    // last restartpoint (the filler's), so the source is asked for a checkpoint first, and
+    // main makes its restartpoint there: the branch replays only what came after.
+    let checkpoint = "SELECT checkpoint_lsn FROM pg_control_checkpoint()";
+    let before = src.sql("postgres", checkpoint);
+    src.sql("postgres", FILLER);
     src.sql("postgres", "INSERT INTO marks VALUES (1)");
     until(&sb, &main, "SELECT count(*) FROM marks WHERE id = 1", "1");
     let got = sb.json(&["branch", "get", &main]);
@@ -69,6 +74,13 @@ fn a_follower_streams_and_its_branches_are_fresh_promoted_copies() {
     assert!(got["replication"]["lag_seconds"].is_number(), "{got}");
     let dev = format!("{name}/dev");
     sb.ok(&["branch", "create", &dev, "--max-lag", "30s"]);
+    let after = src.sql("postgres", checkpoint);
+    assert_ne!(before, after, "the source was not asked for a checkpoint");
+    assert_eq!(
+        on_socket(&sb, &main, checkpoint),
+        after,
+        "main made no restartpoint at the source's checkpoint"
+    );
     assert_eq!(sb.sql(&dev, "SELECT count(*) FROM marks WHERE id = 1"), "1");
     assert_eq!(sb.sql(&dev, "SELECT pg_is_in_recovery()"), "f");
     assert_eq!(sb.sql(&dev, PGBENCH_CONSISTENT), "t");
@@ -211,13 +223,22 @@ fn a_follower_that_cannot_stream_replays_the_sources_wal_archive() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+    src.sql("postgres", FILLER);
     src.sql("postgres", "INSERT INTO marks VALUES (2)");
     src.sql("postgres", "SELECT pg_switch_wal()");
     until(&sb, &main, "SELECT count(*) FROM marks", "2");
     let got = sb.json(&["branch", "get", &main]);
     assert_eq!(got["replication"]["streaming"], false, "{got}");
+    // Far from its last restartpoint, but the role may not ask the source for a checkpoint:
+    // the branch is made all the same, and velo says what to grant.
     let dev = format!("{name}/dev");
-    sb.ok(&["branch", "create", &dev]);
+    let out = sb.run(&["branch", "create", &dev]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("GRANT pg_checkpoint TO copier"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(sb.sql(&dev, "SELECT count(*) FROM marks"), "2");
     sb.ok(&["project", "delete", &name, "--force"]);
 }

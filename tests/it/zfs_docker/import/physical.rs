@@ -292,7 +292,54 @@ fn a_docker_group_user_copies_and_follows_with_a_password() {
             "{}",
             text(&out)
         );
+        if how == "--follow" {
+            follower_checkpoints(&src, &main, &velo);
+        }
         let out = velo(&["project", "delete", name, "--force"], false);
         assert!(out.status.success(), "{}", text(&out));
     }
+}
+
+/// A branch of follower `main`, far from its last restartpoint, made by a user whose servers
+/// run as another uid (the password file is that uid's): the source is asked for a checkpoint
+/// all the same, and main makes its restartpoint there.
+fn follower_checkpoints(
+    src: &Source,
+    main: &str,
+    velo: &dyn Fn(&[&str], bool) -> std::process::Output,
+) {
+    let checkpoint = "SELECT checkpoint_lsn FROM pg_control_checkpoint()";
+    let before = src.sql("postgres", checkpoint);
+    src.sql("postgres", crate::util::source::FILLER);
+    let replayed = "SELECT count(*) FROM pg_class WHERE relname = 'filler'";
+    let started = std::time::Instant::now();
+    loop {
+        let out = velo(
+            &["branch", "psql", main, "--", "-A", "-t", "-c", replayed],
+            false,
+        );
+        if String::from_utf8_lossy(&out.stdout).trim() == "1" {
+            break;
+        }
+        assert!(
+            started.elapsed().as_secs() < 60,
+            "main never replayed the filler"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let branch = main.replace("/main", "/fresh");
+    let out = velo(&["branch", "create", &branch], false);
+    assert!(out.status.success(), "{}", text(&out));
+    let after = src.sql("postgres", checkpoint);
+    assert_ne!(
+        before,
+        after,
+        "the source was not asked for a checkpoint:\n{}",
+        text(&out)
+    );
+    let out = velo(
+        &["branch", "psql", main, "--", "-A", "-t", "-c", checkpoint],
+        false,
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), after);
 }
