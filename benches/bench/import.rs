@@ -36,6 +36,8 @@ pub const IMPORT_FOLLOW: &str = "project create --from URL --follow";
 pub const PLAIN_PIPE: &str = "plain import: pg_dump -Fc | pg_restore";
 pub const PLAIN_JOBS: &str = "plain import: pg_dump -Fd -j N, then pg_restore -j N";
 pub const FOLLOWER_CREATE: &str = "branch create from a follower, source under load";
+pub const FOLLOWER_CREATE_PACED: &str =
+    "branch create from a follower, source at 100 transactions a second";
 pub const FOLLOWER_LAG: &str = "follower main's replication lag at each branch create";
 
 /// The source's and the plain server's containers.
@@ -228,14 +230,18 @@ impl Bench {
             vec![t.total],
             note,
         );
-        let mut load = pgbench_load(source, 300 + 60 * self.o.runs as u64)?;
-        let result = self.timed_follower_creates(source, label, &mut load);
-        let ended = load.try_wait();
-        let _ = load.kill();
-        let _ = load.wait();
-        result?;
-        if !matches!(ended, Ok(None)) {
-            bail!("pgbench's load on the source ended before the branch creates did");
+        // pgbench as fast as it goes (on this host's own cores), then paced as a busy
+        // production server might be.
+        for (rate, row) in [(None, FOLLOWER_CREATE), (Some(100), FOLLOWER_CREATE_PACED)] {
+            let mut load = pgbench_load(source, 300 + 60 * self.o.runs as u64, rate)?;
+            let result = self.timed_follower_creates(source, label, &mut load, row);
+            let ended = load.try_wait();
+            let _ = load.kill();
+            let _ = load.wait();
+            result?;
+            if !matches!(ended, Ok(None)) {
+                bail!("pgbench's load on the source ended before the branch creates did");
+            }
         }
         self.velo.run(&["project", "delete", FOLLOWER, "--force"])?;
         self.velo.settle()
@@ -246,6 +252,7 @@ impl Bench {
         source: &Conn,
         label: &str,
         load: &mut Child,
+        row: &str,
     ) -> Result<()> {
         wait_written(source, load)?;
         // One create, not timed, to learn the project's password (every branch of a follower
@@ -274,8 +281,11 @@ impl Bench {
         }
         let z = Backend::ZfsDocker;
         let note = "pgbench -c 2 writing to the source all along; each branch deleted after; one untimed create before (to learn the project's password)";
-        self.add(z, FOLLOWER_CREATE, label, "s", creates, note);
-        self.add_breakdown(z, FOLLOWER_CREATE, label, steps);
+        self.add(z, row, label, "s", creates, note);
+        self.add_breakdown(z, row, label, steps);
+        if row != FOLLOWER_CREATE {
+            return Ok(());
+        }
         let mut note = "`velo branch get F/main --json`: .replication.lag_seconds just before each create (0: streaming, nothing left to replay)".to_string();
         if unknown > 0 {
             note.push_str(&format!("; unknown at {unknown} create(s), not counted"));
@@ -382,12 +392,16 @@ fn client(cmd: &mut Command, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// pgbench's TPC-B-like load on the source for at most `secs`, until killed.
-fn pgbench_load(source: &Conn, secs: u64) -> Result<Child> {
+/// pgbench's TPC-B-like load on the source for at most `secs`, until killed: as fast as it
+/// goes, or `rate` transactions a second.
+fn pgbench_load(source: &Conn, secs: u64, rate: Option<u32>) -> Result<Child> {
     let mut cmd = Command::new("pgbench");
     source.env(&mut cmd);
-    cmd.args(["-c", "2", "-n", "-T", &secs.to_string()])
-        .stdin(Stdio::null())
+    cmd.args(["-c", "2", "-n", "-T", &secs.to_string()]);
+    if let Some(rate) = rate {
+        cmd.args(["-R", &rate.to_string()]);
+    }
+    cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()

@@ -13,8 +13,8 @@ use crate::branches::{
 use crate::figure::{Figure, Floor, fmt_value, size_key};
 use crate::floors::{BARE_START, BARE_STOP, CLONE_RUN, DOCKER_INITDB, DOCKER_RM, ZFS_SNAPSHOT};
 use crate::import::{
-    FOLLOWER_CREATE, FOLLOWER_LAG, IMPORT_FOLLOW, IMPORT_LOGICAL, IMPORT_PHYSICAL, PLAIN_JOBS,
-    PLAIN_PIPE,
+    FOLLOWER_CREATE, FOLLOWER_CREATE_PACED, FOLLOWER_LAG, IMPORT_FOLLOW, IMPORT_LOGICAL,
+    IMPORT_PHYSICAL, PLAIN_JOBS, PLAIN_PIPE,
 };
 use crate::opts::{Backend, Opts, Part};
 use crate::past::{self, Past};
@@ -133,6 +133,7 @@ impl Bench {
             IMPORT_LOGICAL,
             IMPORT_PHYSICAL,
             FOLLOWER_CREATE,
+            FOLLOWER_CREATE_PACED,
         ];
         for op in ops {
             md.push_str(&self.step_table(op));
@@ -263,6 +264,7 @@ impl Bench {
             PLAIN_JOBS,
             IMPORT_FOLLOW,
             FOLLOWER_CREATE,
+            FOLLOWER_CREATE_PACED,
             FOLLOWER_LAG,
         ];
         let rows: Vec<&Figure> = names

@@ -205,6 +205,38 @@ fn sources_a_physical_import_cannot_copy_fail_clearly_and_leave_nothing_behind()
     assert!(usage.contains("--with-roles"), "{usage}");
 }
 
+#[test]
+fn a_source_that_goes_away_mid_copy_fails_clearly_and_leaves_nothing_behind() {
+    let mut sb = sandbox();
+    let src = Source::start(&sb.rig.image);
+    src.pgbench_init("postgres", 10);
+    let name = sb.project("gone");
+    sb.set_env("PGPASSWORD", &src.password);
+    let url = src.url("postgres");
+    let mut args = create_args(&sb, &name);
+    args.extend(["--from", &url, "--physical"]);
+    let copying = "SELECT count(*) FROM pg_stat_progress_basebackup \
+                   WHERE phase = 'streaming database files'";
+    let out = std::thread::scope(|s| {
+        let import = s.spawn(|| sb.run(&args));
+        let started = std::time::Instant::now();
+        while src.sql("postgres", copying) == "0" {
+            assert!(
+                started.elapsed().as_secs() < 60 && !import.is_finished(),
+                "pg_basebackup was never seen copying"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        src.kill();
+        import.join().unwrap()
+    });
+    let err = text(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("went away during the import"), "{err}");
+    assert!(err.contains("nothing was left behind"), "{err}");
+    assert_no_trace(&sb, &name);
+}
+
 /// A user who is not root but may use Docker (the docker group, as `velo setup` makes them):
 /// the programs that read the source, and main's server, run as the image's postgres uid,
 /// which must be able to read the password file velo's user wrote.
