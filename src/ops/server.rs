@@ -152,6 +152,9 @@ pub fn spec(
     let name = names::server_name(r);
     let view = runtime.view(&paths);
     let mut settings = settings(&view, branch.port, &name);
+    if !ctx.storage(project)?.capabilities().copies_data {
+        settings.extend(copy_on_write_settings());
+    }
     settings.extend(recovery.map(|x| x.settings(&view)).unwrap_or_default());
     settings.extend(follow::standby_settings(project, r, &view));
     Ok(ServerSpec {
@@ -207,6 +210,19 @@ fn settings(view: &ServerPaths, port: u16, name: &str) -> Vec<(String, String)> 
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// On storage that shares blocks (ZFS, Btrfs, reflink), WAL segments are made new and left
+/// unfilled, as PostgreSQL's documentation advises for copy-on-write file systems: filling a
+/// new segment with zeros, or writing over a recycled one whose blocks a snapshot or the
+/// reflinked WAL archive shares, takes a segment's worth of new blocks before any record is
+/// written, in every branch and after every snapshot. On a plain copy (ext4 and the like)
+/// PostgreSQL's defaults stay: there the zeros reserve the space the segment will need.
+fn copy_on_write_settings() -> [(String, String); 2] {
+    [
+        ("wal_init_zero".into(), "off".into()),
+        ("wal_recycle".into(), "off".into()),
+    ]
 }
 
 /// Starts a branch's server and waits until PostgreSQL answers.

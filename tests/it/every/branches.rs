@@ -67,6 +67,13 @@ fn isolation_both_ways_and_data_survives_restarts() {
     sb.sql(&dev, "INSERT INTO users (name) VALUES ('dev-only')");
     assert_eq!(sb.users(&main), "a,main-only");
     assert_eq!(sb.users(&dev), "a,dev-only");
+    // WAL segments are made new and unfilled where blocks are shared, PostgreSQL's defaults
+    // elsewhere.
+    let shared = sb.backend() != crate::util::rig::Backend::CopyNative;
+    let want = if shared { "off" } else { "on" };
+    for setting in ["wal_init_zero", "wal_recycle"] {
+        assert_eq!(sb.sql(&dev, &format!("SHOW {setting}")), want, "{setting}");
+    }
 
     let port = sb.port(&dev);
     sb.ok(&["branch", "stop", &dev]);
