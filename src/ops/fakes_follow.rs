@@ -107,3 +107,28 @@ fn a_branch_of_a_follower_far_from_its_restartpoint_has_the_source_checkpoint_fi
         assert_eq!(w.standby.replayed_to.lock().unwrap().len(), 1);
     })
 }
+
+#[test]
+fn a_source_that_never_answers_costs_a_warning_and_its_helper_not_the_branch() {
+    // Paused time: the wait for the helper's limit passes at once.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let w = World::with_project().await;
+        follow(&w);
+        w.standby
+            .since_restartpoint
+            .store(64 << 20, Ordering::SeqCst);
+        w.runtime.next_client_hangs();
+        branch::create(&w.ctx, &r("demo/late"), Source::Parent(None))
+            .await
+            .unwrap();
+        let out = w.ctx.shell.output();
+        assert!(out.contains("psql did not finish within 45s"), "{out}");
+        assert!(w.standby.replayed_to.lock().unwrap().is_empty());
+        assert_eq!(w.runtime.client_jobs().len(), 1);
+    })
+}

@@ -36,6 +36,8 @@ struct Inner {
     client_outputs: std::collections::VecDeque<ClientOutput>,
     /// The client programs run, in order.
     client_jobs: Vec<ClientJob>,
+    /// The next client program never ends (until it is dropped).
+    client_hangs: bool,
 }
 
 impl FakeRuntime {
@@ -53,6 +55,11 @@ impl FakeRuntime {
     /// The next client program run ends like this.
     pub fn next_client_output(&self, output: ClientOutput) {
         self.inner.lock().unwrap().client_outputs.push_back(output);
+    }
+
+    /// The next client program run never ends.
+    pub fn next_client_hangs(&self) {
+        self.inner.lock().unwrap().client_hangs = true;
     }
 
     /// The client programs run so far.
@@ -164,8 +171,15 @@ impl Runtime for FakeRuntime {
     }
 
     async fn run_client(&self, job: &ClientJob, line: &LineSink<'_>) -> Result<ClientOutput> {
+        let hangs = {
+            let mut inner = self.run("run_client")?;
+            inner.client_jobs.push(job.clone());
+            std::mem::take(&mut inner.client_hangs)
+        };
+        if hangs {
+            std::future::pending::<()>().await;
+        }
         let mut inner = self.run("run_client")?;
-        inner.client_jobs.push(job.clone());
         let out = inner.client_outputs.pop_front().unwrap_or(ClientOutput {
             code: 0,
             stdout: String::new(),

@@ -4,8 +4,9 @@
 //! names the fix ([`crate::source::messages`]).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use super::super::Ctx;
 use super::super::signal::{self, Interrupted};
@@ -39,6 +40,8 @@ pub struct Jobs<'a> {
     pub user: ServerUser,
     /// What a program is called while it runs (a Docker helper's name): one at a time.
     pub name: String,
+    /// How long a program may run before it is stopped and its run fails; none: no limit.
+    pub limit: Option<Duration>,
 }
 
 impl<'a> Jobs<'a> {
@@ -57,6 +60,7 @@ impl<'a> Jobs<'a> {
             dirs: ClientDirs::default(),
             user: client_user(),
             name: names::import_client_name(r),
+            limit: None,
         })
     }
 
@@ -102,12 +106,22 @@ impl<'a> Jobs<'a> {
         line: &LineSink<'_>,
     ) -> Result<ClientOutput> {
         let job = self.job(tool, args, reach);
+        let limit = async {
+            match self.limit {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        };
+        // A Docker helper outlives the future dropped here; a process dies with it.
         let out = tokio::select! {
             out = self.runtime.run_client(&job, line) => out?,
             () = signal::until_interrupted() => {
-                // A Docker helper outlives the future dropped here; a process dies with it.
                 let _ = self.runtime.remove(&job.name).await;
                 return Err(Interrupted.into());
+            }
+            () = limit => {
+                let _ = self.runtime.remove(&job.name).await;
+                bail!("{tool} did not finish within {}", humantime::format_duration(self.limit.unwrap_or_default()));
             }
         };
         if out.code == 0 {

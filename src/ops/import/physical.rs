@@ -6,6 +6,7 @@
 //! volume is made.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
 
@@ -215,7 +216,7 @@ pub async fn drop_slot(
          SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = '{slot}'"
     );
     let sqls = [sql.as_str()];
-    let dropped = source_psql(ctx, project, r, url, secrets, None, &sqls);
+    let dropped = source_psql(ctx, project, r, url, secrets, SourceJob::default(), &sqls);
     let dropped = ctx.shell.step("Drop replication slot", dropped).await;
     if let Err(e) = dropped {
         ctx.shell.warn(&format!(
@@ -253,8 +254,16 @@ pub async fn source_checkpoint(
     secrets: PathBuf,
     tag: &str,
 ) -> Result<String> {
-    let sqls = ["CHECKPOINT", "SELECT pg_current_wal_lsn()"];
-    let out = source_psql(ctx, project, r, url, secrets, Some(tag), &sqls).await?;
+    let sqls = [
+        "SET statement_timeout = '30s'",
+        "CHECKPOINT",
+        "SELECT pg_current_wal_lsn()",
+    ];
+    let job = SourceJob {
+        tag: Some(tag),
+        limit: Some(SOURCE_CHECKPOINT_LIMIT),
+    };
+    let out = source_psql(ctx, project, r, url, secrets, job, &sqls).await?;
     let lsn = out.stdout.trim();
     let hex = |s: &str| !s.is_empty() && s.len() <= 8 && s.bytes().all(|b| b.is_ascii_hexdigit());
     match lsn.split_once('/') {
@@ -263,22 +272,35 @@ pub async fn source_checkpoint(
     }
 }
 
-/// Runs each of `sqls` with psql on the source `url` as the server's user, who owns the password file
-/// in `secrets`; the helper is called after `tag` if there is one.
+/// How long asking the source for a checkpoint may take, connection included, before velo
+/// gives up on it (a source that hangs must not hang a branch create).
+const SOURCE_CHECKPOINT_LIMIT: Duration = Duration::from_secs(45);
+
+/// How a psql on the source runs: the helper called after `tag` if there is one, stopped
+/// after `limit` if there is one.
+#[derive(Default)]
+struct SourceJob<'a> {
+    tag: Option<&'a str>,
+    limit: Option<Duration>,
+}
+
+/// Runs each of `sqls` with psql on the source `url` as the server's user, who owns the
+/// password file in `secrets`.
 async fn source_psql(
     ctx: &Ctx,
     project: &Project,
     r: &BranchRef,
     url: &SourceUrl,
     secrets: PathBuf,
-    tag: Option<&str>,
+    job: SourceJob<'_>,
     sqls: &[&str],
 ) -> Result<ClientOutput> {
     let port = project.branch(&r.branch).map_or(0, |b| b.port);
     let mut jobs = Jobs::new(ctx, project, r, port)?;
     jobs.user = server::server_user(project);
     jobs.dirs.secrets = Some(secrets);
-    if let Some(tag) = tag {
+    jobs.limit = job.limit;
+    if let Some(tag) = job.tag {
         jobs.name = format!("{}.{tag}", crate::names::server_name(r));
     }
     let mut args: Vec<String> = ["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1"]
