@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
 
+use crate::util::rig::user_database;
 use crate::util::world::{self, alive};
 use crate::util::{Sandbox, User, sh};
 
@@ -23,6 +24,7 @@ impl ThrowAwayUser {
     fn new() -> ThrowAwayUser {
         let name = format!("velou{:06x}", rand::random::<u32>() & 0xff_ffff);
         let home = format!("/home/{name}");
+        let users = user_database();
         sh(
             "useradd",
             &[
@@ -34,6 +36,7 @@ impl ThrowAwayUser {
                 &name,
             ],
         );
+        drop(users);
         let user = User::named(&name);
         std::fs::create_dir(&home).expect("make the home");
         user.own(Path::new(&home));
@@ -48,6 +51,7 @@ impl Drop for ThrowAwayUser {
                 .args(["-KILL", &pid.to_string()])
                 .status();
         }
+        let _users = user_database();
         let _ = std::process::Command::new("userdel")
             .args(["--remove", &self.0.name])
             .output();
@@ -68,16 +72,16 @@ fn pids_of(uid: u32) -> Vec<u32> {
 /// Files of `uid` where programs leave them (temporary directories, POSIX shared memory,
 /// runtime directories), and its System V shared memory segments, sorted.
 fn left_outside(uid: u32) -> Vec<String> {
-    let uid = uid.to_string();
-    let files = sh(
-        "find",
-        &[
-            "/tmp", "/var/tmp", "/dev/shm", "/run", "-xdev", "-uid", &uid,
-        ],
-    );
-    let mut left: Vec<String> = files.lines().map(str::to_string).collect();
+    let mut left = Vec::new();
+    for root in ["/tmp", "/var/tmp", "/dev/shm", "/run"] {
+        let root = Path::new(root);
+        if let Ok(meta) = std::fs::symlink_metadata(root) {
+            owned_by(uid, root, meta.dev(), &mut left);
+        }
+    }
     // key shmid perms size cpid lpid nattch uid …
     let segments = std::fs::read_to_string("/proc/sysvipc/shm").unwrap();
+    let uid = uid.to_string();
     left.extend(
         segments
             .lines()
@@ -86,6 +90,29 @@ fn left_outside(uid: u32) -> Vec<String> {
     );
     left.sort();
     left
+}
+
+/// Adds the paths under `dir` (on device `dev`, not below it) that `uid` owns. Other tests
+/// make and remove temporary files all the while: what vanishes while it is read is not there.
+fn owned_by(uid: u32, dir: &Path, dev: u64, found: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.filter_map(Result::ok) {
+        let path = entry.path();
+        let Ok(meta) = std::fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if meta.dev() != dev {
+            continue;
+        }
+        if meta.uid() == uid {
+            found.push(path.display().to_string());
+        }
+        if meta.is_dir() {
+            owned_by(uid, &path, dev, found);
+        }
+    }
 }
 
 /// Every file and directory under `dir`, relative to it, sorted.

@@ -189,3 +189,12 @@ impl User {
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).expect("chmod");
     }
 }
+
+/// Held while a test changes the host's user database (`useradd`, `userdel`, or `velo setup`
+/// adding a user to a group): those tools lock `/etc/passwd` and `/etc/group` and fail, not
+/// wait, when another holds the lock.
+pub fn user_database() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}

@@ -5,6 +5,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::util::rig::user_database;
 use crate::util::{Backend, Sandbox};
 
 /// `velo doctor --json`: (exit status success, checks).
@@ -211,6 +212,7 @@ impl Drop for UserGuard {
             .trim()
             .to_string();
         let _ = std::fs::remove_file(format!("/etc/sudoers.d/velo-uid{uid}"));
+        let _users = user_database();
         let _ = sh(&format!("userdel {}", self.0));
     }
 }
@@ -225,7 +227,10 @@ fn allowed(user: &str, command: &str) -> bool {
 fn setup_dry_run_twice_and_undo() {
     let sb = Sandbox::only(Backend::ZfsDocker);
     let user = format!("velot{:06}", std::process::id() % 1_000_000);
-    let added = sh(&format!("useradd --no-create-home {user}"));
+    let added = {
+        let _users = user_database();
+        sh(&format!("useradd --no-create-home {user}"))
+    };
     assert!(
         added.status.success(),
         "{}",
@@ -251,7 +256,10 @@ fn setup_dry_run_twice_and_undo() {
     let setup = |extra: &[&str]| {
         let mut args = vec!["setup", "--user", &user, "--pool", &pool];
         args.extend_from_slice(extra);
-        let out = sb.run(&args);
+        let out = {
+            let _users = user_database();
+            sb.run(&args)
+        };
         assert!(
             out.status.success(),
             "{}",
