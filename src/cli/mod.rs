@@ -231,7 +231,7 @@ impl Cli {
                 ops::background::run_finish(ctx, &id, parent).await
             }
             Command::Background(Background::Tidy { project }) => {
-                ops::background::tidy_here(ctx, &project).await;
+                ops::background::run_tidy(ctx, &project).await;
                 Ok(())
             }
             Command::Use { project, clear } => {

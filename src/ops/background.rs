@@ -113,40 +113,92 @@ pub async fn run_finish(ctx: &Ctx, id: &str, parent: u32) -> Result<()> {
     Ok(())
 }
 
-/// The `velo __background tidy <project>` side.
+/// A background velo destroys old generations once no command has changed velo's state for
+/// this long and none is under way: a series of resets runs at full speed, its retired
+/// generations destroyed when it pauses, instead of each reset competing with the destroy of
+/// the one before (zfs-fuse and the plain-copy storage free data synchronously, on the same
+/// disk and daemon the next command needs).
+const QUIET: Duration = Duration::from_secs(1);
+
+/// The longest a background velo defers to commands, so old data never piles up under a
+/// steady stream of them.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The `velo __background tidy <project>` side: defers to commands (see [`QUIET`]), then
+/// tidies.
+pub async fn run_tidy(ctx: &Ctx, project: &ProjectName) {
+    let start = Instant::now();
+    while start.elapsed() < PATIENCE {
+        // The file's age first: reading the state takes its lock, which commands need.
+        let since_change = ctx.store.changed_at().and_then(|t| t.elapsed().ok());
+        if let Some(age) = since_change.filter(|age| *age < QUIET) {
+            tokio::time::sleep(QUIET - age).await;
+            continue;
+        }
+        match ctx.store.read() {
+            Ok(state) if !idle(&state, since_change) => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            _ => break,
+        }
+    }
+    tidy_here(ctx, project).await;
+}
+
+/// Whether velo is idle: its state unchanged for [`QUIET`] (`since_change`) and no command
+/// under way (an operation that rolls back, of a live process). Work finished after its
+/// command answered, like this, does not count.
+fn idle(state: &State, since_change: Option<Duration>) -> bool {
+    since_change.is_none_or(|age| age >= QUIET)
+        && !state
+            .journal
+            .iter()
+            .any(|op| matches!(op.recovery, Recovery::RollBack { .. }) && op.owner.is_alive())
+}
+
+/// Destroys what a project no longer needs (old generations, stale prepared clusters) now.
 pub async fn tidy_here(ctx: &Ctx, project: &ProjectName) {
     generation::tidy(ctx, project).await;
     super::prepared::tidy(ctx).await;
 }
 
-/// An operation being finished after its command answered, for `velo status`.
+/// Data being destroyed after its command answered, or waiting to be, for `velo status`.
 #[derive(Debug, serde::Serialize)]
 pub struct Pending {
     pub command: String,
     pub project: ProjectName,
     pub branches: Vec<String>,
-    pub pid: u32,
-    pub since: chrono::DateTime<chrono::Utc>,
+    /// The process destroying it; `None` while old generations wait for velo to be idle.
+    pub pid: Option<u32>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl std::fmt::Display for Pending {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (Some(pid), Some(since)) = (self.pid, self.since) else {
+            return write!(
+                f,
+                "old data of `{}/{}`: waiting for velo to be idle, then destroyed",
+                self.project,
+                self.branches.join(", ")
+            );
+        };
         write!(f, "`velo {}` of `{}`", self.command, self.project)?;
         if !self.branches.is_empty() {
             write!(f, " ({})", self.branches.join(", "))?;
         }
         write!(
             f,
-            ": destroying data (pid {}, since {} UTC)",
-            self.pid,
-            self.since.format("%H:%M:%S")
+            ": destroying data (pid {pid}, since {} UTC)",
+            since.format("%H:%M:%S")
         )
     }
 }
 
-/// What is being finished after its command answered (a roll-forward operation).
+/// What is being finished after its command answered (a roll-forward operation), and the
+/// branches with retired generations that nothing uses and no operation is destroying yet.
 pub fn pending(state: &State) -> Vec<Pending> {
-    state
+    let finishing = state
         .journal
         .iter()
         .filter(|op| matches!(op.recovery, Recovery::RollForward { .. }))
@@ -154,10 +206,25 @@ pub fn pending(state: &State) -> Vec<Pending> {
             command: op.command.clone(),
             project: op.project.clone(),
             branches: op.branches.iter().map(ToString::to_string).collect(),
-            pid: op.owner.pid,
-            since: op.started_at,
+            pid: Some(op.owner.pid),
+            since: Some(op.started_at),
+        });
+    let waiting = state.projects.iter().flat_map(|(pname, p)| {
+        p.branches.iter().filter_map(move |(bname, b)| {
+            let r = crate::names::BranchRef::new(pname.clone(), bname.clone());
+            b.retired
+                .iter()
+                .any(|g| !state.generation_in_use(&r, g.generation))
+                .then(|| Pending {
+                    command: "tidy".into(),
+                    project: pname.clone(),
+                    branches: vec![bname.to_string()],
+                    pid: None,
+                    since: None,
+                })
         })
-        .collect()
+    });
+    finishing.chain(waiting).collect()
 }
 
 /// Waits, saying so, until no operation is deleting something `blocks` matches (a project or
@@ -187,5 +254,84 @@ pub async fn wait_for(
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ops::fakes::{World, r, tokio};
+    use crate::ops::journal::Intent;
+    use crate::state::{Finish, Forget, Generation};
+
+    fn open(state: &mut State, recovery: Recovery) -> String {
+        let project = "demo".parse().unwrap();
+        let intent = Intent {
+            command: "reset",
+            project: &project,
+            branches: Vec::new(),
+            pins: Vec::new(),
+            recovery,
+        };
+        Undo::begin(state, intent).id().to_string()
+    }
+
+    #[test]
+    fn velo_is_idle_once_its_state_rests_and_no_command_runs() {
+        let mut state = State::default();
+        assert!(idle(&state, None), "no state yet");
+        assert!(idle(&state, Some(QUIET)));
+        assert!(!idle(&state, Some(QUIET / 2)), "a command just changed it");
+
+        // Work finished after its command answered does not count ...
+        let forward = Finish::DeleteBranches {
+            release: Vec::new(),
+            volumes: Vec::new(),
+        };
+        open(&mut state, Recovery::RollForward { finish: forward });
+        assert!(idle(&state, Some(QUIET)));
+        // ... a command under way does, however long the state rests ...
+        let back = Forget::Nothing;
+        let command = open(&mut state, Recovery::RollBack { forget: back });
+        assert!(!idle(&state, Some(QUIET * 30)));
+        // ... unless its process is gone.
+        state.journal.get_mut(&command).unwrap().owner = Owner {
+            pid: u32::MAX - 1,
+            started: None,
+        };
+        assert!(idle(&state, Some(QUIET)));
+    }
+
+    #[test]
+    fn old_generations_waiting_for_idle_are_pending() {
+        tokio().block_on(async {
+            let w = World::with_project().await;
+            let dev = r("demo/dev");
+            let pending = |w: &World| pending(&w.ctx.store.read().unwrap());
+            assert!(pending(&w).is_empty());
+            w.ctx
+                .store
+                .update(|s| {
+                    let b = s.projects.get_mut(&dev.project).unwrap();
+                    let b = b.branches.get_mut(&dev.branch).unwrap();
+                    b.retired.push(Generation {
+                        generation: b.generation + 7,
+                        origin: None,
+                    });
+                    Ok::<_, anyhow::Error>(())
+                })
+                .unwrap();
+            let said = pending(&w);
+            assert_eq!(said.len(), 1, "{said:?}");
+            assert_eq!(
+                (said[0].pid, said[0].branches.clone()),
+                (None, vec!["dev".into()])
+            );
+            let line = said[0].to_string();
+            assert!(line.contains("demo/dev") && line.contains("idle"), "{line}");
+            // The tidy that finds them destroys them; nothing is pending after.
+            tidy_here(&w.ctx, &dev.project).await;
+            assert!(pending(&w).is_empty(), "{:?}", pending(&w));
+        });
     }
 }

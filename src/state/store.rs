@@ -97,6 +97,14 @@ impl Store {
         self.dir.join("state.json")
     }
 
+    /// When the state last changed: its file's modification time (`None` before the first
+    /// change, or if it cannot be read).
+    pub fn changed_at(&self) -> Option<std::time::SystemTime> {
+        std::fs::symlink_metadata(self.state_path())
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
     /// Reads the state under the lock, without changing it.
     pub fn read(&self) -> Result<State, StoreError> {
         let (dir, _lock) = self.lock()?;

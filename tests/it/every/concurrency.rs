@@ -1,7 +1,7 @@
 //! Many velo processes at once, and branches made while the parent is under load.
 
 use std::process::{Command, Output};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::util::Sandbox;
 
@@ -150,4 +150,42 @@ fn resets_of_a_parent_and_its_child_and_snapshots_at_once_end_consistent() {
         sb.assert_consistent(&p);
     }
     assert_eq!(sb.sql(&leaf, "SELECT 1"), "1");
+}
+
+/// A reset's old generation is destroyed by a background velo once velo is idle: not while
+/// another command is under way, until velo's patience (10 s) runs out; `velo status` shows
+/// it waiting meanwhile.
+#[test]
+fn old_generations_are_destroyed_when_commands_pause() {
+    let sb = Sandbox::new();
+    let p = sb.create_project("defer");
+    let dev = format!("{p}/dev");
+    sb.ok(&["branch", "create", &dev]);
+    let under_way = sb.paused("ready", &["branch", "create", &format!("{p}/other")]);
+    let reset = sb.run_unsettled(&["branch", "reset", &dev]);
+    let answered = Instant::now();
+    succeeded(reset, "reset");
+
+    std::thread::sleep(Duration::from_secs(3));
+    let old = "dev.0".to_string();
+    assert!(sb.volumes(&p).contains(&old), "{:?}", sb.volumes(&p));
+    let waiting = sb.pending_now();
+    assert_eq!(waiting.len(), 1, "{waiting:?}");
+    assert_eq!(waiting[0]["branches"][0], "dev", "{waiting:?}");
+    assert!(
+        waiting[0]["pid"].is_null(),
+        "not destroyed yet: {waiting:?}"
+    );
+
+    crate::util::world::wait_until("the old generation goes", Duration::from_secs(60), || {
+        !sb.volumes(&p).contains(&old)
+    });
+    assert!(
+        answered.elapsed() >= Duration::from_secs(9),
+        "destroyed after {:?}, while a command was under way",
+        answered.elapsed()
+    );
+    under_way.kill9();
+    sb.ok(&["branch", "list", &p]);
+    sb.assert_consistent(&p);
 }

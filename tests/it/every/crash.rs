@@ -147,13 +147,15 @@ fn a_delete_answers_first_and_a_killed_background_is_finished_by_the_next_comman
     let data = "dev.0".to_string();
     assert!(sb.volumes(&p).contains(&data), "{:?}", sb.volumes(&p));
     // (Unsettled: `sb.json` would wait for the paused background velo.)
-    let status = sb.run_unsettled(&["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("JSON");
-    let pending = status["pending"].as_array().expect("pending").clone();
-    assert_eq!(pending.len(), 1, "{status}");
-    assert_eq!(pending[0]["branches"][0], "dev", "{status}");
+    let pending = sb.pending_now();
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0]["branches"][0], "dev", "{pending:?}");
     let pid = pending[0]["pid"].as_u64().unwrap();
-    assert_eq!(util::background_of(sb.home()), Some(pid as u32), "{status}");
+    assert_eq!(
+        util::background_of(sb.home()),
+        Some(pid as u32),
+        "{pending:?}"
+    );
     // A new branch of the same name waits for the old one's data to go ...
     let creating = sb.spawn(&["branch", "create", &dev]);
     std::thread::sleep(std::time::Duration::from_secs(1));

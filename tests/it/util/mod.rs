@@ -236,6 +236,13 @@ impl Sandbox {
         self.command(args).output().expect("velo runs")
     }
 
+    /// `velo status --json`'s `pending`, without waiting for a background velo to end.
+    pub fn pending_now(&self) -> Vec<Value> {
+        let out = self.run_unsettled(&["status", "--json"]);
+        let status: Value = serde_json::from_slice(&out.stdout).expect("status --json");
+        status["pending"].as_array().expect("pending").clone()
+    }
+
     /// Waits until no background velo of this sandbox's home runs: what a command left to one
     /// (destroying a deleted branch's data, old generations) is done, so each test sees the
     /// end state. Operations of other commands (a paused one) and of dead owners are left.
