@@ -73,8 +73,10 @@ impl Subject {
 
 impl Bench {
     /// `runs` times: create a branch (timed to `SELECT 1`, step by step), measure its space
-    /// (and on Docker its idle memory), delete it (timed).
+    /// (and on Docker its idle memory), delete it (timed). What the part before left to a
+    /// background velo (a reset series' old generations) is done first.
     pub fn create_cycle(&mut self, s: &Subject) -> Result<()> {
+        s.velo.settle()?;
         let (mut create, mut delete, mut space, mut memory) = (vec![], vec![], vec![], vec![]);
         let mut steps = Breakdown::default();
         for i in 0..s.runs {

@@ -231,9 +231,9 @@ impl Velo {
             .ok_or_else(|| anyhow!("`velo branch get {branch} --json` names no volume"))
     }
 
-    /// Waits until the background velo has destroyed what deletes left (`velo status`
-    /// shows it as pending), so that the space it frees is not counted against the next
-    /// measurement. A failing `velo status` is asked again: on copy storage it can fail
+    /// Waits until the background velo has destroyed what deletes left and the old
+    /// generations of resets (`velo status` shows both as pending), so that the space it frees
+    /// is not counted against the next measurement, nor its work against the next series. A failing `velo status` is asked again: on copy storage it can fail
     /// while a volume it measures is being destroyed.
     pub fn settle(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(600);
