@@ -81,13 +81,21 @@ fn a_failed_reset_leaves_the_branch_as_it_was() {
     assert_eq!(sb.volumes(&p), before_tree);
 
     // Failing after the container was swapped: the old container comes back on the old data.
-    sb.set_env("VELO_READY_TIMEOUT", "1ms");
-    sb.fails(&["branch", "reset", &dev]);
-    sb.clear_env();
+    // The first readiness probe comes before any deadline, so on a loaded host, where
+    // `docker start` can return after the server is up, a 1 ms wait may still succeed (and
+    // reset the branch): then the next try is the one that counts.
+    let failed = (0..5).find_map(|_| {
+        let before = (sb.users(&dev), sb.volumes(&p));
+        sb.set_env("VELO_READY_TIMEOUT", "1ms");
+        let out = sb.run(&["branch", "reset", &dev]);
+        sb.clear_env();
+        (!out.status.success()).then_some(before)
+    });
+    let (users, tree) = failed.expect("a reset given 1 ms to be ready fails within 5 tries");
     sb.ok(&["branch", "start", &dev]);
-    assert_eq!(sb.users(&dev), "m,mine");
+    assert_eq!(sb.users(&dev), users);
     assert_eq!(sb.port(&dev), port);
-    assert_eq!(sb.volumes(&p), before_tree);
+    assert_eq!(sb.volumes(&p), tree);
     assert!(sb.state()["projects"][&p]["branches"]["dev"]["busy"].is_null());
 }
 
