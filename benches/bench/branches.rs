@@ -23,6 +23,8 @@ pub struct Subject {
     /// The size label, e.g. `100M (118 MB)`.
     pub label: String,
     pub runs: usize,
+    /// Reset series, each from a settled state, and the resets in each.
+    pub series: usize,
     pub resets: usize,
     /// A statement that changes the data, run before each reset.
     pub write: &'static str,
@@ -64,6 +66,7 @@ impl Subject {
             main: main.clone(),
             label: size_label(size, bytes),
             runs: 1,
+            series: 1,
             resets: 1,
             write: "",
             space: Space::ZfsUsed,
@@ -153,8 +156,11 @@ impl Bench {
         Ok(bytes / 1e6)
     }
 
-    /// Makes the branch `work`, times `runs` snapshots of it while idle and `resets` resets
-    /// with a write before each (step by step). Returns the branch and how to reach it.
+    /// Makes the branch `work`, times `runs` snapshots of it while idle and `series` series of
+    /// `resets` resets with a write before each (step by step), each series begun once the
+    /// background has destroyed what the one before retired, as after a pause in real use.
+    /// The 1st and the last of each series go to rows of their own, so that their medians say
+    /// whether a series climbs. Returns the branch and how to reach it.
     pub fn snapshots_and_resets(&mut self, s: &Subject) -> Result<(String, Conn)> {
         let b = format!("{}/work", s.project);
         let out = s.velo.run(&["branch", "create", &b])?;
@@ -165,37 +171,52 @@ impl Bench {
         }
         let (backend, label) = (s.backend, s.label.as_str());
         self.add(backend, SNAPSHOT, label, "s", snap, "");
-        let (mut reset, mut steps) = (Vec::new(), Breakdown::default());
-        for _ in 0..s.resets {
-            pg::psql(&conn, s.write)?;
-            let t = self.to_ready(&s.velo, &["branch", "reset", &b], |_| Ok(conn.clone()))?;
-            reset.push(t.total);
-            steps.add(&t);
+        let (mut series, mut steps) = (Vec::new(), Breakdown::default());
+        for _ in 0..s.series {
+            s.velo.settle()?;
+            let mut resets = Vec::new();
+            for _ in 0..s.resets {
+                pg::psql(&conn, s.write)?;
+                let t = self.to_ready(&s.velo, &["branch", "reset", &b], |_| Ok(conn.clone()))?;
+                resets.push(t.total);
+                steps.add(&t);
+            }
+            series.push(resets);
         }
-        let note = reset_note(&reset);
-        if let [first, .., last] = reset[..] {
-            let n = format!("the {}", ordinal(reset.len()));
-            self.add(backend, RESET_FIRST, label, "s", vec![first], "");
-            self.add(backend, RESET_LAST, label, "s", vec![last], &n);
+        let by_position = by_position(&series);
+        if let [first, .., last] = &by_position[..] {
+            let n = format!("the {} of each series", ordinal(by_position.len()));
+            self.add(backend, RESET_FIRST, label, "s", first.clone(), "");
+            self.add(backend, RESET_LAST, label, "s", last.clone(), &n);
         }
-        self.add(backend, RESET, label, "s", reset, &note);
+        let note = reset_note(&by_position);
+        self.add(backend, RESET, label, "s", series.concat(), &note);
         self.add_breakdown(backend, RESET, label, steps);
         Ok((b, conn))
     }
 }
 
-/// "10 runs, a write before each; 1st 0.66 s, 10th 0.78 s".
-fn reset_note(samples: &[f64]) -> String {
-    let n = samples.len();
-    let mut note = format!("{n} run(s), a write before each");
-    if n > 1 {
-        let (first, last) = (samples[0], samples[n - 1]);
-        note.push_str(&format!(
-            "; 1st {}, {} {}",
-            figure::fmt_value(first, "s"),
-            ordinal(n),
-            figure::fmt_value(last, "s")
-        ));
+/// The samples of each position in a series: `[1st of every series, 2nd of every series, …]`.
+fn by_position(series: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    let len = series.iter().map(Vec::len).min().unwrap_or(0);
+    (0..len)
+        .map(|i| series.iter().map(|one| one[i]).collect())
+        .collect()
+}
+
+/// "5 series of 10, a write before each; medians in order 0.28 0.29 … 0.30 s".
+fn reset_note(by_position: &[Vec<f64>]) -> String {
+    let series = by_position.first().map_or(0, Vec::len);
+    let mut note = format!(
+        "{series} series of {}, a write before each",
+        by_position.len()
+    );
+    if by_position.len() > 1 {
+        let medians: Vec<String> = by_position
+            .iter()
+            .map(|samples| format!("{:.2}", figure::median(samples)))
+            .collect();
+        note.push_str(&format!("; medians in order {} s", medians.join(" ")));
     }
     note
 }

@@ -49,17 +49,12 @@ impl Figure {
         let mut sorted = samples.clone();
         sorted.sort_by(f64::total_cmp);
         let n = sorted.len();
-        let median = if n % 2 == 1 {
-            sorted[n / 2]
-        } else {
-            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
-        };
         Figure {
             name: name.into(),
             backend: backend.to_string(),
             size: size.into(),
             unit,
-            median,
+            median: median(&samples),
             min: sorted[0],
             max: sorted[n - 1],
             samples,
@@ -98,6 +93,18 @@ pub fn size_key(size: &str) -> &str {
 /// A size label with the bytes measured: `100M (118 MB)`.
 pub fn size_label(size: &str, bytes: f64) -> String {
     format!("{size} ({:.0} MB)", bytes / 1e6)
+}
+
+/// The middle sample, or the mean of the middle two; at least one sample.
+pub fn median(samples: &[f64]) -> f64 {
+    let mut sorted = samples.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
 }
 
 pub fn fmt_value(v: f64, unit: &str) -> String {

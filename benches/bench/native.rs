@@ -55,6 +55,7 @@ impl Bench {
         let bytes = pg::database_bytes(&main)?;
         let s = Subject {
             runs,
+            series: if large_copy { 1 } else { runs },
             resets: if large_copy { runs } else { runs.max(10) },
             write: WRITE,
             space: Space::FileSystem(dir.to_path_buf()),

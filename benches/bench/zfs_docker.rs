@@ -20,6 +20,7 @@ impl Bench {
         let bytes = pg::database_bytes(&main)?;
         let s = Subject {
             runs: self.o.runs,
+            series: self.o.runs,
             resets: self.o.runs.max(10),
             write: WRITE,
             space: Space::ZfsUsed,

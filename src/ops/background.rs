@@ -4,8 +4,10 @@
 //! The command first does what the user waits for (the server gone, the state changed) and
 //! records the rest in the journal as an operation that is finished forward; then it hands
 //! that operation to a background `velo` (`velo __background finish <id>`), which takes it
-//! over and finishes it. If the background process dies, the operation's owner is dead and
-//! the next velo command finishes it, as after any crash. `velo status` lists what is pending.
+//! over and finishes it once velo is idle (see [`QUIET`]). A command that needs it done sooner
+//! (a create of the same name, or one short of space) takes it over and finishes it itself
+//! ([`wait_for`]). If the background process dies, the operation's owner is dead and the next
+//! velo command finishes it, as after any crash. `velo status` lists what is pending.
 //! `VELO_BACKGROUND=0` finishes everything before the command returns.
 
 use std::os::unix::process::CommandExt as _;
@@ -39,6 +41,7 @@ pub async fn finish(ctx: &Ctx, undo: Undo) -> Result<()> {
                 && heir.started.is_some()
             {
                 op.owner = heir;
+                op.deferred = true;
             }
             Ok::<_, anyhow::Error>(())
         })?;
@@ -87,11 +90,18 @@ fn spawn(ctx: &Ctx, args: &[&str]) -> Result<u32> {
     Ok(child.id())
 }
 
-/// The `velo __background finish <id> <parent pid>` side: takes the operation over if its
-/// owner is still the command that started this process (another velo may have recovered it
-/// already), and finishes it.
+/// The `velo __background finish <id> <parent pid>` side: waits for velo to be idle, then
+/// takes the operation over if its owner is still the command that started this process or
+/// this process (a command that needed it done, or a recovery, may have taken it already),
+/// and finishes it.
 pub async fn run_finish(ctx: &Ctx, id: &str, parent: u32) -> Result<()> {
     let me = Owner::me();
+    let ours = |s: &State| {
+        s.journal
+            .get(id)
+            .is_some_and(|op| op.owner.pid == parent || op.owner.pid == me.pid)
+    };
+    defer_to_commands(ctx, ours).await;
     let taken = ctx.store.update(|s| {
         let Some(op) = s.journal.get_mut(id) else {
             return Ok::<_, anyhow::Error>(None);
@@ -100,6 +110,7 @@ pub async fn run_finish(ctx: &Ctx, id: &str, parent: u32) -> Result<()> {
             return Ok(None);
         }
         op.owner = me.clone();
+        op.deferred = false;
         Ok(Some(op.clone()))
     })?;
     let Some(op) = taken else {
@@ -113,11 +124,11 @@ pub async fn run_finish(ctx: &Ctx, id: &str, parent: u32) -> Result<()> {
     Ok(())
 }
 
-/// A background velo destroys old generations once no command has changed velo's state for
-/// this long and none is under way: a series of resets runs at full speed, its retired
-/// generations destroyed when it pauses, instead of each reset competing with the destroy of
-/// the one before (zfs-fuse and the plain-copy storage free data synchronously, on the same
-/// disk and daemon the next command needs).
+/// A background velo destroys data once no command has changed velo's state for this long
+/// and none is under way: a series of resets, or a delete followed by a create, runs at full
+/// speed, what it retired destroyed when it pauses, instead of each command competing with the
+/// destroy of the one before (zfs-fuse and the plain-copy storage free data synchronously, on
+/// the same disk and daemon the next command needs).
 const QUIET: Duration = Duration::from_secs(1);
 
 /// The longest a background velo defers to commands, so old data never piles up under a
@@ -127,6 +138,12 @@ const PATIENCE: Duration = Duration::from_secs(10);
 /// The `velo __background tidy <project>` side: defers to commands (see [`QUIET`]), then
 /// tidies.
 pub async fn run_tidy(ctx: &Ctx, project: &ProjectName) {
+    defer_to_commands(ctx, |_| true).await;
+    tidy_here(ctx, project).await;
+}
+
+/// Waits until velo is idle, at most [`PATIENCE`], or until `wanted` no longer holds.
+async fn defer_to_commands(ctx: &Ctx, wanted: impl Fn(&State) -> bool) {
     let start = Instant::now();
     while start.elapsed() < PATIENCE {
         // The file's age first: reading the state takes its lock, which commands need.
@@ -136,13 +153,12 @@ pub async fn run_tidy(ctx: &Ctx, project: &ProjectName) {
             continue;
         }
         match ctx.store.read() {
-            Ok(state) if !idle(&state, since_change) => {
+            Ok(state) if wanted(&state) && !idle(&state, since_change) => {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             _ => break,
         }
     }
-    tidy_here(ctx, project).await;
 }
 
 /// Whether velo is idle: its state unchanged for [`QUIET`] (`since_change`) and no command
@@ -168,9 +184,12 @@ pub struct Pending {
     pub command: String,
     pub project: ProjectName,
     pub branches: Vec<String>,
-    /// The process destroying it; `None` while old generations wait for velo to be idle.
+    /// The process destroying it, or to destroy it; `None` for old generations no process
+    /// has taken yet.
     pub pid: Option<u32>,
     pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Whether it waits for velo to be idle (see [`QUIET`]) before anything is destroyed.
+    pub waiting: bool,
 }
 
 impl std::fmt::Display for Pending {
@@ -187,9 +206,14 @@ impl std::fmt::Display for Pending {
         if !self.branches.is_empty() {
             write!(f, " ({})", self.branches.join(", "))?;
         }
+        let doing = if self.waiting {
+            "data destroyed once velo is idle"
+        } else {
+            "destroying data"
+        };
         write!(
             f,
-            ": destroying data (pid {pid}, since {} UTC)",
+            ": {doing} (pid {pid}, since {} UTC)",
             since.format("%H:%M:%S")
         )
     }
@@ -208,6 +232,7 @@ pub fn pending(state: &State) -> Vec<Pending> {
             branches: op.branches.iter().map(ToString::to_string).collect(),
             pid: Some(op.owner.pid),
             since: Some(op.started_at),
+            waiting: op.deferred,
         });
     let waiting = state.projects.iter().flat_map(|(pname, p)| {
         p.branches.iter().filter_map(move |(bname, b)| {
@@ -221,6 +246,7 @@ pub fn pending(state: &State) -> Vec<Pending> {
                     branches: vec![bname.to_string()],
                     pid: None,
                     since: None,
+                    waiting: true,
                 })
         })
     });
@@ -228,9 +254,11 @@ pub fn pending(state: &State) -> Vec<Pending> {
 }
 
 /// Waits, saying so, until no operation is deleting something `blocks` matches (a project or
-/// branch of the name about to be made again); at most `deadline`.
+/// branch of the name about to be made again, or space); at most `deadline`. What `project`'s
+/// background velos still defer is taken over and finished here ([`hurry`]).
 pub async fn wait_for(
     ctx: &Ctx,
+    project: &ProjectName,
     what: &str,
     deadline: Duration,
     blocks: impl Fn(&State) -> bool,
@@ -253,8 +281,35 @@ pub async fn wait_for(
                 humantime::format_duration(deadline)
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        if hurry(ctx, project).await? == 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
+}
+
+/// Takes over `project`'s operations whose background velo still waits for velo to be idle,
+/// and finishes them here: the command waits for them, so they must not wait for it. Returns
+/// how many it finished. What they leave to tidy goes to a background velo, as usual.
+async fn hurry(ctx: &Ctx, project: &ProjectName) -> Result<usize> {
+    let me = Owner::me();
+    let claimed = ctx.store.update(|s| {
+        let mut claimed = Vec::new();
+        for op in s.journal.deferred_mut(project) {
+            op.owner = me.clone();
+            op.deferred = false;
+            claimed.push(op.clone());
+        }
+        Ok::<_, anyhow::Error>(claimed)
+    })?;
+    for op in &claimed {
+        super::recover::finish_forward(ctx, &Undo::adopt(op))
+            .await
+            .with_context(|| format!("finishing `velo {}` of {}", op.command, op.project))?;
+    }
+    if !claimed.is_empty() {
+        tidy(ctx, project).await;
+    }
+    Ok(claimed.len())
 }
 
 #[cfg(test)]
@@ -332,6 +387,107 @@ mod tests {
             // The tidy that finds them destroys them; nothing is pending after.
             tidy_here(&w.ctx, &dev.project).await;
             assert!(pending(&w).is_empty(), "{:?}", pending(&w));
+        });
+    }
+
+    /// A delete whose destroy failed, handed (as `finish` does) to a background velo `heir`
+    /// that still waits for velo to be idle. Returns its id and the volumes left.
+    async fn deferred_delete(w: &World, heir: Owner) -> (String, Vec<String>) {
+        let dev = r("demo/dev");
+        let before = w.storage.contents();
+        w.storage.fail_next("destroy_volume");
+        crate::ops::branch::delete(&w.ctx, &dev, false)
+            .await
+            .unwrap();
+        let id = w
+            .ctx
+            .store
+            .update(|s| {
+                let op = s.journal.deferred_mut(&dev.project).next();
+                assert!(
+                    op.is_none(),
+                    "nothing is deferred without a background velo"
+                );
+                let op = s.journal.0.first_mut().expect("the delete's operation");
+                (op.owner, op.deferred) = (heir, true);
+                Ok::<_, anyhow::Error>(op.id.clone())
+            })
+            .unwrap();
+        let left = before
+            .intersection(&w.storage.contents())
+            .filter(|c| c.contains("dev"))
+            .cloned()
+            .collect();
+        (id, left)
+    }
+
+    #[test]
+    fn a_create_of_the_name_finishes_a_deferred_delete_itself() {
+        tokio().block_on(async {
+            let w = World::with_project().await;
+            let (_, left) = deferred_delete(&w, Owner::of(1)).await;
+            assert!(!left.is_empty(), "the failed destroy left dev's data");
+            let said = pending(&w.ctx.store.read().unwrap());
+            assert_eq!((said.len(), said[0].waiting), (1, true), "{said:?}");
+            assert!(
+                said[0].to_string().contains("once velo is idle"),
+                "{}",
+                said[0]
+            );
+
+            // The background velo (pid 1 here) would wait for idle; the create does not.
+            let dev = r("demo/dev");
+            let parent = crate::ops::branch::Source::Parent(None);
+            let create = crate::ops::branch::create(&w.ctx, &dev, parent);
+            tokio::time::timeout(Duration::from_secs(30), create)
+                .await
+                .expect("the create does not wait for the background velo")
+                .unwrap();
+            let out = w.ctx.shell.output();
+            assert!(out.contains("waiting for velo to finish deleting"), "{out}");
+            let state = w.ctx.store.read().unwrap();
+            assert!(state.journal.is_empty(), "{:?}", state.journal);
+            assert!(pending(&state).is_empty(), "{:?}", pending(&state));
+            // The old volume was destroyed and the name made again.
+            let now = w.storage.contents();
+            assert_eq!(
+                now.iter().filter(|v| v.contains("dev")).count(),
+                1,
+                "{now:?}"
+            );
+        });
+    }
+
+    #[test]
+    fn a_background_velo_finishes_only_what_is_still_its_own() {
+        tokio().block_on(async {
+            let w = World::with_project().await;
+            // Taken over by another command (pid 1 here): left alone, at once.
+            let (id, left) = deferred_delete(&w, Owner::of(1)).await;
+            let start = Instant::now();
+            run_finish(&w.ctx, &id, u32::MAX - 1).await.unwrap();
+            assert!(start.elapsed() < QUIET * 3, "{:?}", start.elapsed());
+            let state = w.ctx.store.read().unwrap();
+            assert_eq!(state.journal.get(&id).map(|op| op.owner.pid), Some(1));
+            drop(state);
+            assert!(left.iter().all(|v| w.storage.contents().contains(v)));
+
+            // Still its parent's or its own: finished, once velo is idle.
+            w.ctx
+                .store
+                .update(|s| {
+                    s.journal.get_mut(&id).unwrap().owner = Owner::me();
+                    Ok::<_, anyhow::Error>(())
+                })
+                .unwrap();
+            let start = Instant::now();
+            run_finish(&w.ctx, &id, u32::MAX - 1).await.unwrap();
+            assert!(start.elapsed() >= QUIET / 2, "{:?}", start.elapsed());
+            let state = w.ctx.store.read().unwrap();
+            assert!(state.journal.is_empty(), "{:?}", state.journal);
+            drop(state);
+            let now = w.storage.contents();
+            assert!(left.iter().all(|v| !now.contains(v)), "{left:?} in {now:?}");
         });
     }
 }

@@ -57,6 +57,7 @@ impl Undo {
             pins: intent.pins,
             recovery: intent.recovery,
             undo: Vec::new(),
+            deferred: false,
         });
         Undo {
             id,

@@ -56,6 +56,7 @@ pub async fn create_with(
     let name = name.clone();
     background::wait_for(
         ctx,
+        &name,
         &format!("the old project `{name}`"),
         DELETE_WAIT,
         |s| !s.projects.contains_key(&name) && s.journal.deleting(&name, None),
@@ -412,7 +413,8 @@ pub async fn get(ctx: &Ctx, name: &ProjectName, as_json: bool) -> Result<()> {
 
 pub async fn delete(ctx: &Ctx, name: &ProjectName, force: bool) -> Result<()> {
     // A branch of it still being destroyed finishes first: the project's volumes go at once.
-    background::wait_for(ctx, &format!("branches of `{name}`"), DELETE_WAIT, |s| {
+    let what = format!("branches of `{name}`");
+    background::wait_for(ctx, name, &what, DELETE_WAIT, |s| {
         s.projects.contains_key(name) && s.journal.deleting(name, None)
     })
     .await?;

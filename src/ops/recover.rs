@@ -22,12 +22,8 @@ pub async fn recover(ctx: &Ctx) {
     }
     let me = Owner::me();
     let taken = ctx.store.update(|s| {
-        let mut taken = Vec::new();
-        for op in s.journal.orphaned_mut() {
-            taken.push((op.owner.pid, op.clone()));
-            op.owner = me.clone();
-        }
-        for (_, op) in &taken {
+        let taken = s.journal.adopt_orphans(&me);
+        for op in &taken {
             if let Some(p) = s.projects.get_mut(&op.project) {
                 for name in &op.branches {
                     if let Some(busy) = p.branches.get_mut(name).and_then(|b| b.busy.as_mut()) {
@@ -46,11 +42,12 @@ pub async fn recover(ctx: &Ctx) {
             return;
         }
     };
-    for (pid, op) in taken {
+    for op in taken {
         let what = format!(
-            "`velo {}` on `{}` (pid {pid}, started {})",
+            "`velo {}` on `{}` (pid {}, started {})",
             op.command,
             describe(&op),
+            op.owner.pid,
             op.started_at.format("%Y-%m-%d %H:%M:%S UTC")
         );
         let undo = Undo::adopt(&op);

@@ -236,7 +236,7 @@ pub async fn delete(ctx: &Ctx, key: &str) -> Result<()> {
 async fn destroy(ctx: &Ctx, project_name: &ProjectName, snapshot: &Snapshot) -> Result<()> {
     // A deleted branch's volume may still be a clone of it.
     let what = format!("the deleted branches of `{project_name}`");
-    background::wait_for(ctx, &what, DELETE_WAIT, |s| {
+    background::wait_for(ctx, project_name, &what, DELETE_WAIT, |s| {
         s.journal.deleting(project_name, None)
     })
     .await?;

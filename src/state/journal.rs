@@ -49,9 +49,25 @@ impl Journal {
         Some(self.0.remove(pos))
     }
 
-    /// Operations whose process is gone.
-    pub fn orphaned_mut(&mut self) -> impl Iterator<Item = &mut Operation> {
-        self.0.iter_mut().filter(|op| !op.owner.is_alive())
+    /// Takes over, for `me`, every operation whose process is gone, and returns each as it
+    /// was. One that waited for velo to be idle is no longer `deferred`: `me` finishes it now,
+    /// and no other command may take it over meanwhile.
+    pub fn adopt_orphans(&mut self, me: &Owner) -> Vec<Operation> {
+        let mut taken = Vec::new();
+        for op in self.0.iter_mut().filter(|op| !op.owner.is_alive()) {
+            taken.push(op.clone());
+            op.owner = me.clone();
+            op.deferred = false;
+        }
+        taken
+    }
+
+    /// `project`'s roll-forward operations whose background velo still waits for velo to be
+    /// idle.
+    pub fn deferred_mut(&mut self, project: &ProjectName) -> impl Iterator<Item = &mut Operation> {
+        self.0
+            .iter_mut()
+            .filter(move |op| op.deferred && op.project == *project)
     }
 
     /// The operation in flight in `project` that holds the name `branch` (a rename reserves
@@ -115,6 +131,10 @@ pub struct Operation {
     /// Undo steps in the order they were recorded; each was recorded before its step ran.
     #[serde(default)]
     pub undo: Vec<UndoStep>,
+    /// A roll-forward operation whose background velo waits for velo to be idle before it
+    /// destroys anything: a command that needs it done takes it over and finishes it itself.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub deferred: bool,
 }
 
 impl Operation {
@@ -359,6 +379,50 @@ mod tests {
     }
 
     #[test]
+    fn an_adopted_operation_is_no_longer_deferred() {
+        let op = |id: &str, owner: Owner| Operation {
+            id: id.into(),
+            command: "branch delete".into(),
+            project: "demo".parse().unwrap(),
+            branches: Vec::new(),
+            owner,
+            started_at: chrono::Utc::now(),
+            pins: Vec::new(),
+            recovery: Recovery::RollForward {
+                finish: Finish::DeleteBranches {
+                    release: Vec::new(),
+                    volumes: Vec::new(),
+                },
+            },
+            undo: Vec::new(),
+            deferred: true,
+        };
+        let gone = Owner {
+            pid: u32::MAX - 1,
+            started: None,
+        };
+        let mut journal = Journal(vec![op("dead", gone), op("alive", Owner::me())]);
+        let me = Owner::me();
+        let taken = journal.adopt_orphans(&me);
+        assert_eq!(taken.len(), 1);
+        assert_eq!(
+            (taken[0].id.as_str(), taken[0].owner.pid),
+            ("dead", u32::MAX - 1)
+        );
+        let project = "demo".parse().unwrap();
+        let still: Vec<_> = journal
+            .deferred_mut(&project)
+            .map(|op| op.id.clone())
+            .collect();
+        assert_eq!(
+            still,
+            ["alive"],
+            "the adopted one cannot be taken over again"
+        );
+        assert_eq!(journal.get("dead").map(|op| op.owner.pid), Some(me.pid));
+    }
+
+    #[test]
     fn a_zombie_is_not_alive() {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let pid = child.id();
@@ -430,6 +494,7 @@ mod tests {
             pins,
             recovery,
             undo,
+            deferred: false,
         };
         let back = Recovery::RollBack {
             forget: Forget::Nothing,

@@ -87,12 +87,13 @@ pub async fn create_expiring(
                 .get(&r.project)
                 .is_some_and(|p| p.branch(&r.branch).is_none())
     };
-    background::wait_for(ctx, &format!("the old `{r}`"), DELETE_WAIT, deleting).await?;
+    let what = format!("the old `{r}`");
+    background::wait_for(ctx, &r.project, &what, DELETE_WAIT, deleting).await?;
     match create_once(ctx, r, &source, expires_at).await {
         // Space that a delete is still freeing counts: wait for it, then try once more.
         Err(e) if no_space(&e) && ctx.store.read()?.journal.deleting(&r.project, None) => {
             let what = format!("deleted data of `{}`", r.project);
-            background::wait_for(ctx, &what, DELETE_WAIT, |s| {
+            background::wait_for(ctx, &r.project, &what, DELETE_WAIT, |s| {
                 s.journal.deleting(&r.project, None)
             })
             .await?;

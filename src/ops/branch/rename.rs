@@ -44,7 +44,7 @@ pub async fn rename(ctx: &Ctx, r: &BranchRef, to: &BranchName) -> Result<()> {
         })
     };
     let what = format!("the old data of `{r}`");
-    background::wait_for(ctx, &what, DELETE_WAIT, tidying).await?;
+    background::wait_for(ctx, &r.project, &what, DELETE_WAIT, tidying).await?;
     let (project, branch, children, mut undo) = ctx.store.update(|s| reserve(s, r, &new))?;
     let moved = Move {
         project: &project,

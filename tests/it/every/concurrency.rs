@@ -152,30 +152,57 @@ fn resets_of_a_parent_and_its_child_and_snapshots_at_once_end_consistent() {
     assert_eq!(sb.sql(&leaf, "SELECT 1"), "1");
 }
 
-/// A reset's old generation is destroyed by a background velo once velo is idle: not while
-/// another command is under way, until velo's patience (10 s) runs out; `velo status` shows
-/// it waiting meanwhile.
+/// A reset's old generation and a deleted branch's data are destroyed by a background velo
+/// once velo is idle: not while another command is under way, until velo's patience (10 s)
+/// runs out; `velo status` shows them waiting meanwhile. A create of the deleted name does not
+/// wait for that: it destroys the old data itself.
 #[test]
-fn old_generations_are_destroyed_when_commands_pause() {
+fn destroys_wait_for_commands_to_pause_unless_a_command_needs_them() {
     let sb = Sandbox::new();
     let p = sb.create_project("defer");
-    let dev = format!("{p}/dev");
+    let (dev, gone) = (format!("{p}/dev"), format!("{p}/gone"));
     sb.ok(&["branch", "create", &dev]);
+    sb.ok(&["branch", "create", &gone]);
+    sb.sql(&gone, "CREATE TABLE old AS SELECT 1 AS x");
     let under_way = sb.paused("ready", &["branch", "create", &format!("{p}/other")]);
     let reset = sb.run_unsettled(&["branch", "reset", &dev]);
     let answered = Instant::now();
     succeeded(reset, "reset");
+    succeeded(sb.run_unsettled(&["branch", "delete", &gone]), "delete");
+    let deleted = Instant::now();
 
     std::thread::sleep(Duration::from_secs(3));
-    let old = "dev.0".to_string();
-    assert!(sb.volumes(&p).contains(&old), "{:?}", sb.volumes(&p));
-    let waiting = sb.pending_now();
-    assert_eq!(waiting.len(), 1, "{waiting:?}");
-    assert_eq!(waiting[0]["branches"][0], "dev", "{waiting:?}");
+    let (old, old_gone) = ("dev.0".to_string(), "gone.0".to_string());
+    let volumes = sb.volumes(&p);
     assert!(
-        waiting[0]["pid"].is_null(),
-        "not destroyed yet: {waiting:?}"
+        volumes.contains(&old) && volumes.contains(&old_gone),
+        "{volumes:?}"
     );
+    let waiting = sb.pending_now();
+    assert_eq!(waiting.len(), 2, "{waiting:?}");
+    for w in &waiting {
+        assert_eq!(w["waiting"], true, "not destroyed yet: {waiting:?}");
+        let (branch, pid) = (&w["branches"][0], &w["pid"]);
+        assert!(
+            (branch == "dev" && pid.is_null()) || (branch == "gone" && pid.is_u64()),
+            "{waiting:?}"
+        );
+    }
+
+    // The background velo could not destroy it before its patience ran out: the create did.
+    let create = sb.run_unsettled(&["branch", "create", &gone]);
+    let said = String::from_utf8_lossy(&create.stderr).into_owned();
+    succeeded(create, "create of the deleted name");
+    assert!(
+        said.contains("waiting for velo to finish deleting"),
+        "{said}"
+    );
+    assert!(
+        deleted.elapsed() < Duration::from_secs(9),
+        "the create waited for the background velo: {:?}",
+        deleted.elapsed()
+    );
+    assert!(sb.volumes(&p).contains(&old), "{:?}", sb.volumes(&p));
 
     crate::util::world::wait_until("the old generation goes", Duration::from_secs(60), || {
         !sb.volumes(&p).contains(&old)
@@ -185,6 +212,9 @@ fn old_generations_are_destroyed_when_commands_pause() {
         "destroyed after {:?}, while a command was under way",
         answered.elapsed()
     );
+    // (Settled: `sb.sql` waits for the background velo.)
+    let fresh = "SELECT count(*) FROM pg_tables WHERE tablename = 'old'";
+    assert_eq!(sb.sql(&gone, fresh), "0");
     under_way.kill9();
     sb.ok(&["branch", "list", &p]);
     sb.assert_consistent(&p);
