@@ -46,17 +46,14 @@ impl Figure {
         samples: Vec<f64>,
         note: &str,
     ) -> Figure {
-        let mut sorted = samples.clone();
-        sorted.sort_by(f64::total_cmp);
-        let n = sorted.len();
         Figure {
             name: name.into(),
             backend: backend.to_string(),
             size: size.into(),
             unit,
             median: median(&samples),
-            min: sorted[0],
-            max: sorted[n - 1],
+            min: samples.iter().copied().fold(f64::INFINITY, f64::min),
+            max: samples.iter().copied().fold(f64::NEG_INFINITY, f64::max),
             samples,
             note: note.into(),
             floor: None,

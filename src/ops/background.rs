@@ -19,7 +19,7 @@ use anyhow::{Context as _, Result};
 use super::journal::Undo;
 use super::{Ctx, generation};
 use crate::names::ProjectName;
-use crate::state::{Owner, Recovery, State};
+use crate::state::{Operation, Owner, Recovery, State};
 
 /// Finishes a roll-forward operation after the command's own part: in a background `velo`
 /// when possible, else here.
@@ -96,19 +96,12 @@ fn spawn(ctx: &Ctx, args: &[&str]) -> Result<u32> {
 /// and finishes it.
 pub async fn run_finish(ctx: &Ctx, id: &str, parent: u32) -> Result<()> {
     let me = Owner::me();
-    let ours = |s: &State| {
-        s.journal
-            .get(id)
-            .is_some_and(|op| op.owner.pid == parent || op.owner.pid == me.pid)
-    };
-    defer_to_commands(ctx, ours).await;
+    let ours = |op: &Operation| op.owner.pid == parent || op.owner.pid == me.pid;
+    defer_to_commands(ctx, |s| s.journal.get(id).is_some_and(ours)).await;
     let taken = ctx.store.update(|s| {
-        let Some(op) = s.journal.get_mut(id) else {
+        let Some(op) = s.journal.get_mut(id).filter(|op| ours(op)) else {
             return Ok::<_, anyhow::Error>(None);
         };
-        if op.owner.pid != parent && op.owner.pid != me.pid {
-            return Ok(None);
-        }
         op.owner = me.clone();
         op.deferred = false;
         Ok(Some(op.clone()))
@@ -116,12 +109,16 @@ pub async fn run_finish(ctx: &Ctx, id: &str, parent: u32) -> Result<()> {
     let Some(op) = taken else {
         return Ok(());
     };
-    let undo = Undo::adopt(&op);
-    super::recover::finish_forward(ctx, &undo)
-        .await
-        .with_context(|| format!("finishing `velo {}` of {}", op.command, op.project))?;
+    finish_taken(ctx, &op).await?;
     tidy_here(ctx, &op.project).await;
     Ok(())
+}
+
+/// Finishes a roll-forward operation this process has taken over.
+async fn finish_taken(ctx: &Ctx, op: &Operation) -> Result<()> {
+    super::recover::finish_forward(ctx, &Undo::adopt(op))
+        .await
+        .with_context(|| format!("finishing `velo {}` of {}", op.command, op.project))
 }
 
 /// A background velo destroys data once no command has changed velo's state for this long
@@ -302,9 +299,7 @@ async fn hurry(ctx: &Ctx, project: &ProjectName) -> Result<usize> {
         Ok::<_, anyhow::Error>(claimed)
     })?;
     for op in &claimed {
-        super::recover::finish_forward(ctx, &Undo::adopt(op))
-            .await
-            .with_context(|| format!("finishing `velo {}` of {}", op.command, op.project))?;
+        finish_taken(ctx, op).await?;
     }
     if !claimed.is_empty() {
         tidy(ctx, project).await;
