@@ -128,9 +128,9 @@ async fn finish_taken(ctx: &Ctx, op: &Operation) -> Result<()> {
 /// the same disk and daemon the next command needs).
 const QUIET: Duration = Duration::from_secs(1);
 
-/// The longest a background velo defers to commands, so old data never piles up under a
-/// steady stream of them.
-const PATIENCE: Duration = Duration::from_secs(10);
+/// The longest a background velo defers to commands by default, so old data never piles up
+/// under a steady stream of them (`VELO_IDLE_WAIT` sets another, [`Ctx::idle_wait`]).
+pub const IDLE_WAIT: Duration = Duration::from_secs(10);
 
 /// The `velo __background tidy <project>` side: defers to commands (see [`QUIET`]), then
 /// tidies.
@@ -139,10 +139,10 @@ pub async fn run_tidy(ctx: &Ctx, project: &ProjectName) {
     tidy_here(ctx, project).await;
 }
 
-/// Waits until velo is idle, at most [`PATIENCE`], or until `wanted` no longer holds.
+/// Waits until velo is idle, at most [`Ctx::idle_wait`], or until `wanted` no longer holds.
 async fn defer_to_commands(ctx: &Ctx, wanted: impl Fn(&State) -> bool) {
     let start = Instant::now();
-    while start.elapsed() < PATIENCE {
+    while start.elapsed() < ctx.idle_wait {
         // The file's age first: reading the state takes its lock, which commands need.
         let since_change = ctx.store.changed_at().and_then(|t| t.elapsed().ok());
         if let Some(age) = since_change.filter(|age| *age < QUIET) {

@@ -146,6 +146,7 @@ impl World {
             shell: Shell::captured(),
             backends: Backends::fixed(home.path(), fixed),
             ready_timeout: None,
+            idle_wait: super::background::IDLE_WAIT,
             background: false,
         };
         World {

@@ -82,6 +82,9 @@ pub struct Ctx {
     /// How long to wait for PostgreSQL to answer instead of each command's default
     /// (`VELO_READY_TIMEOUT`, e.g. "90s").
     pub ready_timeout: Option<Duration>,
+    /// The longest a background velo waits for velo to be idle before it destroys data
+    /// anyway (`VELO_IDLE_WAIT`; [`background::IDLE_WAIT`] by default).
+    pub idle_wait: Duration,
     /// Whether what grows with the data is finished by a background velo after the command
     /// answers ([`background`]); `VELO_BACKGROUND=0` finishes it before.
     pub background: bool,
@@ -92,21 +95,15 @@ impl Ctx {
         let config = Config::load(&Config::path())?;
         let store = Store::new(home);
         let backends = Backends::new(&config, store.dir(), shell.clone());
-        let ready_timeout = std::env::var("VELO_READY_TIMEOUT").ok().and_then(|v| {
-            let parsed = humantime::parse_duration(v.trim()).ok();
-            if parsed.is_none() {
-                shell.warn(&format!(
-                    "VELO_READY_TIMEOUT=`{v}` is not a duration (give a number and a unit, such as 90s or 5m); using the default"
-                ));
-            }
-            parsed
-        });
+        let ready_timeout = env_duration("VELO_READY_TIMEOUT", &shell);
+        let idle_wait = env_duration("VELO_IDLE_WAIT", &shell).unwrap_or(background::IDLE_WAIT);
         Ok(Self {
             config,
             store,
             shell,
             backends,
             ready_timeout,
+            idle_wait,
             background: std::env::var_os("VELO_BACKGROUND").is_none_or(|v| v != "0"),
         })
     }
@@ -134,6 +131,19 @@ impl Ctx {
     pub fn ready_timeout(&self, default: Duration) -> Duration {
         self.ready_timeout.unwrap_or(default)
     }
+}
+
+/// A duration from the environment variable `name` (such as "90s" or "5m"); a value that is
+/// not one is warned about and ignored.
+fn env_duration(name: &str, shell: &Shell) -> Option<Duration> {
+    let value = std::env::var(name).ok()?;
+    let parsed = humantime::parse_duration(value.trim()).ok();
+    if parsed.is_none() {
+        shell.warn(&format!(
+            "{name}=`{value}` is not a duration (give a number and a unit, such as 90s or 5m); using the default"
+        ));
+    }
+    parsed
 }
 
 /// A new random password: 24 characters from a 62-letter alphabet, drawn uniformly

@@ -153,25 +153,25 @@ fn resets_of_a_parent_and_its_child_and_snapshots_at_once_end_consistent() {
 }
 
 /// A reset's old generation and a deleted branch's data are destroyed by a background velo
-/// once velo is idle: not while another command is under way, until velo's patience (10 s)
-/// runs out; `velo status` shows them waiting meanwhile. A create of the deleted name does not
-/// wait for that: it destroys the old data itself.
+/// once velo is idle: not while another command is under way, until velo's patience
+/// (`VELO_IDLE_WAIT`) runs out; `velo status` shows them waiting meanwhile. A create of the
+/// deleted name does not wait for that: it destroys the old data itself.
 #[test]
 fn destroys_wait_for_commands_to_pause_unless_a_command_needs_them() {
-    let sb = Sandbox::new();
+    let mut sb = Sandbox::new();
     let p = sb.create_project("defer");
     let (dev, gone) = (format!("{p}/dev"), format!("{p}/gone"));
     sb.ok(&["branch", "create", &dev]);
     sb.ok(&["branch", "create", &gone]);
     sb.sql(&gone, "CREATE TABLE old AS SELECT 1 AS x");
-    let under_way = sb.paused("ready", &["branch", "create", &format!("{p}/other")]);
-    let reset = sb.run_unsettled(&["branch", "reset", &dev]);
-    let answered = Instant::now();
-    succeeded(reset, "reset");
+    // Patience longer than the test: only a command can destroy what these background velos
+    // wait to destroy, so nothing below depends on how fast the host is.
+    sb.set_env("VELO_IDLE_WAIT", "1h");
+    let mut under_way = sb.paused("ready", &["branch", "create", &format!("{p}/other")]);
+    succeeded(sb.run_unsettled(&["branch", "reset", &dev]), "reset");
     succeeded(sb.run_unsettled(&["branch", "delete", &gone]), "delete");
-    let deleted = Instant::now();
 
-    std::thread::sleep(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(2));
     let (old, old_gone) = ("dev.0".to_string(), "gone.0".to_string());
     let volumes = sb.volumes(&p);
     assert!(
@@ -189,7 +189,8 @@ fn destroys_wait_for_commands_to_pause_unless_a_command_needs_them() {
         );
     }
 
-    // The background velo could not destroy it before its patience ran out: the create did.
+    // The delete's background velo waits for an hour: the create destroyed the data itself
+    // (without that, it fails after its own 10 minutes).
     let create = sb.run_unsettled(&["branch", "create", &gone]);
     let said = String::from_utf8_lossy(&create.stderr).into_owned();
     succeeded(create, "create of the deleted name");
@@ -197,25 +198,29 @@ fn destroys_wait_for_commands_to_pause_unless_a_command_needs_them() {
         said.contains("waiting for velo to finish deleting"),
         "{said}"
     );
-    assert!(
-        deleted.elapsed() < Duration::from_secs(9),
-        "the create waited for the background velo: {:?}",
-        deleted.elapsed()
-    );
     assert!(sb.volumes(&p).contains(&old), "{:?}", sb.volumes(&p));
 
-    crate::util::world::wait_until("the old generation goes", Duration::from_secs(60), || {
-        !sb.volumes(&p).contains(&old)
+    // With a command still under way, a background velo destroys once its patience runs out.
+    sb.clear_env();
+    sb.set_env("VELO_IDLE_WAIT", "4s");
+    let reset = Instant::now();
+    succeeded(sb.run_unsettled(&["branch", "reset", &dev]), "second reset");
+    let retired = [old, "dev.1".to_string()];
+    crate::util::world::wait_until("the old generations go", Duration::from_secs(60), || {
+        let now = sb.volumes(&p);
+        retired.iter().all(|v| !now.contains(v))
     });
     assert!(
-        answered.elapsed() >= Duration::from_secs(9),
-        "destroyed after {:?}, while a command was under way",
-        answered.elapsed()
+        reset.elapsed() >= Duration::from_secs(4),
+        "destroyed after {:?}, before its patience ran out",
+        reset.elapsed()
     );
-    // (Settled: `sb.sql` waits for the background velo.)
+    let still = under_way.child.try_wait().expect("the paused velo");
+    assert!(still.is_none(), "the command was under way throughout");
+    under_way.kill9();
+    // (Settled: `sb.sql` waits for the background velos, idle now.)
     let fresh = "SELECT count(*) FROM pg_tables WHERE tablename = 'old'";
     assert_eq!(sb.sql(&gone, fresh), "0");
-    under_way.kill9();
     sb.ok(&["branch", "list", &p]);
     sb.assert_consistent(&p);
 }
