@@ -102,8 +102,7 @@ pub async fn run_finish(ctx: &Ctx, id: &str, parent: u32) -> Result<()> {
         let Some(op) = s.journal.get_mut(id).filter(|op| ours(op)) else {
             return Ok::<_, anyhow::Error>(None);
         };
-        op.owner = me.clone();
-        op.deferred = false;
+        op.hand_to(&me);
         Ok(Some(op.clone()))
     })?;
     let Some(op) = taken else {
@@ -292,8 +291,7 @@ async fn hurry(ctx: &Ctx, project: &ProjectName) -> Result<usize> {
     let claimed = ctx.store.update(|s| {
         let mut claimed = Vec::new();
         for op in s.journal.deferred_mut(project) {
-            op.owner = me.clone();
-            op.deferred = false;
+            op.hand_to(&me);
             claimed.push(op.clone());
         }
         Ok::<_, anyhow::Error>(claimed)

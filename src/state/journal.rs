@@ -49,15 +49,13 @@ impl Journal {
         Some(self.0.remove(pos))
     }
 
-    /// Takes over, for `me`, every operation whose process is gone, and returns each as it
-    /// was. One that waited for velo to be idle is no longer `deferred`: `me` finishes it now,
-    /// and no other command may take it over meanwhile.
+    /// Hands every operation whose process is gone to `me` ([`Operation::hand_to`]), and
+    /// returns each as it was.
     pub fn adopt_orphans(&mut self, me: &Owner) -> Vec<Operation> {
         let mut taken = Vec::new();
         for op in self.0.iter_mut().filter(|op| !op.owner.is_alive()) {
             taken.push(op.clone());
-            op.owner = me.clone();
-            op.deferred = false;
+            op.hand_to(me);
         }
         taken
     }
@@ -138,6 +136,13 @@ pub struct Operation {
 }
 
 impl Operation {
+    /// Makes `owner` the process that finishes the operation, now: it no longer waits for
+    /// velo to be idle, and no other command may take it over.
+    pub fn hand_to(&mut self, owner: &Owner) {
+        self.owner = owner.clone();
+        self.deferred = false;
+    }
+
     /// Whether the operation names `branch` anywhere: as a branch it holds, a generation it
     /// pins, an origin it is to let go of, a generation it collects or a step it may undo.
     pub fn mentions(&self, branch: &BranchName) -> bool {
