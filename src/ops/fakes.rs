@@ -147,6 +147,7 @@ impl World {
             backends: Backends::fixed(home.path(), fixed),
             ready_timeout: None,
             idle_wait: super::background::IDLE_WAIT,
+            ports: super::PORT_RANGE,
             background: false,
         };
         World {

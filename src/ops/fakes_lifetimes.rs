@@ -383,3 +383,29 @@ fn an_idle_stop_is_dropped_when_the_branch_was_used_meanwhile() {
         assert!(s.journal.is_empty());
     });
 }
+
+/// A rename that fails, and whose old servers then cannot start again either (their port taken
+/// meanwhile): the roll-back says so at once, naming the fix, instead of waiting out the
+/// readiness deadline (60 s), and leaves the operation for the next command.
+#[test]
+fn a_roll_back_whose_old_server_cannot_start_says_why_at_once() {
+    tokio().block_on(async {
+        let w = family().await;
+        w.runtime.fail_next("start");
+        w.runtime.next_start_dies(
+            "LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use",
+        );
+        let (dev, to) = (r("demo/dev"), "renamed".parse().unwrap());
+        let rename = branch::rename(&w.ctx, &dev, &to);
+        let err = tokio::time::timeout(Duration::from_secs(20), rename)
+            .await
+            .expect("the roll-back does not wait out the deadline")
+            .unwrap_err();
+        let said = format!("{err:#}\n{}", w.ctx.shell.output());
+        assert!(
+            said.contains("already in use") && said.contains("velo repair --fix"),
+            "{said}"
+        );
+        assert_eq!(state(&w).journal.iter().count(), 1, "{said}");
+    });
+}

@@ -92,7 +92,7 @@ pub async fn launch_new(
                 tried.push(branch.port);
                 let taken = branch.port;
                 branch.port = ctx.store.update(|s| {
-                    let port = allocate_port(s, &tried)?;
+                    let port = allocate_port(s, &tried, &ctx.ports)?;
                     branch_mut(s, r)?.port = port;
                     Ok::<_, anyhow::Error>(port)
                 })?;

@@ -50,6 +50,7 @@ mod undo;
 pub mod wal;
 
 use std::net::TcpListener;
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,8 +70,8 @@ use crate::state::{Branch, Busy, Project, State, Store};
 use crate::storage::Storage;
 use crate::ui::Shell;
 
-/// Host ports velo hands out, on 127.0.0.1.
-pub const PORT_RANGE: std::ops::RangeInclusive<u16> = 54320..=54999;
+/// Host ports velo hands out, on 127.0.0.1, unless `VELO_PORTS` names others.
+pub const PORT_RANGE: RangeInclusive<u16> = 54320..=54999;
 
 /// What an operation may touch.
 pub struct Ctx {
@@ -85,6 +86,9 @@ pub struct Ctx {
     /// The longest a background velo waits for velo to be idle before it destroys data
     /// anyway (`VELO_IDLE_WAIT`; [`background::IDLE_WAIT`] by default).
     pub idle_wait: Duration,
+    /// The ports velo gives new branches (`VELO_PORTS`, e.g. "20000-20999"; [`PORT_RANGE`] by
+    /// default): users of one host who each take their own never race for a port.
+    pub ports: RangeInclusive<u16>,
     /// Whether what grows with the data is finished by a background velo after the command
     /// answers ([`background`]); `VELO_BACKGROUND=0` finishes it before.
     pub background: bool,
@@ -97,6 +101,7 @@ impl Ctx {
         let backends = Backends::new(&config, store.dir(), shell.clone());
         let ready_timeout = env_duration("VELO_READY_TIMEOUT", &shell);
         let idle_wait = env_duration("VELO_IDLE_WAIT", &shell).unwrap_or(background::IDLE_WAIT);
+        let ports = env_ports(&shell).unwrap_or(PORT_RANGE);
         Ok(Self {
             config,
             store,
@@ -104,6 +109,7 @@ impl Ctx {
             backends,
             ready_timeout,
             idle_wait,
+            ports,
             background: std::env::var_os("VELO_BACKGROUND").is_none_or(|v| v != "0"),
         })
     }
@@ -146,6 +152,27 @@ fn env_duration(name: &str, shell: &Shell) -> Option<Duration> {
     parsed
 }
 
+/// The port range in `VELO_PORTS` ("LO-HI", within 1024-65535); a value that is not one is
+/// warned about and ignored.
+fn env_ports(shell: &Shell) -> Option<RangeInclusive<u16>> {
+    let value = std::env::var("VELO_PORTS").ok()?;
+    let parsed = parse_ports(&value);
+    if parsed.is_none() {
+        shell.warn(&format!(
+            "VELO_PORTS=`{value}` is not a port range (give two ports from 1024 to 65535, such as 20000-20999); using {}-{}",
+            PORT_RANGE.start(),
+            PORT_RANGE.end()
+        ));
+    }
+    parsed
+}
+
+fn parse_ports(value: &str) -> Option<RangeInclusive<u16>> {
+    let (lo, hi) = value.trim().split_once('-')?;
+    let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+    (1024 <= lo && lo <= hi).then_some(lo..=hi)
+}
+
 /// A new random password: 24 characters from a 62-letter alphabet, drawn uniformly
 /// (`random_range` rejects out-of-range draws, so there is no modulo bias).
 pub fn new_password() -> String {
@@ -160,22 +187,22 @@ pub fn new_password() -> String {
 /// scanning from a random point so that velo homes (users) on one host rarely race for one.
 /// A port can still be taken between this check and the server's start; callers creating a
 /// new branch retry with another port when the server reports the conflict.
-pub fn allocate_port(state: &State, avoid: &[u16]) -> Result<u16> {
+pub fn allocate_port(state: &State, avoid: &[u16], ports: &RangeInclusive<u16>) -> Result<u16> {
     let taken: std::collections::HashSet<u16> = state
         .projects
         .values()
         .flat_map(|p| p.branches.values().map(|b| b.port))
         .chain(avoid.iter().copied())
         .collect();
-    let (lo, hi) = (*PORT_RANGE.start(), *PORT_RANGE.end());
-    let span = hi - lo + 1;
+    let (lo, hi) = (*ports.start(), *ports.end());
+    let span = u32::from(hi - lo) + 1;
     let offset = rand::rng().random_range(0..span);
     (0..span)
-        .map(|i| lo + (offset + i) % span)
+        .filter_map(|i| u16::try_from(u32::from(lo) + (offset + i) % span).ok())
         .find(|p| !taken.contains(p) && TcpListener::bind((server::HOST_IP, *p)).is_ok())
         .ok_or_else(|| {
             anyhow!(
-                "no free port in {lo}-{hi}: delete branches you no longer need, or stop what holds those ports"
+                "no free port in {lo}-{hi}: delete branches you no longer need, stop what holds those ports, or give velo others (VELO_PORTS)"
             )
         })
 }
@@ -347,12 +374,40 @@ mod tests {
     #[test]
     fn no_free_port_names_the_fix() {
         let all: Vec<u16> = PORT_RANGE.collect();
-        let err = allocate_port(&State::default(), &all)
+        let err = allocate_port(&State::default(), &all, &PORT_RANGE)
             .unwrap_err()
             .to_string();
         assert!(
             err.contains("no free port") && err.contains("delete branches"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_port_range_is_two_ports_from_1024() {
+        assert_eq!(parse_ports("20000-20999"), Some(20000..=20999));
+        assert_eq!(parse_ports(" 65535 - 65535 "), Some(65535..=65535));
+        for bad in [
+            "",
+            "20000",
+            "20999-20000",
+            "80-90",
+            "1024-65536",
+            "a-b",
+            "1024-",
+        ] {
+            assert_eq!(parse_ports(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn ports_come_from_the_range_given_and_are_free() {
+        let held = TcpListener::bind((server::HOST_IP, 0)).unwrap();
+        let busy = held.local_addr().unwrap().port();
+        let only = busy..=busy;
+        let err = allocate_port(&State::default(), &[], &only).unwrap_err();
+        assert!(err.to_string().contains("VELO_PORTS"), "{err}");
+        drop(held);
+        assert_eq!(allocate_port(&State::default(), &[], &only).unwrap(), busy);
     }
 }

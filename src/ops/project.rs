@@ -97,7 +97,7 @@ pub async fn create_with(
     let prepared_from = (!physical).then_some(&cluster);
     let (mut project, main, mut undo) = ctx
         .store
-        .update(|s| reserve(s, &name, &choice, prepared_from, user))?;
+        .update(|s| reserve(s, &name, &choice, prepared_from, user, &ctx.ports))?;
     let main_ref = BranchRef::new(name.clone(), BranchName::main());
 
     let result: Result<(Branch, Option<Imported>)> = async {
@@ -227,11 +227,12 @@ fn reserve(
     choice: &Choice,
     cluster: Option<&BranchName>,
     user: ServerUser,
+    ports: &std::ops::RangeInclusive<u16>,
 ) -> Result<(Project, Branch, Undo)> {
     if s.projects.contains_key(name) {
         bail!("project `{name}` already exists (see `velo project get {name}`)");
     }
-    let port = allocate_port(s, &[])?;
+    let port = allocate_port(s, &[], ports)?;
     let main = Branch::new(None, port, None, busy_marker("project create"));
     let project = Project {
         storage: choice.storage.clone(),

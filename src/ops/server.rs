@@ -249,37 +249,49 @@ pub async fn wait_ready(
     branch: &Branch,
     deadline: Duration,
 ) -> Result<()> {
-    let runtime = ctx.runtime(project)?;
-    let name = names::server_name(r);
-    let deadline = ctx.ready_timeout(deadline);
-    let sql = sql(ctx, project, branch);
-    let standby = follow::is_standby(project, r);
     let waiting = ctx.shell.step(
         "Ready",
-        poll_ready(sql.as_ref(), deadline, standby, || async {
-            match runtime.status(&name).await {
-                Ok(ServerStatus::Running) | Err(_) => Ok(()),
-                Ok(other) => Err(format!("server {name} is not running: {}", other.word())),
-            }
-        }),
+        ready_or_why(ctx, project, r, branch, ctx.ready_timeout(deadline)),
     );
-    let ready = tokio::select! {
+    tokio::select! {
         ready = waiting => ready,
-        () = signal::until_interrupted() => return Err(signal::Interrupted.into()),
-    };
-    if let Err(e) = ready {
-        let logs = runtime.logs_tail(&name, 15).await;
-        if logs.contains(PORT_TAKEN_LOG)
-            && runtime.status(&name).await.ok() != Some(ServerStatus::Running)
-        {
-            return Err(PortTaken { port: branch.port }.into());
-        }
-        return Err(e.context(format!(
-            "PostgreSQL for `{r}` did not become ready; its last log lines:\n{}",
-            logs.trim_end()
-        )));
+        () = signal::until_interrupted() => Err(signal::Interrupted.into()),
     }
-    Ok(())
+}
+
+/// [`wait_ready`] without its step line and not stopped by a signal. A server that stops
+/// ends the wait at once; the error says why: its port taken ([`PortTaken`]), or its log.
+async fn ready_or_why(
+    ctx: &Ctx,
+    project: &Project,
+    r: &BranchRef,
+    branch: &Branch,
+    deadline: Duration,
+) -> Result<()> {
+    let runtime = ctx.runtime(project)?;
+    let name = names::server_name(r);
+    let sql = sql(ctx, project, branch);
+    let standby = follow::is_standby(project, r);
+    let ready = poll_ready(sql.as_ref(), deadline, standby, || async {
+        match runtime.status(&name).await {
+            Ok(ServerStatus::Running) | Err(_) => Ok(()),
+            Ok(other) => Err(format!("server {name} is not running: {}", other.word())),
+        }
+    })
+    .await;
+    let Err(e) = ready else {
+        return Ok(());
+    };
+    let logs = runtime.logs_tail(&name, 15).await;
+    if logs.contains(PORT_TAKEN_LOG)
+        && runtime.status(&name).await.ok() != Some(ServerStatus::Running)
+    {
+        return Err(PortTaken { port: branch.port }.into());
+    }
+    Err(e.context(format!(
+        "PostgreSQL for `{r}` did not become ready; its last log lines:\n{}",
+        logs.trim_end()
+    )))
 }
 
 /// Polls until the server answers `SELECT 1` out of recovery (a `standby`: in recovery, as it
@@ -350,14 +362,7 @@ pub async fn restore(
     runtime.create(&spec).await?;
     if start {
         runtime.start(&spec.name).await?;
-        let standby = follow::is_standby(project, r);
-        poll_ready(
-            sql(ctx, project, branch).as_ref(),
-            BRANCH_READY,
-            standby,
-            || async { Ok(()) },
-        )
-        .await?;
+        ready_or_why(ctx, project, r, branch, BRANCH_READY).await?;
     }
     Ok(())
 }

@@ -257,7 +257,7 @@ async fn start_new(
                 tried.push(taken);
                 runtime.remove(&names::server_name(r)).await?;
                 branch.port = ctx.store.update(|s| {
-                    let port = allocate_port(s, &tried)?;
+                    let port = allocate_port(s, &tried, &ctx.ports)?;
                     branch_mut(s, r)?.port = port;
                     Ok::<_, anyhow::Error>(port)
                 })?;

@@ -283,7 +283,7 @@ fn reserve(
             busy.operation
         );
     }
-    let port = allocate_port(s, &[])?;
+    let port = allocate_port(s, &[], &ctx.ports)?;
     let branch = Branch {
         expires_at,
         ..Branch::new(

@@ -376,7 +376,7 @@ async fn fix_branch(ctx: &Ctx, r: &BranchRef, problems: &[&Finding]) -> Result<(
     if port_taken {
         let old = b.port;
         b.port = ctx.store.update(|s| {
-            let port = allocate_port(s, &[old])?;
+            let port = allocate_port(s, &[old], &ctx.ports)?;
             branch_mut(s, r)?.port = port;
             Ok::<_, anyhow::Error>(port)
         })?;

@@ -41,6 +41,11 @@ fn eight_parallel_creates_in_one_project_all_succeed_with_unique_ports() {
     ports.sort();
     ports.dedup();
     assert_eq!(ports.len(), 10, "ports are unique");
+    let range = sb.ports();
+    assert!(
+        ports.iter().all(|p| range.contains(&(*p as u16))),
+        "ports {ports:?} not all from VELO_PORTS {range:?}"
+    );
     for i in 0..8 {
         assert_eq!(sb.sql(&format!("{p}/b{i}"), "SELECT 1"), "1");
     }

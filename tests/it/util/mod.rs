@@ -5,6 +5,7 @@
 
 mod faults;
 pub mod hold;
+mod ports;
 pub mod rig;
 pub mod source;
 pub mod world;
@@ -17,6 +18,7 @@ use serde_json::Value;
 
 pub use faults::Fault;
 use hold::RigHold;
+use ports::PortBlock;
 pub use rig::{Backend, Rig, User};
 pub use world::{background_of, sh};
 
@@ -40,6 +42,8 @@ pub struct Sandbox {
     data: Option<tempfile::TempDir>,
     prefix: String,
     extra_env: Vec<(String, String)>,
+    /// The ports velo gives this sandbox's branches (`VELO_PORTS`).
+    ports: PortBlock,
     /// Paths made immutable to inject a failure ([`faults`]), made mutable again on drop.
     immutable: Vec<PathBuf>,
     // Dropped last (fields drop in order, after `Drop::drop`), once the projects are gone.
@@ -123,6 +127,7 @@ impl Sandbox {
             data,
             prefix: format!("t{n:08x}"),
             extra_env: Vec::new(),
+            ports: PortBlock::take(),
             immutable: Vec::new(),
             _hold: hold,
         }
@@ -142,9 +147,15 @@ impl Sandbox {
             data: None,
             prefix: format!("t{n:08x}"),
             extra_env: Vec::new(),
+            ports: PortBlock::take(),
             immutable: Vec::new(),
             _hold: None,
         }
+    }
+
+    /// The ports velo gives this sandbox's branches.
+    pub fn ports(&self) -> std::ops::RangeInclusive<u16> {
+        self.ports.range()
     }
 
     pub fn backend(&self) -> Backend {
@@ -202,6 +213,7 @@ impl Sandbox {
     /// `velo <args>` as the sandbox runs it (its user, home and environment), not started.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut env = self.extra_env.clone();
+        env.push(("VELO_PORTS".into(), self.ports.env()));
         if let Home::Temp(dir) = &self.home {
             let home = dir.path().display().to_string();
             env.push(("VELO_HOME".into(), home.clone()));

@@ -230,20 +230,15 @@ impl OldWorld<'_> {
     }
 }
 
-/// Free ports for the world's branches.
-fn free_ports(names: &[&str]) -> Value {
-    let mut taken = Vec::new();
-    let mut ports = serde_json::Map::new();
-    for name in names {
-        let port = (54320..=54999)
-            .cycle()
-            .skip(rand::random_range(0..680))
-            .find(|p| !taken.contains(p) && std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
-            .unwrap();
-        taken.push(port);
-        ports.insert(name.to_string(), port.into());
-    }
-    Value::Object(ports)
+/// Free ports of the sandbox's own for the world's branches.
+fn free_ports(sb: &Sandbox, names: &[&str]) -> Value {
+    let mut free = sb
+        .ports()
+        .filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok());
+    let ports = names
+        .iter()
+        .map(|name| (name.to_string(), free.next().expect("a free port").into()));
+    Value::Object(ports.collect())
 }
 
 /// The fixture's world, made on the rig and written to the sandbox's home.
@@ -254,7 +249,7 @@ fn old_world<'a>(sb: &'a Sandbox, containers: bool) -> OldWorld<'a> {
         old: sb.project("old"),
         older: sb.project("older"),
         password: format!("{:024x}", rand::random::<u128>()),
-        ports: free_ports(&["main", "dev", "killed2", "older"]),
+        ports: free_ports(sb, &["main", "dev", "killed2", "older"]),
     };
     let fixture = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
