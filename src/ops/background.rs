@@ -95,8 +95,10 @@ fn spawn(ctx: &Ctx, args: &[&str]) -> Result<u32> {
 /// this process (a command that needed it done, or a recovery, may have taken it already),
 /// and finishes it.
 pub async fn run_finish(ctx: &Ctx, id: &str, parent: u32) -> Result<()> {
-    let me = Owner::me();
-    let ours = |op: &Operation| op.owner.pid == parent || op.owner.pid == me.pid;
+    // Whole owners, start times included: a later command that took the operation over may
+    // have been given the parent's pid once the parent exited.
+    let (me, parent) = (Owner::me(), Owner::of(parent));
+    let ours = |op: &Operation| op.owner == parent || op.owner == me;
     defer_to_commands(ctx, |s| s.journal.get(id).is_some_and(ours)).await;
     let taken = ctx.store.update(|s| {
         let Some(op) = s.journal.get_mut(id).filter(|op| ours(op)) else {

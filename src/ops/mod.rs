@@ -55,7 +55,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow, bail, ensure};
 use chrono::Utc;
 use rand::RngExt;
 
@@ -195,10 +195,11 @@ pub fn allocate_port(state: &State, avoid: &[u16], ports: &RangeInclusive<u16>) 
         .chain(avoid.iter().copied())
         .collect();
     let (lo, hi) = (*ports.start(), *ports.end());
+    ensure!(lo <= hi, "the port range {lo}-{hi} is empty");
     let span = u32::from(hi - lo) + 1;
     let offset = rand::rng().random_range(0..span);
     (0..span)
-        .filter_map(|i| u16::try_from(u32::from(lo) + (offset + i) % span).ok())
+        .map(|i| lo + ((offset + i) % span) as u16)
         .find(|p| !taken.contains(p) && TcpListener::bind((server::HOST_IP, *p)).is_ok())
         .ok_or_else(|| {
             anyhow!(

@@ -362,7 +362,10 @@ pub async fn restore(
     runtime.create(&spec).await?;
     if start {
         runtime.start(&spec.name).await?;
-        ready_or_why(ctx, project, r, branch, BRANCH_READY).await?;
+        // At least the usual wait: a `VELO_READY_TIMEOUT` short enough to fail a start must
+        // not fail the roll-back of that start too.
+        let deadline = ctx.ready_timeout(BRANCH_READY).max(BRANCH_READY);
+        ready_or_why(ctx, project, r, branch, deadline).await?;
     }
     Ok(())
 }

@@ -212,8 +212,9 @@ impl Sandbox {
 
     /// `velo <args>` as the sandbox runs it (its user, home and environment), not started.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut env = self.extra_env.clone();
-        env.push(("VELO_PORTS".into(), self.ports.env()));
+        // The sandbox's ports first, so that a test's own `VELO_PORTS` wins.
+        let mut env = vec![("VELO_PORTS".to_string(), self.ports.env())];
+        env.extend(self.extra_env.iter().cloned());
         if let Home::Temp(dir) = &self.home {
             let home = dir.path().display().to_string();
             env.push(("VELO_HOME".into(), home.clone()));

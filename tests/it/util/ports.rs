@@ -23,7 +23,11 @@ pub struct PortBlock {
 
 impl PortBlock {
     pub fn take() -> PortBlock {
+        use std::os::unix::fs::PermissionsExt;
+        // Root's alone: another user who could open the files could hold every block.
         std::fs::create_dir_all(DIR).unwrap_or_else(|e| panic!("create {DIR}: {e}"));
+        std::fs::set_permissions(DIR, std::fs::Permissions::from_mode(0o700))
+            .unwrap_or_else(|e| panic!("chmod {DIR}: {e}"));
         let blocks = (LAST - FIRST + 1) / BLOCK;
         let start = rand::random_range(0..blocks);
         for i in 0..blocks {
